@@ -1,0 +1,61 @@
+"""Typed, persisted configuration shared by the API, the CLI and the worker.
+
+One pydantic model per concern; the whole ``BuildConfig`` is saved beside every datastore
+so that a query can check it is meaningful for the store it reads.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LoraConfig(_Config):
+    r: int = Field(128, ge=1, le=4096, description="LoRA rank.")
+    alpha: float = Field(512, gt=0, description="LoRA alpha; the update is scaled by alpha/r.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="LoRA dropout during warmup.")
+    target_modules: list[str] | None = Field(
+        None, description="Module names to adapt; chosen per architecture when omitted."
+    )
+
+
+class WarmupConfig(_Config):
+    fraction: float = Field(0.05, gt=0, le=1, description="Share of the pool used to warm up.")
+    epochs: int = Field(4, ge=1, le=100, description="Warmup epochs; one checkpoint each.")
+    learning_rate: float = Field(2e-5, gt=0, description="Peak AdamW learning rate.")
+    seed: int = Field(0, description="Seed for the warmup sample, LoRA init and data order.")
+    batch_size: int = Field(8, ge=1, description="Micro-batch size.")
+    gradient_accumulation: int = Field(
+        16, ge=1, description="Micro-batches per optimizer step (effective batch 128 by default)."
+    )
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Linear-warmup share of steps.")
+
+
+class ProjectionConfig(_Config):
+    dim: int = Field(8192, ge=1, le=65536, description="Projected feature dimension d.")
+    seed: int = Field(0, description="Seed of the Rademacher matrix; a pure function of it.")
+    kind: Literal["rademacher"] = Field("rademacher", description="Projector family.")
+
+
+class BuildConfig(_Config):
+    """Everything that determines the bytes of a datastore."""
+
+    lora: LoraConfig = LoraConfig()
+    warmup: WarmupConfig = WarmupConfig()
+    projection: ProjectionConfig = ProjectionConfig()
+    max_seq_len: int = Field(2048, ge=8, le=65536)
+    template: Literal["auto", "tulu", "chat_template"] = Field(
+        "auto", description="Prompt format: the tokenizer's chat template if it has one (auto)."
+    )
+    batch_size: int = Field(16, ge=1, le=4096, description="Featurization batch size.")
+    dtype: Literal["float16", "float32"] = Field("float16", description="Stored feature dtype.")
+    shard_size: int = Field(1024, ge=1, description="Examples per featurize shard.")
+    index_factory: str = Field("Flat", description="FAISS factory string (inner product).")
+    pool_features: list[Literal["adam", "sgd"]] = Field(
+        ["adam"], description="Pool feature kinds kept in the store ('adam' is LESS's)."
+    )

@@ -1,0 +1,67 @@
+"""The exceptions of gradstore, one family, each mapped to an HTTP status by the service.
+
+Every error carries a human-readable detail; the service turns it into problem+json
+(RFC 9457) with ``status`` and ``title`` taken from the class.
+"""
+
+from __future__ import annotations
+
+
+class GradstoreError(Exception):
+    """Base class: ``status`` and ``title`` say how the service reports it."""
+
+    status: int = 500
+    title: str = "Internal error"
+
+    def __init__(self, detail: str):
+        super().__init__(detail)
+        self.detail = detail
+
+
+class InvalidInputError(GradstoreError):
+    """A request, file or example that cannot be used as given."""
+
+    status = 422
+    title = "Invalid input"
+
+
+class InvalidExampleError(InvalidInputError):
+    """One example (a JSONL line) is malformed; the detail names the line and the problem."""
+
+    title = "Invalid example"
+
+    def __init__(self, detail: str, line: int | None = None):
+        super().__init__(f"line {line}: {detail}" if line is not None else detail)
+        self.line = line
+
+
+class NotFoundError(GradstoreError):
+    status = 404
+    title = "Not found"
+
+
+class ConflictError(GradstoreError):
+    """The resource exists but is in a state that forbids the request (e.g. not ready)."""
+
+    status = 409
+    title = "Conflict"
+
+
+class NotReadyError(ConflictError):
+    title = "Datastore not ready"
+
+
+class UnknownMethodError(InvalidInputError):
+    title = "Unknown selection method"
+
+
+class ManifestMismatchError(GradstoreError):
+    """Files on disk do not match the manifest: the datastore must not be served."""
+
+    status = 500
+    title = "Datastore integrity check failed"
+
+
+class PayloadTooLargeError(GradstoreError):
+    status = 413
+    title = "Payload too large"

@@ -1,0 +1,132 @@
+"""Examples: reading and validating JSON Lines in the formats of the API contract.
+
+An example is either chat ``messages`` or a ``prompt`` + ``completion`` pair. Fields we do
+not interpret (``meta``, ``subtask``, ``dataset``, ...) are kept in ``extra`` and never fed
+to selection. IDs are strings: the record's ``id`` or, failing that, its 0-based line number.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gradstore.errors import InvalidExampleError
+
+Role = Literal["system", "user", "assistant"]
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Role
+    content: str
+
+
+class Example(BaseModel):
+    """One training or target example."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    messages: list[Message] | None = None
+    prompt: str | None = None
+    completion: str | None = None
+    subtask: str | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_format(self) -> Example:
+        has_pair = self.prompt is not None or self.completion is not None
+        if self.messages is not None and has_pair:
+            raise ValueError("give either 'messages' or 'prompt'+'completion', not both")
+        if self.messages is None:
+            if self.prompt is None or self.completion is None:
+                raise ValueError("needs 'messages', or both 'prompt' and 'completion'")
+        elif not self.messages:
+            raise ValueError("'messages' is empty")
+        elif not any(m.role == "assistant" for m in self.messages):
+            raise ValueError("'messages' has no assistant message to learn from")
+        return self
+
+    def text(self) -> str:
+        """All text of the example, for lexical baselines (BM25, DSIR)."""
+        if self.messages is not None:
+            return "\n".join(m.content for m in self.messages)
+        return f"{self.prompt}\n{self.completion}"
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSON object this example round-trips from."""
+        record: dict[str, Any] = {"id": self.id}
+        if self.messages is not None:
+            record["messages"] = [m.model_dump() for m in self.messages]
+        else:
+            record["prompt"], record["completion"] = self.prompt, self.completion
+        if self.subtask is not None:
+            record["subtask"] = self.subtask
+        record.update(self.extra)
+        return record
+
+
+_KNOWN = {"id", "messages", "prompt", "completion", "subtask"}
+
+
+def example_from_record(record: Any, line: int) -> Example:
+    """Validate one decoded JSON value; ``line`` (0-based) names it in errors and default IDs."""
+    if not isinstance(record, dict):
+        raise InvalidExampleError(f"expected a JSON object, got {type(record).__name__}", line)
+    raw_id = record.get("id", line)
+    if isinstance(raw_id, bool) or not isinstance(raw_id, str | int):
+        raise InvalidExampleError("'id' must be a string or an integer", line)
+    fields = {k: v for k, v in record.items() if k in _KNOWN}
+    fields["id"] = str(raw_id)
+    fields["extra"] = {k: v for k, v in record.items() if k not in _KNOWN}
+    try:
+        return Example.model_validate(fields)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'example'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise InvalidExampleError(problems, line) from None
+
+
+def parse_jsonl_lines(lines: Iterable[str]) -> Iterator[Example]:
+    """Parse JSON Lines; blank lines are skipped but still counted for default IDs."""
+    for line_no, raw in enumerate(lines):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise InvalidExampleError(f"not valid JSON ({exc.msg})", line_no) from None
+        yield example_from_record(record, line_no)
+
+
+def load_examples(records: Iterable[Any]) -> list[Example]:
+    """Validate already-decoded records (the inline-JSON API form); IDs must be unique."""
+    return _unique([example_from_record(r, i) for i, r in enumerate(records)])
+
+
+def read_jsonl(path: str | Path) -> list[Example]:
+    """Read and validate a JSONL file of examples; IDs must be unique."""
+    with open(path, encoding="utf-8") as handle:
+        return _unique(list(parse_jsonl_lines(handle)))
+
+
+def write_jsonl(examples: Iterable[Example], path: str | Path) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        for example in examples:
+            handle.write(json.dumps(example.to_record(), ensure_ascii=False) + "\n")
+
+
+def _unique(examples: list[Example]) -> list[Example]:
+    seen: dict[str, int] = {}
+    for position, example in enumerate(examples):
+        if example.id in seen:
+            raise InvalidExampleError(
+                f"duplicate id {example.id!r} (first seen in example {seen[example.id]})", position
+            )
+        seen[example.id] = position
+    return examples

@@ -1,0 +1,176 @@
+"""Turning examples into token IDs with completion-only labels.
+
+Two formats:
+- ``tulu``: the plain ``<|system|>/<|user|>/<|assistant|>`` format of Tulu and of the LESS
+  reference, reproduced token for token (labels -100 on everything but the assistant
+  answers and their EOS; the assistant header is masked too).
+- ``chat_template``: the tokenizer's own chat template; each assistant turn is located by
+  rendering the conversation up to it.
+``auto`` picks the chat template when the tokenizer has one, else ``tulu``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from gradstore.errors import InvalidInputError
+from gradstore.examples import Example, Message
+
+IGNORE_INDEX = -100
+Template = Literal["auto", "tulu", "chat_template"]
+
+
+@dataclass(frozen=True)
+class TokenizedExample:
+    id: str
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def num_target_tokens(self) -> int:
+        """Tokens in the loss (position 0 never is: nothing precedes it)."""
+        return sum(1 for label in self.labels[1:] if label != IGNORE_INDEX)
+
+
+@dataclass(frozen=True)
+class SkippedExample:
+    id: str
+    reason: str
+
+
+def tulu_text(messages: Sequence[Message], eos_token: str) -> str:
+    """The reference's ``concat_messages``."""
+    parts = []
+    for message in messages:
+        content = message.content.strip()
+        if message.role == "assistant":
+            parts.append(f"<|assistant|>\n{content}{eos_token}\n")
+        else:
+            parts.append(f"<|{message.role}|>\n{content}\n")
+    return "".join(parts)
+
+
+class ExampleEncoder:
+    """Tokenises examples for one tokenizer, template and length limit."""
+
+    def __init__(self, tokenizer, max_seq_len: int, template: Template = "auto"):
+        if tokenizer.eos_token is None:
+            raise InvalidInputError("the tokenizer has no EOS token; completions need one")
+        self.tokenizer = tokenizer
+        self.max_seq_len = max_seq_len
+        if template == "auto":
+            template = "chat_template" if getattr(tokenizer, "chat_template", None) else "tulu"
+        elif template == "chat_template" and not getattr(tokenizer, "chat_template", None):
+            raise InvalidInputError("template 'chat_template' asked for; the tokenizer has none")
+        self.template: Literal["tulu", "chat_template"] = template
+
+    def encode(self, example: Example) -> TokenizedExample | SkippedExample:
+        """Token IDs and labels, or the reason the example cannot be used."""
+        if self.template == "tulu":
+            if example.messages is None:
+                input_ids, labels = self._tulu_prompt_completion(example)
+            else:
+                input_ids, labels = self._tulu_messages(example.messages)
+        else:
+            input_ids, labels = self._chat_template(_as_messages(example))
+        encoded = TokenizedExample(example.id, input_ids, labels)
+        if encoded.num_target_tokens == 0:
+            reason = (
+                f"no completion token left after truncation to {self.max_seq_len} tokens"
+                if len(input_ids) >= self.max_seq_len
+                else "the completion is empty"
+            )
+            return SkippedExample(example.id, reason)
+        return encoded
+
+    def encode_all(
+        self, examples: Sequence[Example]
+    ) -> tuple[list[TokenizedExample], list[SkippedExample]]:
+        kept: list[TokenizedExample] = []
+        skipped: list[SkippedExample] = []
+        for example in examples:
+            result = self.encode(example)
+            (kept if isinstance(result, TokenizedExample) else skipped).append(result)
+        return kept, skipped
+
+    def _ids(self, text: str, special: bool = True) -> list[int]:
+        ids = self.tokenizer(text, add_special_tokens=special)["input_ids"]
+        return list(ids[: self.max_seq_len])
+
+    def _tulu_prompt_completion(self, example: Example) -> tuple[list[int], list[int]]:
+        prompt, completion = example.prompt or "", example.completion or ""
+        separator = "" if prompt.endswith((" ", "\n", "\t")) or completion.startswith(
+            (" ", "\n", "\t")
+        ) else " "
+        input_ids = self._ids(prompt + separator + completion + self.tokenizer.eos_token)
+        n_prompt = len(self._ids(prompt))
+        labels = [IGNORE_INDEX] * min(n_prompt, len(input_ids)) + input_ids[n_prompt:]
+        return input_ids, labels
+
+    def _tulu_messages(self, messages: list[Message]) -> tuple[list[int], list[int]]:
+        eos = self.tokenizer.eos_token
+        input_ids = self._ids(tulu_text(messages, eos))
+        labels = list(input_ids)
+        for idx, message in enumerate(messages):
+            if message.role == "assistant":
+                continue
+            start = 0 if idx == 0 else len(self._ids(tulu_text(messages[:idx], eos)))
+            so_far = tulu_text(messages[: idx + 1], eos)
+            if idx + 1 < len(messages) and messages[idx + 1].role == "assistant":
+                so_far += "<|assistant|>\n"
+            end = len(self._ids(so_far))
+            labels[start:end] = [IGNORE_INDEX] * len(labels[start:end])
+            if end >= self.max_seq_len:
+                break
+        return input_ids, labels
+
+    def _chat_template(self, messages: list[Message]) -> tuple[list[int], list[int]]:
+        def render(upto: int, generation_prompt: bool) -> list[int]:
+            text = self.tokenizer.apply_chat_template(
+                [m.model_dump() for m in messages[:upto]],
+                tokenize=False,
+                add_generation_prompt=generation_prompt,
+            )
+            return self._ids(text, special=False)
+
+        input_ids = render(len(messages), False)
+        labels = [IGNORE_INDEX] * len(input_ids)
+        for idx, message in enumerate(messages):
+            if message.role != "assistant":
+                continue
+            start = len(render(idx, True))
+            end = len(render(idx + 1, False))
+            labels[start:end] = input_ids[start:end]
+        return input_ids, labels
+
+
+def _as_messages(example: Example) -> list[Message]:
+    if example.messages is not None:
+        return example.messages
+    return [
+        Message(role="user", content=example.prompt or ""),
+        Message(role="assistant", content=example.completion or ""),
+    ]
+
+
+def collate(batch: Sequence[TokenizedExample], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch: pads get attention 0 and label -100."""
+    width = max(len(e.input_ids) for e in batch)
+    input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, example in enumerate(batch):
+        n = len(example.input_ids)
+        input_ids[row, :n] = torch.tensor(example.input_ids)
+        labels[row, :n] = torch.tensor(example.labels)
+        attention[row, :n] = 1
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+def pad_token_id(tokenizer) -> int:
+    """The pad ID, falling back to EOS (padding never reaches the loss)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
