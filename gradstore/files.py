@@ -1,0 +1,84 @@
+"""Crash-safe file writes and checksums.
+
+Every artifact is written to a temporary name in its final directory, fsynced, renamed
+over the target and the directory fsynced: a reader sees the old file or the whole new
+one, never half of one, and a killed writer leaves only a ``.tmp-*`` file behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def fsync_dir(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> str:
+    """Write ``data`` to ``path`` atomically; return its sha256."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return sha256_bytes(data)
+
+
+def atomic_write_json(path: str | Path, value: Any) -> str:
+    return atomic_write_bytes(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+
+
+def atomic_save_npy(path: str | Path, array: np.ndarray) -> str:
+    """Save an array as ``.npy`` atomically; same array ⇒ same bytes ⇒ same sha256."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def read_json(path: str | Path) -> Any:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def remove_stale_temporaries(root: str | Path) -> int:
+    """Delete ``.tmp-*`` leftovers of killed writers below ``root``; return how many."""
+    removed = 0
+    for stale in Path(root).rglob(".tmp-*"):
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
+            removed += 1
+    return removed
