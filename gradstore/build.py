@@ -1,0 +1,287 @@
+"""A datastore build as stages: prepare → warmup → featurize shards → index.
+
+The CLI runs the stages in a row (``build_all``); workers run the same functions, one
+leased unit at a time. Every stage is idempotent and writes its outputs atomically, so a
+killed stage is simply run again, and two workers produce the same bytes as one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from gradstore.checkpoint_model import CheckpointModel
+from gradstore.checkpoints import (
+    WarmupCheckpoint,
+    checkpoint_weights,
+    import_reference_checkpoints,
+    load_checkpoints,
+)
+from gradstore.config import BuildConfig
+from gradstore.errors import InvalidInputError, NotReadyError
+from gradstore.examples import read_jsonl
+from gradstore.files import (
+    atomic_save_npy,
+    atomic_write_bytes,
+    atomic_write_json,
+    read_json,
+    sha256_file,
+)
+from gradstore.index import build_faiss_index, write_index
+from gradstore.modeling import load_tokenizer, model_content_hash
+from gradstore.store import (
+    SCHEMA_VERSION,
+    BuildSpec,
+    CheckpointEntry,
+    Manifest,
+    ModelInfo,
+    Shard,
+    TokenStore,
+    load_build_spec,
+    save_tokens,
+    utc_now,
+    write_manifest,
+)
+from gradstore.tokenization import ExampleEncoder, SkippedExample
+
+CHECKPOINTS_DONE = "checkpoints/complete.json"
+ProgressCallback = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class PrepareSummary:
+    num_examples: int
+    skipped: list[SkippedExample]
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    shard: Shard
+    files: dict[str, str]
+    rows: int
+    seconds: float
+
+
+def tokenizer_hash(tokenizer, template: str) -> str:
+    """Identifies what the tokenizer does to text: vocabulary, specials, template."""
+    digest = hashlib.sha256()
+    digest.update(template.encode())
+    digest.update(repr(sorted(tokenizer.get_vocab().items())).encode())
+    digest.update(repr(tokenizer.all_special_tokens).encode())
+    digest.update(str(getattr(tokenizer, "chat_template", "") or "").encode())
+    return digest.hexdigest()
+
+
+def prepare(
+    store_dir: str | Path,
+    dataset_path: str | Path,
+    model_dir: str | Path,
+    config: BuildConfig,
+    warmup_from: Sequence[str | Path] = (),
+) -> PrepareSummary:
+    """Tokenise the pool and record what to build; fails early on unusable input."""
+    root, model_dir = Path(store_dir), Path(model_dir)
+    if not model_dir.is_dir():
+        raise InvalidInputError(f"model path {model_dir} is not a local directory")
+    for directory in warmup_from:
+        if not Path(directory).is_dir():
+            raise InvalidInputError(f"--warmup-from {directory} is not a directory")
+    examples = read_jsonl(dataset_path)
+    tokenizer = load_tokenizer(model_dir)
+    encoder = ExampleEncoder(tokenizer, config.max_seq_len, config.template)
+    kept, skipped = encoder.encode_all(examples)
+    if not kept:
+        raise InvalidInputError("no example of the dataset has a completion token to learn from")
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(root / "examples.jsonl", Path(dataset_path).read_bytes())
+    save_tokens(root, kept)
+    atomic_write_json(root / "ids.json", [e.id for e in kept])
+    atomic_write_json(root / "skipped.json", [{"id": s.id, "reason": s.reason} for s in skipped])
+    spec = BuildSpec(
+        dataset_path=str(Path(dataset_path).resolve()),
+        dataset_sha256=sha256_file(dataset_path),
+        model=ModelInfo(path=str(model_dir.resolve()), content_hash=model_content_hash(model_dir)),
+        template=encoder.template,
+        tokenizer_hash=tokenizer_hash(tokenizer, encoder.template),
+        config=config,
+        warmup_from=[str(Path(d).resolve()) for d in warmup_from],
+    )
+    atomic_write_json(root / "build.json", spec.model_dump(mode="json"))
+    return PrepareSummary(len(kept), skipped)
+
+
+def run_warmup_stage(
+    store_dir: str | Path, device: str | None = None, progress: bool = False
+) -> list[WarmupCheckpoint]:
+    """Train (or import) the warmup checkpoints once; a rerun after success is free."""
+    root = Path(store_dir)
+    if (root / CHECKPOINTS_DONE).exists():
+        return load_checkpoints(root / "checkpoints")
+    spec = load_build_spec(root)
+    target = root / "checkpoints"
+    shutil.rmtree(target, ignore_errors=True)  # a killed earlier attempt
+    if spec.warmup_from:
+        checkpoints = import_reference_checkpoints(
+            [Path(d) for d in spec.warmup_from], Path(spec.model.path), target
+        )
+    else:
+        from gradstore.warmup import run_warmup
+
+        pool = TokenStore(root)
+        checkpoints = run_warmup(
+            Path(spec.model.path),
+            pool.slice(0, len(pool)),
+            spec.config,
+            target,
+            device=device,
+            progress=progress,
+        )
+    atomic_write_json(root / CHECKPOINTS_DONE, [c.index for c in checkpoints])
+    return checkpoints
+
+
+def plan_shards(store_dir: str | Path) -> list[Shard]:
+    """All featurize units: checkpoint × row range of ``shard_size``."""
+    root = Path(store_dir)
+    if not (root / CHECKPOINTS_DONE).exists():
+        raise NotReadyError("shards can be planned only after the warmup stage")
+    spec = load_build_spec(root)
+    n = len(read_json(root / "ids.json"))
+    size = spec.config.shard_size
+    return [
+        Shard(c.index, start, min(start + size, n))
+        for c in load_checkpoints(root / "checkpoints")
+        for start in range(0, n, size)
+    ]
+
+
+def shard_done(store_dir: str | Path, shard: Shard) -> bool:
+    root, spec = Path(store_dir), load_build_spec(Path(store_dir))
+    return all((root / shard.feature_file(k)).exists() for k in spec.config.pool_features)
+
+
+@lru_cache(maxsize=2)
+def _checkpoint_model(root: str, device: str | None) -> CheckpointModel:
+    spec = load_build_spec(Path(root))
+    checkpoints = load_checkpoints(Path(root) / "checkpoints")
+    return CheckpointModel(spec.model.path, checkpoints, spec.config.projection, device)
+
+
+def featurize_shard(
+    store_dir: str | Path,
+    shard: Shard,
+    device: str | None = None,
+    on_batch: ProgressCallback | None = None,
+) -> ShardResult:
+    """Compute and atomically write one shard's features of every pool feature kind."""
+    started = time.perf_counter()
+    root = Path(store_dir)
+    spec = load_build_spec(root)
+    config = spec.config
+    examples = TokenStore(root).slice(shard.start, shard.end)
+    model = _checkpoint_model(str(root.resolve()), device)
+    files: dict[str, str] = {}
+    with model.lock:
+        featurizer = model.featurizer(
+            shard.checkpoint, config.batch_size, adam="adam" in config.pool_features
+        )
+        features = featurizer.featurize(examples, kinds=config.pool_features, on_batch=on_batch)
+    dtype = np.float16 if config.dtype == "float16" else np.float32
+    for kind in config.pool_features:
+        relative = shard.feature_file(kind)
+        files[relative] = atomic_save_npy(root / relative, features[kind].astype(dtype))
+    return ShardResult(shard, files, len(examples), time.perf_counter() - started)
+
+
+def build_index(store_dir: str | Path) -> Manifest:
+    """Check that every shard is there, index the features and write the manifest last."""
+    root = Path(store_dir)
+    spec = load_build_spec(root)
+    config = spec.config
+    shards = plan_shards(root)
+    missing = [s.name for s in shards if not shard_done(root, s)]
+    if missing:
+        raise NotReadyError(f"{len(missing)} featurize shards are not done, e.g. {missing[0]}")
+    checkpoints = load_checkpoints(root / "checkpoints")
+    weights = checkpoint_weights(checkpoints)
+    shard_files = {
+        f"ckpt-{c.index}/{kind}": [s.feature_file(kind) for s in shards if s.checkpoint == c.index]
+        for c in checkpoints
+        for kind in config.pool_features
+    }
+    indexes = []
+    for kind in config.pool_features:
+        blocks = [
+            np.concatenate([np.load(root / f) for f in shard_files[f"ckpt-{c.index}/{kind}"]])
+            for c in checkpoints
+        ]
+        vectors = np.concatenate(blocks, axis=1).astype(np.float32)
+        index = build_faiss_index(vectors, config.index_factory)
+        indexes.append(write_index(root, kind, index, config.index_factory))
+    files = {
+        str(path.relative_to(root)): sha256_file(path)
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and not path.name.startswith(".tmp-") and path.name != "manifest.json"
+    }
+    probe = np.load(root / shards[0].feature_file(config.pool_features[0]), mmap_mode="r")
+    manifest = Manifest(
+        schema_version=SCHEMA_VERSION,
+        created_at=utc_now(),
+        model=spec.model,
+        template=spec.template,
+        tokenizer_hash=spec.tokenizer_hash,
+        config=config,
+        dataset_sha256=spec.dataset_sha256,
+        num_examples=len(read_json(root / "ids.json")),
+        num_skipped=len(read_json(root / "skipped.json")),
+        lora_parameters=_lora_parameter_count(checkpoints[0]),
+        dim=int(probe.shape[1]),
+        dtype=config.dtype,
+        projection=config.projection.model_dump(),
+        kinds=list(config.pool_features),
+        checkpoints=[
+            CheckpointEntry(index=c.index, learning_rate=c.learning_rate, weight=w)
+            for c, w in zip(checkpoints, weights, strict=True)
+        ],
+        shards=shard_files,
+        indexes=indexes,
+        files=files,
+    )
+    write_manifest(root, manifest)
+    return manifest
+
+
+def _lora_parameter_count(checkpoint: WarmupCheckpoint) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(Path(checkpoint.path) / "adapter_model.safetensors"), "pt") as handle:
+        return sum(int(np.prod(handle.get_slice(k).get_shape())) for k in handle.keys())  # noqa: SIM118
+
+
+def build_all(
+    store_dir: str | Path,
+    dataset_path: str | Path,
+    model_dir: str | Path,
+    config: BuildConfig,
+    warmup_from: Sequence[str | Path] = (),
+    device: str | None = None,
+    progress: bool = True,
+) -> tuple[PrepareSummary, Manifest]:
+    """Every stage in a row, on this process: the CLI's ``gradstore build``."""
+    from tqdm import tqdm
+
+    summary = prepare(store_dir, dataset_path, model_dir, config, warmup_from)
+    run_warmup_stage(store_dir, device=device, progress=progress)
+    shards = [s for s in plan_shards(store_dir) if not shard_done(store_dir, s)]
+    total = sum(s.end - s.start for s in shards)
+    with tqdm(total=total, desc="featurize", unit="ex", disable=not progress) as bar:
+        for shard in shards:
+            featurize_shard(store_dir, shard, device=device, on_batch=bar.update)
+    return summary, build_index(store_dir)

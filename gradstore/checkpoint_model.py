@@ -1,0 +1,92 @@
+"""One base model with the warmup checkpoints' LoRA weights swapped in on demand.
+
+Building and querying both need the model at every checkpoint θ_i. Loading the base model
+once and swapping the (small) adapter tensors costs memory for one model, not N, and the
+Rademacher projector — a pure function of (seed, row, column) — is shared by all of them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from peft import PeftModel, set_peft_model_state_dict
+from safetensors.torch import load_file
+
+from gradstore.checkpoints import WarmupCheckpoint, load_adam_moments
+from gradstore.config import ProjectionConfig
+from gradstore.featurizer import CheckpointFeaturizer
+from gradstore.modeling import (
+    load_base_model,
+    load_tokenizer,
+    lora_parameter_names,
+    resolve_device,
+)
+from gradstore.preconditioner import AdamPreconditioner
+from gradstore.projection import RademacherProjector
+from gradstore.tokenization import pad_token_id
+
+
+class CheckpointModel:
+    """The model at each warmup checkpoint, with its projector and Adam preconditioners."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        checkpoints: Sequence[WarmupCheckpoint],
+        projection: ProjectionConfig,
+        device: str | torch.device | None = None,
+    ):
+        if not checkpoints:
+            raise ValueError("a checkpoint model needs at least one checkpoint")
+        self.device = resolve_device(device) if not isinstance(device, torch.device) else device
+        self.tokenizer = load_tokenizer(model_dir)
+        self.pad_token_id = pad_token_id(self.tokenizer)
+        self.checkpoints = {c.index: c for c in checkpoints}
+        base = load_base_model(model_dir, self.device)
+        first = checkpoints[0]
+        self.model = PeftModel.from_pretrained(base, str(first.path), is_trainable=True)
+        self.model.to(self.device).eval()
+        self._adapter_states = {
+            c.index: load_file(str(Path(c.path) / "adapter_model.safetensors"))
+            for c in checkpoints
+        }
+        self._moments: dict[int, AdamPreconditioner] = {}
+        self.num_lora_parameters = sum(
+            p.numel() for _, p in self.model.named_parameters() if p.requires_grad
+        )
+        self.parameter_names = lora_parameter_names(self.model)
+        self.projector = RademacherProjector(
+            self.num_lora_parameters, projection.dim, projection.seed, device=self.device
+        )
+        self.lock = threading.Lock()
+        self._active: int | None = None
+
+    def activate(self, index: int) -> None:
+        """Put checkpoint ``index``'s LoRA weights into the model."""
+        if self._active == index:
+            return
+        result = set_peft_model_state_dict(self.model, self._adapter_states[index])
+        missing = [k for k in getattr(result, "unexpected_keys", []) or [] if "lora" in k]
+        if missing:
+            raise ValueError(f"checkpoint {index} has LoRA weights the model lacks: {missing[:3]}")
+        self._active = index
+
+    def preconditioner(self, index: int) -> AdamPreconditioner:
+        if index not in self._moments:
+            m, v = load_adam_moments(self.checkpoints[index].path, self.model)
+            self._moments[index] = AdamPreconditioner(m.to(self.device), v.to(self.device))
+        return self._moments[index]
+
+    def featurizer(self, index: int, batch_size: int, adam: bool) -> CheckpointFeaturizer:
+        """A featurizer with checkpoint ``index`` active (Adam state only when asked for)."""
+        self.activate(index)
+        return CheckpointFeaturizer(
+            self.model,
+            self.projector,
+            self.preconditioner(index) if adam else None,
+            self.pad_token_id,
+            batch_size,
+        )

@@ -1,0 +1,194 @@
+"""The ``gradstore`` command line: toy assets, build, select, demo, and the service commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gradstore.config import BuildConfig, LoraConfig, ProjectionConfig, WarmupConfig
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+toy_app = typer.Typer(no_args_is_help=True, help="Offline toy corpus and model (DESIGN.md §5).")
+app.add_typer(toy_app, name="toy")
+
+
+@toy_app.command("corpus")
+def toy_corpus(
+    out: Annotated[Path, typer.Option(help="JSONL file to write.")],
+    seed: Annotated[int, typer.Option(help="Seed; same seed, same corpus.")] = 0,
+    per_family: Annotated[int, typer.Option(help="Examples per skill family.")] = 150,
+) -> None:
+    """Write the toy instruction corpus (several skills × shared surface styles)."""
+    from gradstore.examples import write_jsonl
+    from gradstore.toy.corpus import generate_corpus
+
+    examples = generate_corpus(seed=seed, per_family=per_family)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl(examples, out)
+    typer.echo(f"wrote {len(examples)} examples to {out}")
+
+
+@toy_app.command("model")
+def toy_model(
+    out: Annotated[Path, typer.Option(help="Directory to save the model and tokenizer in.")],
+    corpus: Annotated[
+        Path | None, typer.Option(help="JSONL to build the tokenizer and pre-train on.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the corpus (if generated) and training.")] = 0,
+    size: Annotated[str, typer.Option(help="Model size: small or tiny.")] = "small",
+    steps: Annotated[int | None, typer.Option(help="Pre-training steps (default: per size).")] = (
+        None
+    ),
+) -> None:
+    """Build a tokenizer and pre-train a small Llama on a corpus (the toy one by default)."""
+    from gradstore.examples import read_jsonl
+    from gradstore.toy.corpus import generate_corpus
+    from gradstore.toy.model import train_toy_model
+
+    examples = read_jsonl(corpus) if corpus else generate_corpus(seed=seed)
+    path = train_toy_model(examples, out, seed=seed, size=size, steps=steps)
+    typer.echo(f"saved the toy model to {path}")
+
+
+@app.command()
+def build(
+    dataset: Annotated[Path, typer.Option(help="Pool of training examples (JSONL).")],
+    model: Annotated[Path, typer.Option(help="Local Hugging Face causal-LM directory.")],
+    out: Annotated[Path, typer.Option(help="Datastore directory to create.")],
+    projection_dim: Annotated[int, typer.Option(help="Projected dimension d.")] = 8192,
+    projection_seed: Annotated[int, typer.Option(help="Seed of the projection.")] = 0,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 128,
+    lora_alpha: Annotated[float | None, typer.Option(help="LoRA alpha (default 4·r).")] = None,
+    lora_target: Annotated[
+        list[str] | None, typer.Option(help="LoRA target module (repeat; default per model).")
+    ] = None,
+    warmup_fraction: Annotated[float, typer.Option(help="Share of the pool to warm up on.")] = 0.05,
+    epochs: Annotated[int, typer.Option(help="Warmup epochs (one checkpoint each).")] = 4,
+    learning_rate: Annotated[float, typer.Option(help="Warmup peak learning rate.")] = 2e-5,
+    warmup_batch_size: Annotated[int, typer.Option(help="Warmup micro-batch size.")] = 8,
+    gradient_accumulation: Annotated[int, typer.Option(help="Micro-batches per step.")] = 16,
+    max_seq_len: Annotated[int, typer.Option(help="Truncate examples to this many tokens.")] = 2048,
+    batch_size: Annotated[int, typer.Option(help="Featurization batch size.")] = 16,
+    seed: Annotated[int, typer.Option(help="Warmup seed.")] = 0,
+    dtype: Annotated[str, typer.Option(help="Stored feature dtype: float16 or float32.")] = (
+        "float16"
+    ),
+    pool_features: Annotated[
+        list[str] | None, typer.Option(help="Pool feature kinds to keep: adam, sgd (repeat).")
+    ] = None,
+    warmup_from: Annotated[
+        list[Path] | None,
+        typer.Option(help="Reuse an existing LESS warmup: a checkpoint dir (repeat per epoch)."),
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: auto).")] = (
+        None
+    ),
+) -> None:
+    """Build a LESS datastore: warmup, per-example gradients at each checkpoint, FAISS index."""
+    from gradstore.build import build_all
+
+    config = BuildConfig(
+        lora=LoraConfig(
+            r=lora_r, alpha=lora_alpha or 4.0 * lora_r, target_modules=lora_target or None
+        ),
+        warmup=WarmupConfig(
+            fraction=warmup_fraction,
+            epochs=epochs,
+            learning_rate=learning_rate,
+            seed=seed,
+            batch_size=warmup_batch_size,
+            gradient_accumulation=gradient_accumulation,
+        ),
+        projection=ProjectionConfig(dim=projection_dim, seed=projection_seed),
+        max_seq_len=max_seq_len,
+        batch_size=batch_size,
+        dtype=dtype,  # type: ignore[arg-type]
+        pool_features=pool_features or ["adam"],  # type: ignore[arg-type]
+    )
+    summary, manifest = build_all(out, dataset, model, config, warmup_from or ())
+    typer.echo(f"datastore ready at {out}")
+    typer.echo(
+        f"  examples: {manifest.num_examples} (skipped {len(summary.skipped)})  "
+        f"checkpoints: {len(manifest.checkpoints)}  dim: {manifest.dim}  "
+        f"LoRA parameters: {manifest.lora_parameters}  index: {manifest.config.index_factory}"
+    )
+    for skipped in summary.skipped[:10]:
+        typer.echo(f"  skipped {skipped.id}: {skipped.reason}")
+
+
+@app.command()
+def select(
+    store: Annotated[Path, typer.Option(help="Datastore directory.")],
+    targets: Annotated[Path, typer.Option(help="Target examples (JSONL, with 'subtask').")],
+    top_k: Annotated[int | None, typer.Option(help="Number of examples to select.")] = None,
+    fraction: Annotated[float | None, typer.Option(help="Share of the pool to select.")] = None,
+    method: Annotated[str, typer.Option(help="Selection method.")] = "less",
+    options: Annotated[str | None, typer.Option(help="Method options as a JSON object.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    device: Annotated[str | None, typer.Option(help="Device for target gradients.")] = None,
+) -> None:
+    """Rank the pool for a target: the top examples, best first."""
+    from gradstore.examples import read_jsonl
+    from gradstore.query import QueryEngine
+    from gradstore.selection import run_selection
+    from gradstore.store import Datastore
+
+    engine = QueryEngine(Datastore.open(store), device=device)
+    result = run_selection(
+        engine,
+        read_jsonl(targets),
+        method=method,
+        top_k=top_k,
+        fraction=fraction,
+        options=json.loads(options) if options else None,
+    )
+    selected = [{"id": s.id, "score": s.score, "subtask": s.subtask} for s in result.selected]
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "method": result.method,
+                    "selected": selected,
+                    "num_candidates": result.num_candidates,
+                    "timings_ms": result.timings_ms,
+                }
+            )
+        )
+        return
+    for rank, item in enumerate(selected, 1):
+        typer.echo(f"{rank:6d}  {item['score']:+.6f}  {item['subtask']:<20}  {item['id']}")
+
+
+@app.command()
+def demo(
+    work_dir: Annotated[Path, typer.Option(help="Where the toy assets and store go.")] = Path(
+        ".gradstore/demo"
+    ),
+    per_family: Annotated[int, typer.Option(help="Pool examples per toy family.")] = 150,
+    seed: Annotated[int, typer.Option(help="Seed of everything.")] = 0,
+    fraction: Annotated[float, typer.Option(help="Share of the pool to select.")] = 0.05,
+    json_out: Annotated[Path | None, typer.Option(help="Also write the results as JSON.")] = None,
+) -> None:
+    """End to end on the toy assets: build, select for each family, print precision."""
+    from gradstore.demo import format_table, run_demo
+
+    report = run_demo(work_dir, per_family=per_family, seed=seed, fraction=fraction)
+    typer.echo(format_table(report))
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=2))
+
+
+def _register_service_commands() -> None:
+    try:
+        from service.commands import register
+    except ImportError:  # the core library can be installed without the service
+        return
+    register(app)
+
+
+_register_service_commands()
+
+__all__ = ["app"]

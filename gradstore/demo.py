@@ -1,0 +1,122 @@
+"""The end-to-end demo: toy assets → LESS datastore → a selection per toy family.
+
+Precision here is the share of the selected examples that come from the target's own skill
+family (the family is evaluation metadata; no selector sees it). Random's expected
+precision is one over the number of families.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from gradstore.build import build_all
+from gradstore.config import BuildConfig, LoraConfig, ProjectionConfig, WarmupConfig
+from gradstore.examples import Example, read_jsonl
+from gradstore.query import QueryEngine
+from gradstore.selection import run_selection
+from gradstore.store import MANIFEST, Datastore
+
+# Sized for minutes on 2 CPU cores. The LESS defaults (r=128, lr 2e-5, batch 128) assume a
+# multi-billion-parameter model and a large pool; at toy scale they would leave the LoRA
+# adapter untouched, so the demo scales them down (recorded in docs/decisions.md).
+DEMO_CONFIG = BuildConfig(
+    lora=LoraConfig(r=8, alpha=32, dropout=0.1),
+    warmup=WarmupConfig(
+        fraction=0.05, epochs=4, learning_rate=1e-3, batch_size=8, gradient_accumulation=1
+    ),
+    projection=ProjectionConfig(dim=8192, seed=0),
+    max_seq_len=128,
+    batch_size=32,
+    shard_size=512,
+    pool_features=["adam", "sgd"],
+)
+METHODS = [
+    ("less", "less", {}),
+    ("less (sgd pool)", "less", {"pool_features": "sgd"}),
+    ("bm25", "bm25", {}),
+    ("random", "random", {}),
+]
+TARGETS_PER_FAMILY = 8
+
+
+def family_of(example: Example) -> str:
+    return example.extra["meta"]["family"]
+
+
+def run_demo(
+    work_dir: Path,
+    per_family: int = 150,
+    seed: int = 0,
+    fraction: float = 0.05,
+    config: BuildConfig = DEMO_CONFIG,
+    progress: bool = True,
+) -> dict:
+    """Build (or reuse) the toy datastore and measure precision per family and method."""
+    from gradstore.toy.corpus import FAMILIES, generate_targets
+    from gradstore.toy.model import ensure_toy_assets
+
+    started = time.perf_counter()
+    corpus_path, model_dir = ensure_toy_assets(
+        work_dir / "assets", seed=seed, per_family=per_family
+    )
+    assets_s = time.perf_counter() - started
+    store = work_dir / f"store-{per_family}-{seed}"
+    built = time.perf_counter()
+    if not (store / MANIFEST).exists():
+        shutil.rmtree(store, ignore_errors=True)
+        build_all(store, corpus_path, model_dir, config, progress=progress)
+    build_s = time.perf_counter() - built
+
+    pool_family = {e.id: family_of(e) for e in read_jsonl(corpus_path)}
+    engine = QueryEngine(Datastore.open(store))
+    targets = generate_targets(seed=seed + 1, per_family=TARGETS_PER_FAMILY)
+    precision: dict[str, dict[str, float]] = {}
+    latency_ms: dict[str, list[float]] = {label: [] for label, _, _ in METHODS}
+    for family in FAMILIES:
+        family_targets = [t for t in targets if t.subtask == family]
+        precision[family] = {}
+        for label, method, options in METHODS:
+            result = run_selection(
+                engine, family_targets, method=method, fraction=fraction, options=options
+            )
+            hits = sum(pool_family[s.id] == family for s in result.selected)
+            precision[family][label] = hits / len(result.selected)
+            latency_ms[label].append(result.timings_ms["total"])
+    mean = {
+        label: sum(p[label] for p in precision.values()) / len(precision) for label, _, _ in METHODS
+    }
+    return {
+        "num_examples": engine.manifest.num_examples,
+        "families": list(FAMILIES),
+        "fraction": fraction,
+        "selected_per_query": max(1, round(fraction * engine.manifest.num_examples)),
+        "precision": precision,
+        "mean_precision": mean,
+        "chance": 1 / len(FAMILIES),
+        "query_ms_mean": {k: sum(v) / len(v) for k, v in latency_ms.items()},
+        "assets_s": round(assets_s, 1),
+        "build_s": round(build_s, 1),
+        "store": str(store),
+    }
+
+
+def format_table(report: dict) -> str:
+    labels = list(report["mean_precision"])
+    width = max(len(f) for f in report["families"]) + 2
+    lines = [
+        f"precision at {report['fraction']:.0%} of {report['num_examples']} pool examples "
+        f"({report['selected_per_query']} selected per family; chance {report['chance']:.3f})",
+        "family".ljust(width) + "".join(label.rjust(17) for label in labels),
+    ]
+    for family, row in report["precision"].items():
+        lines.append(family.ljust(width) + "".join(f"{row[label]:17.3f}" for label in labels))
+    lines.append(
+        "mean".ljust(width) + "".join(f"{report['mean_precision'][x]:17.3f}" for x in labels)
+    )
+    lines.append(
+        "query ms".ljust(width) + "".join(f"{report['query_ms_mean'][x]:17.1f}" for x in labels)
+    )
+    lines.append(f"toy assets {report['assets_s']} s, datastore build {report['build_s']} s")
+    return "\n".join(lines)
