@@ -1,0 +1,141 @@
+"""Tokenisation against hand-computed expectations on a byte-level tokenizer.
+
+With one token per byte (plus single-token specials) every expected label can be counted
+by hand, so these tests check the reference's masking rules independently of the code.
+"""
+
+import pytest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast
+
+from gradstore.examples import load_examples
+from gradstore.tokenization import (
+    IGNORE_INDEX,
+    ExampleEncoder,
+    SkippedExample,
+    TokenizedExample,
+    collate,
+)
+
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {token: i for i, token in enumerate(SPECIALS + sorted(alphabet))}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", vocab["<s>"])]
+    )
+    core.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+    tok.add_special_tokens({"additional_special_tokens": SPECIALS[4:]})
+    return tok
+
+
+def answer_tokens(encoded):
+    pairs = zip(encoded.input_ids, encoded.labels, strict=True)
+    return [token for token, label in pairs if label != IGNORE_INDEX]
+
+
+def n(text):
+    return len(text.encode())
+
+
+def test_tulu_messages_mask_everything_but_answers(tokenizer):
+    (example,) = load_examples(
+        [
+            {
+                "messages": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "What is 2+2?"},
+                    {"role": "assistant", "content": " 4 "},
+                    {"role": "user", "content": "and 3+3?"},
+                    {"role": "assistant", "content": "6"},
+                ]
+            }
+        ]
+    )
+    encoded = ExampleEncoder(tokenizer, 512, "tulu").encode(example)
+    assert isinstance(encoded, TokenizedExample)
+    # <s> <|system|> "\nBe brief.\n" <|user|> "\nWhat is 2+2?\n" <|assistant|> "\n"
+    masked_1 = 1 + 1 + n("\nBe brief.\n") + 1 + n("\nWhat is 2+2?\n") + 1 + n("\n")
+    answer_1 = n("4") + 1 + n("\n")  # content stripped, then </s>, then the newline
+    masked_2 = 1 + n("\nand 3+3?\n") + 1 + n("\n")
+    answer_2 = n("6") + 1 + n("\n")
+    expected = (
+        [IGNORE_INDEX] * masked_1 + [1] * answer_1 + [IGNORE_INDEX] * masked_2 + [1] * answer_2
+    )
+    assert len(encoded.input_ids) == len(expected)
+    assert [IGNORE_INDEX if e == IGNORE_INDEX else 1 for e in encoded.labels] == expected
+    kept = [
+        t
+        for t, label in zip(encoded.input_ids, encoded.labels, strict=True)
+        if label != IGNORE_INDEX
+    ]
+    assert tokenizer.decode(kept) == "4</s>\n6</s>\n"
+
+
+def test_prompt_completion_adds_a_space_and_eos(tokenizer):
+    (example,) = load_examples([{"prompt": "Q: 2+2", "completion": "4"}])
+    encoded = ExampleEncoder(tokenizer, 512, "tulu").encode(example)
+    assert tokenizer.decode(encoded.input_ids, skip_special_tokens=False) == "<s>Q: 2+2 4</s>"
+    n_prompt = 1 + n("Q: 2+2")
+    assert encoded.labels[:n_prompt] == [IGNORE_INDEX] * n_prompt
+    assert encoded.labels[n_prompt:] == encoded.input_ids[n_prompt:]
+    assert encoded.num_target_tokens == n(" 4") + 1
+
+
+def test_truncation_and_skip_report(tokenizer):
+    examples = load_examples(
+        [
+            {"id": "long", "prompt": "x" * 50, "completion": "yes"},
+            {"id": "fits", "prompt": "x" * 5, "completion": "yes"},
+        ]
+    )
+    kept, skipped = ExampleEncoder(tokenizer, 20, "tulu").encode_all(examples)
+    assert [k.id for k in kept] == ["fits"]
+    assert skipped == [
+        SkippedExample("long", "no completion token left after truncation to 20 tokens")
+    ]
+    assert all(len(k.input_ids) <= 20 for k in kept)
+
+
+def test_chat_template_labels_the_assistant_turns():
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {token: i for i, token in enumerate(SPECIALS + sorted(alphabet))}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="</s>", pad_token="<pad>")
+    tok.chat_template = (
+        "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}"
+        "{% if m['role'] == 'assistant' %}</s>{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}[assistant]{% endif %}"
+    )
+    (example,) = load_examples([{"prompt": "hi", "completion": "yo"}])
+    encoder = ExampleEncoder(tok, 512, "auto")
+    assert encoder.template == "chat_template"
+    encoded = encoder.encode(example)
+    kept = [
+        t
+        for t, label in zip(encoded.input_ids, encoded.labels, strict=True)
+        if label != IGNORE_INDEX
+    ]
+    assert tok.decode(kept) == "yo</s>"
+
+
+def test_collate_pads_right_and_masks(tokenizer):
+    batch = [TokenizedExample("a", [5, 6, 7], [-100, 6, 7]), TokenizedExample("b", [8], [8])]
+    out = collate(batch, pad_token_id=0)
+    assert out["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert out["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert out["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
