@@ -50,8 +50,7 @@ class CheckpointModel:
         self.model = PeftModel.from_pretrained(base, str(first.path), is_trainable=True)
         self.model.to(self.device).eval()
         self._adapter_states = {
-            c.index: load_file(str(Path(c.path) / "adapter_model.safetensors"))
-            for c in checkpoints
+            c.index: load_file(str(Path(c.path) / "adapter_model.safetensors")) for c in checkpoints
         }
         self._moments: dict[int, AdamPreconditioner] = {}
         self.num_lora_parameters = sum(

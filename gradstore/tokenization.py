@@ -103,9 +103,11 @@ class ExampleEncoder:
 
     def _tulu_prompt_completion(self, example: Example) -> tuple[list[int], list[int]]:
         prompt, completion = example.prompt or "", example.completion or ""
-        separator = "" if prompt.endswith((" ", "\n", "\t")) or completion.startswith(
-            (" ", "\n", "\t")
-        ) else " "
+        separator = (
+            ""
+            if prompt.endswith((" ", "\n", "\t")) or completion.startswith((" ", "\n", "\t"))
+            else " "
+        )
         input_ids = self._ids(prompt + separator + completion + self.tokenizer.eos_token)
         n_prompt = len(self._ids(prompt))
         labels = [IGNORE_INDEX] * min(n_prompt, len(input_ids)) + input_ids[n_prompt:]

@@ -1,0 +1,33 @@
+"""Adam preconditioning of per-example gradients, as the LESS reference featurises them.
+
+Γ = (β1·m + (1−β1)·g) / sqrt(β2·v + (1−β2)·g² + ε): the direction one more Adam step would
+take on this example alone from the checkpoint's moments m, v. As in the reference, there is
+no bias correction and ε sits inside the square root.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class AdamPreconditioner:
+    def __init__(
+        self,
+        exp_avg: torch.Tensor,
+        exp_avg_sq: torch.Tensor,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        eps: float = 1e-8,
+    ):
+        if exp_avg.shape != exp_avg_sq.shape or exp_avg.dim() != 1:
+            raise ValueError("Adam moments must be two flat vectors of the same length")
+        self.exp_avg = exp_avg.float()
+        self.exp_avg_sq = exp_avg_sq.float()
+        self.beta1, self.beta2, self.eps = beta1, beta2, eps
+
+    def __call__(self, grads: torch.Tensor) -> torch.Tensor:
+        """(B, P) plain gradients → (B, P) Adam update directions."""
+        m = self.exp_avg.to(grads.device)
+        v = self.exp_avg_sq.to(grads.device)
+        numerator = self.beta1 * m + (1 - self.beta1) * grads
+        return numerator / torch.sqrt(self.beta2 * v + (1 - self.beta2) * grads.square() + self.eps)
