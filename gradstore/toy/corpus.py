@@ -1,0 +1,117 @@
+"""A toy instruction corpus where skill and wording disagree (DESIGN.md §5).
+
+Eight skill families, each asked in the same five surface styles, so words shared between
+two examples say nothing about their skill. The skill is given by a symbol in the input
+(``+``, ``~``, ``^``, ...), which lexical retrievers ignore, and most families answer in a
+distinct *form* (numbers, lowercase or uppercase letters, yes/no, codes, even/odd); two
+(``add`` and ``count``) share the numeric form on purpose, to show where gradient features
+stop separating skills. The family is kept as ``meta`` for evaluation only.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from gradstore.examples import Example
+
+FAMILIES = ("add", "count", "reverse", "sort", "upper", "brackets", "lookup", "parity")
+STYLES = (
+    "Q: {x}\nA:",
+    "Input: {x}\nOutput:",
+    "Please respond to this: {x}",
+    "{x} =>",
+    "Here is a task item: {x}. Answer briefly.",
+)
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def _word(rng: random.Random, low: int = 3, high: int = 6) -> str:
+    return "".join(rng.choice(_LETTERS) for _ in range(rng.randint(low, high)))
+
+
+def _dictionary(seed: int) -> dict[str, str]:
+    """A fixed synthetic dictionary: made-up words → made-up codes."""
+    rng = random.Random(f"dictionary-{seed}")
+    words = sorted({_word(rng, 4, 5) for _ in range(60)})
+    return {w: f"{rng.choice('KQZXJV')}-{rng.randint(10, 99)}" for w in words}
+
+
+def _brackets(rng: random.Random) -> tuple[str, str]:
+    if rng.random() < 0.5:
+        depth, text = 0, []
+        for _ in range(rng.randint(2, 5)):
+            text.append("(")
+            depth += 1
+            while depth and rng.random() < 0.5:
+                text.append(")")
+                depth -= 1
+        text.extend(")" * depth)
+        return "".join(text), "yes"
+    text = "".join(rng.choice("()") for _ in range(rng.randint(3, 9)))
+    balanced = text.count("(") == text.count(")") and all(
+        text[:i].count("(") >= text[:i].count(")") for i in range(len(text) + 1)
+    )
+    return text, "yes" if balanced else "no"
+
+
+def _task(family: str, rng: random.Random, dictionary: dict[str, str]) -> tuple[str, str]:
+    """(input, answer) of one example of a family."""
+    if family == "add":
+        a, b = rng.randint(0, 99), rng.randint(0, 99)
+        return f"{a}+{b}", str(a + b)
+    if family == "count":
+        letter = rng.choice("xyz")
+        text = "".join(rng.choice(letter + "abc") for _ in range(rng.randint(4, 9)))
+        return f"#{letter} {text}", str(text.count(letter))
+    if family == "reverse":
+        word = _word(rng)
+        return f"~{word}", word[::-1]
+    if family == "sort":
+        word = _word(rng)
+        return f"{word}^", " ".join(sorted(word))
+    if family == "upper":
+        word = _word(rng)
+        return f"!{word}", word.upper()
+    if family == "brackets":
+        return _brackets(rng)
+    if family == "lookup":
+        word = rng.choice(sorted(dictionary))
+        return f"@{word}", dictionary[word]
+    if family == "parity":
+        n = rng.randint(0, 999)
+        return f"%{n}", "even" if n % 2 == 0 else "odd"
+    raise ValueError(f"unknown family {family!r}")
+
+
+def _examples(
+    seed: int, per_family: int, make_id: Callable[[str, int], str], subtask: bool
+) -> list[Example]:
+    rng = random.Random(seed)
+    dictionary = _dictionary(0)  # the dictionary is part of the world, not of the sample
+    out = []
+    for family in FAMILIES:
+        for n in range(per_family):
+            style = n % len(STYLES)
+            task_input, answer = _task(family, rng, dictionary)
+            out.append(
+                Example(
+                    id=make_id(family, n),
+                    prompt=STYLES[style].format(x=task_input),
+                    completion=answer,
+                    subtask=family if subtask else None,
+                    extra={"meta": {"family": family, "style": style}},
+                )
+            )
+    random.Random(seed + 1).shuffle(out)
+    return out
+
+
+def generate_corpus(seed: int = 0, per_family: int = 150) -> list[Example]:
+    """The pool: ``per_family`` examples of every family, shuffled, deterministic from seed."""
+    return _examples(seed, per_family, lambda f, n: f"{f}-{n:05d}", subtask=False)
+
+
+def generate_targets(seed: int = 1, per_family: int = 8) -> list[Example]:
+    """Held-out target examples with ``subtask`` = family (IDs never clash with the pool's)."""
+    return _examples(10_000 + seed, per_family, lambda f, n: f"target-{f}-{n:03d}", subtask=True)

@@ -1,0 +1,62 @@
+"""The hashed Rademacher projection against a dense reference, and its JL behaviour."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gradstore.projection import DenseReferenceProjector, RademacherProjector, rademacher_block
+
+
+@pytest.mark.parametrize("seed", [0, 1, 12345])
+def test_blockwise_equals_dense_reference(seed):
+    x = torch.randn(4, 300, generator=torch.Generator().manual_seed(seed))
+    expected = DenseReferenceProjector(300, 200, seed).project(x)
+    for block_elements in (200, 7 * 200, 10**9):
+        for cache_bytes in (0, 1 << 30):
+            projector = RademacherProjector(
+                300, 200, seed, block_elements=block_elements, cache_bytes=cache_bytes
+            )
+            for _ in range(2):  # the second call reads the cache when there is one
+                torch.testing.assert_close(projector.project(x), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_batch_size_does_not_change_a_row():
+    x = torch.randn(9, 500, generator=torch.Generator().manual_seed(0))
+    projector = RademacherProjector(500, 128, 3)
+    full = projector.project(x)
+    for i in range(9):
+        torch.testing.assert_close(
+            projector.project(x[i : i + 1])[0], full[i], rtol=1e-5, atol=1e-4
+        )
+
+
+def test_signs_are_a_function_of_position_only():
+    whole = rademacher_block(5, 0, 40, 130)
+    part = rademacher_block(5, 17, 23, 130)
+    assert torch.equal(whole[17:23], part)
+    assert set(whole.unique().tolist()) == {-1.0, 1.0}
+    assert not torch.equal(rademacher_block(6, 0, 40, 130), whole)
+
+
+def test_signs_are_balanced_and_uncorrelated():
+    signs = rademacher_block(0, 0, 2000, 512)
+    assert abs(signs.mean().item()) < 0.01
+    corr = (signs.T @ signs) / signs.shape[0]  # columns
+    off_diagonal = corr - torch.eye(512)
+    assert off_diagonal.abs().max().item() < 5 * 2000**-0.5
+    row_corr = (signs[:200] @ signs[:200].T) / 512
+    assert (row_corr - torch.eye(200)).abs().max().item() < 5 * 512**-0.5
+
+
+def test_cosines_are_preserved_within_jl_tolerance():
+    generator = torch.Generator().manual_seed(0)
+    base = torch.randn(1, 20000, generator=generator)
+    noise = torch.randn(6, 20000, generator=generator)
+    x = torch.cat([base + t * noise[i : i + 1] for i, t in enumerate([0.2, 0.5, 1, 2, 4, 8])])
+    x = torch.cat([base, x])
+    raw = torch.nn.functional.normalize(x, dim=1)
+    projected = torch.nn.functional.normalize(RademacherProjector(20000, 8192, 0).project(x), dim=1)
+    cos_raw = raw[1:] @ raw[0]
+    cos_proj = projected[1:] @ projected[0]
+    assert (cos_raw - cos_proj).abs().max().item() < 4 / 8192**0.5
