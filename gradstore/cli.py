@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from gradstore.config import BuildConfig, LoraConfig, ProjectionConfig, WarmupConfig
+from service.commands import register as register_service_commands
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 toy_app = typer.Typer(no_args_is_help=True, help="Offline toy corpus and model (DESIGN.md §5).")
@@ -181,14 +182,7 @@ def demo(
         json_out.write_text(json.dumps(report, indent=2))
 
 
-def _register_service_commands() -> None:
-    try:
-        from service.commands import register
-    except ImportError:  # the core library can be installed without the service
-        return
-    register(app)
+register_service_commands(app)
 
-
-_register_service_commands()
-
-__all__ = ["app"]
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""The HTTP edge of gradstore: FastAPI app, database models and settings."""

@@ -1,0 +1,98 @@
+"""Service commands of the ``gradstore`` CLI: serve (embedded), api, worker, db upgrade."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+db_app = typer.Typer(no_args_is_help=True, help="Database schema (Alembic).")
+
+
+def _settings(data_dir: Path | None = None):
+    from service.settings import Settings
+
+    if data_dir is not None:
+        os.environ["GRADSTORE_DATA_DIR"] = str(data_dir)
+    return Settings()
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Apply the migrations to GRADSTORE_DATABASE_URL (or the embedded SQLite file)."""
+    from migrations import upgrade
+
+    settings = _settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.database_url, revision)
+    typer.echo(f"database at {settings.database_url.split('@')[-1]} is at {revision}")
+
+
+def api(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+) -> None:
+    """Run the HTTP API only (the Compose api service; workers run separately)."""
+    import uvicorn
+
+    from service.app import create_app
+
+    uvicorn.run(create_app(_settings()), host=host, port=port, log_level="info")
+
+
+def worker(
+    once: Annotated[bool, typer.Option(help="Exit when no work is left.")] = False,
+) -> None:
+    """Claim and run build units from the database until stopped."""
+    from worker.runner import Worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    settings = _settings()
+    Worker(settings).run(once=once, stop=stop)
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    data_dir: Annotated[Path | None, typer.Option(help="Artifact root and SQLite home.")] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes to start beside the API.")] = 1,
+) -> None:
+    """Embedded mode: migrations, the API and worker processes, SQLite by default."""
+    import uvicorn
+
+    from migrations import upgrade
+    from service.app import create_app
+
+    settings = _settings(data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.database_url)
+    children = [
+        subprocess.Popen([sys.executable, "-m", "gradstore.cli", "worker"], env=os.environ.copy())
+        for _ in range(workers)
+    ]
+    try:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
+    app.command()(api)
+    app.command()(worker)
+    app.add_typer(db_app, name="db")

@@ -1,0 +1,105 @@
+"""Tables: datasets, datastores, their work units (leased by workers) and the query log."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200))
+    num_examples: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    path: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Datastore(Base):
+    __tablename__ = "datastores"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    model_path: Mapped[str] = mapped_column(Text)
+    config: Mapped[dict] = mapped_column(JSON)
+    warmup_from: Mapped[list] = mapped_column(JSON, default=list)
+    path: Mapped[str] = mapped_column(Text)
+    progress_done: Mapped[int] = mapped_column(Integer, default=0)
+    progress_total: Mapped[int] = mapped_column(Integer, default=0)
+    examples_per_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    num_examples: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    dim: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    checkpoints: Mapped[list] = mapped_column(JSON, default=list)
+    skipped: Mapped[list] = mapped_column(JSON, default=list)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
+class WorkUnit(Base):
+    """One leasable piece of a build: the warmup, a featurize shard, or the index."""
+
+    __tablename__ = "work_units"
+    __table_args__ = (UniqueConstraint("datastore_id", "kind", "checkpoint", "start"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    datastore_id: Mapped[str] = mapped_column(
+        ForeignKey("datastores.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(16))
+    checkpoint: Mapped[int] = mapped_column(Integer, default=0)
+    start: Mapped[int] = mapped_column(Integer, default=0)
+    end: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SelectionRecord(Base):
+    """The audit log of queries."""
+
+    __tablename__ = "selections"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    datastore_id: Mapped[str] = mapped_column(
+        ForeignKey("datastores.id", ondelete="CASCADE"), index=True
+    )
+    method: Mapped[str] = mapped_column(String(64))
+    num_targets: Mapped[int] = mapped_column(Integer)
+    num_selected: Mapped[int] = mapped_column(Integer)
+    request: Mapped[dict] = mapped_column(JSON)
+    timings_ms: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

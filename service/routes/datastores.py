@@ -1,0 +1,191 @@
+"""Datastores: start a build (202), watch it, cancel or remove it, and query it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, Query, Response
+from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
+from sqlalchemy import delete, func, select
+
+from gradstore.config import BuildConfig
+from gradstore.errors import (
+    InvalidInputError,
+    NotFoundError,
+    NotReadyError,
+    PayloadTooLargeError,
+)
+from gradstore.examples import load_examples
+from gradstore.selection import get_method, run_selection
+from service.deps import EnginesDep, SessionDep, SettingsDep
+from service.metrics import SELECT_SECONDS
+from service.models import Datastore, SelectionRecord, WorkUnit
+from service.routes.datasets import get_dataset_or_404
+from service.schemas import (
+    DatastoreCreate,
+    DatastorePublic,
+    SelectRequest,
+    SelectResponse,
+)
+from worker.queue import ACTIVE_BUILD
+from worker.stages import remove_artifacts
+
+router = APIRouter(prefix="/v1/datastores", tags=["datastores"])
+
+
+def public(store: Datastore) -> dict:
+    rate = store.examples_per_s
+    remaining = max(0, store.progress_total - store.progress_done)
+    return {
+        "id": store.id,
+        "dataset_id": store.dataset_id,
+        "status": store.status,
+        "progress": {
+            "stage": store.status,
+            "done": store.progress_done,
+            "total": store.progress_total,
+            "examples_per_s": rate,
+            "eta_s": round(remaining / rate, 1) if rate and store.status in ACTIVE_BUILD else None,
+        },
+        "checkpoints": [
+            {"index": c["index"], "learning_rate": c["learning_rate"]} for c in store.checkpoints
+        ],
+        "num_examples": store.num_examples,
+        "dim": store.dim,
+        "error": store.error,
+        "skipped": store.skipped or [],
+        "created_at": store.created_at,
+    }
+
+
+def get_store_or_404(session, datastore_id: str) -> Datastore:
+    store = session.get(Datastore, datastore_id)
+    if store is None:
+        raise NotFoundError(f"no datastore with id {datastore_id!r}")
+    return store
+
+
+@router.post("", status_code=202, response_model=DatastorePublic)
+def create_datastore(
+    body: DatastoreCreate, response: Response, session: SessionDep, settings: SettingsDep
+):
+    """Queue a build; workers pick it up. Poll the ``Location`` until status is ready."""
+    get_dataset_or_404(session, body.dataset_id)
+    if not Path(body.model.path).is_dir():
+        raise InvalidInputError(f"model.path {body.model.path!r} is not a local directory")
+    for directory in body.warmup_from:
+        if not Path(directory).is_dir():
+            raise InvalidInputError(f"warmup_from {directory!r} is not a local directory")
+    try:
+        config = BuildConfig(
+            lora=body.lora,
+            warmup=body.warmup,
+            projection=body.projection,
+            max_seq_len=body.max_seq_len,
+            **body.options,
+        )
+    except (ValidationError, TypeError) as exc:
+        raise InvalidInputError(f"options: {exc}") from None
+    store = Datastore(
+        dataset_id=body.dataset_id,
+        model_path=str(Path(body.model.path).resolve()),
+        config=config.model_dump(mode="json"),
+        warmup_from=[str(Path(d).resolve()) for d in body.warmup_from],
+        path="",
+    )
+    session.add(store)
+    session.flush()
+    store.path = str((settings.datastores_dir / store.id).resolve())
+    session.add(WorkUnit(datastore_id=store.id, kind="warmup"))
+    session.commit()
+    response.headers["Location"] = f"/v1/datastores/{store.id}"
+    return public(store)
+
+
+@router.get("")
+def list_datastores(
+    session: SessionDep, limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)
+) -> dict:
+    rows = session.scalars(
+        select(Datastore).order_by(Datastore.created_at, Datastore.id).offset(offset).limit(limit)
+    ).all()
+    count = session.scalar(select(func.count()).select_from(Datastore))
+    return {"data": [DatastorePublic(**public(r)) for r in rows], "count": count}
+
+
+@router.get("/{datastore_id}", response_model=DatastorePublic)
+def get_datastore(datastore_id: str, session: SessionDep):
+    return public(get_store_or_404(session, datastore_id))
+
+
+@router.delete("/{datastore_id}", status_code=204, response_class=Response)
+def delete_datastore(datastore_id: str, session: SessionDep, engines: EnginesDep):
+    """Cancel a build in progress, or remove a finished datastore; artifacts are deleted."""
+    store = get_store_or_404(session, datastore_id)
+    engines.evict(store.id)
+    if store.status in ACTIVE_BUILD:
+        store.cancel_requested = True
+        store.status = "cancelled"
+        session.execute(
+            delete(WorkUnit).where(WorkUnit.datastore_id == store.id, WorkUnit.state == "pending")
+        )
+        session.commit()
+    else:
+        session.execute(delete(SelectionRecord).where(SelectionRecord.datastore_id == store.id))
+        session.execute(delete(WorkUnit).where(WorkUnit.datastore_id == store.id))
+        session.delete(store)
+        session.commit()
+    remove_artifacts(store.path)
+    return Response(status_code=204)
+
+
+@router.post("/{datastore_id}/select", response_model=SelectResponse)
+async def select_training_data(
+    datastore_id: str,
+    body: SelectRequest,
+    session: SessionDep,
+    settings: SettingsDep,
+    engines: EnginesDep,
+):
+    """Rank the pool for the targets (best first), with per-phase timings."""
+    store = get_store_or_404(session, datastore_id)
+    if store.status != "ready":
+        raise NotReadyError(f"datastore {datastore_id} is {store.status}, not ready")
+    if len(body.targets) > settings.max_targets:
+        raise PayloadTooLargeError(
+            f"{len(body.targets)} targets; at most {settings.max_targets} per query"
+        )
+    get_method(body.method)  # unknown methods fail before any loading
+    records = [
+        t.model_dump(exclude_none=True) | {"id": t.id or f"target-{i}"}
+        for i, t in enumerate(body.targets)
+    ]
+    targets = load_examples(records)
+
+    def work():
+        engine = engines.get(store.id, store.path)
+        return run_selection(engine, targets, body.method, body.top_k, body.fraction, body.options)
+
+    with SELECT_SECONDS.labels(body.method).time():
+        result = await run_in_threadpool(work)
+    session.add(
+        SelectionRecord(
+            datastore_id=store.id,
+            method=result.method,
+            num_targets=len(targets),
+            num_selected=len(result.selected),
+            request=body.model_dump(mode="json", exclude={"targets"})
+            | {"target_ids": [t.id for t in targets]},
+            timings_ms=result.timings_ms,
+        )
+    )
+    session.commit()
+    return {
+        "datastore_id": store.id,
+        "method": result.method,
+        "selected": [{"id": s.id, "score": s.score, "subtask": s.subtask} for s in result.selected],
+        "num_candidates": result.num_candidates,
+        "timings_ms": result.timings_ms,
+        "details": result.details,
+    }

@@ -1,0 +1,53 @@
+"""Service settings from the environment (prefix ``GRADSTORE_``), shared by API and workers."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GRADSTORE_", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    data_dir: Path = Field(Path(".gradstore/data"), description="Artifact root.")
+    database_url: str = Field("", description="SQLAlchemy URL; SQLite in data_dir if empty.")
+    api_keys: str = Field("", description="Comma-separated bearer tokens; empty = no auth.")
+    max_upload_bytes: int = Field(1 << 30, description="Largest dataset upload accepted.")
+    max_inline_examples: int = Field(100_000, description="Most examples in a JSON upload.")
+    max_targets: int = Field(1024, description="Most target examples in one select.")
+    engine_cache_size: int = Field(2, description="Loaded datastores kept in memory.")
+    device: str | None = Field(None, description="Torch device for queries and workers.")
+    lease_seconds: float = Field(120.0, description="A worker's claim on a unit lasts this long.")
+    heartbeat_seconds: float = Field(15.0, description="How often a live worker renews it.")
+    poll_seconds: float = Field(1.0, description="How often an idle worker looks for work.")
+    max_attempts: int = Field(3, description="Attempts of a unit before its build fails.")
+
+    @model_validator(mode="after")
+    def _defaults(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{(self.data_dir / 'gradstore.db').resolve()}"
+        if self.environment == "production" and not self.keys:
+            raise ValueError("GRADSTORE_API_KEYS must be set in production")
+        return self
+
+    @property
+    def keys(self) -> set[str]:
+        return {k.strip() for k in self.api_keys.split(",") if k.strip()}
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.data_dir / "datasets"
+
+    @property
+    def datastores_dir(self) -> Path:
+        return self.data_dir / "datastores"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""Build workers: claim leased units of datastore builds from the database and run them."""

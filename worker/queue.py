@@ -1,0 +1,111 @@
+"""The work queue in the database: claim with a lease, renew, complete, fail.
+
+A claim is one ``UPDATE … WHERE id = (SELECT … LIMIT 1) RETURNING`` statement: on PostgreSQL
+the inner select takes ``FOR UPDATE SKIP LOCKED`` so concurrent workers never wait on or get
+the same unit; on SQLite the statement runs under the single writer lock with the latest
+data. A unit is claimable when pending, or running with an expired lease (its worker died).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.db import transaction
+from service.models import Datastore, WorkUnit
+
+ACTIVE_BUILD = ("queued", "warmup", "featurize", "index")
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: int
+    datastore_id: str
+    kind: str
+    checkpoint: int
+    start: int
+    end: int
+    attempts: int
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def claim_next(factory: sessionmaker[Session], owner: str, lease_seconds: float) -> Claim | None:
+    """Lease the oldest claimable unit of an active build to ``owner``, or None."""
+    now = _now()
+    with transaction(factory) as session:
+        claimable = (
+            select(WorkUnit.id)
+            .join(Datastore, Datastore.id == WorkUnit.datastore_id)
+            .where(
+                Datastore.status.in_(ACTIVE_BUILD),
+                Datastore.cancel_requested.is_(False),
+                or_(
+                    WorkUnit.state == "pending",
+                    and_(WorkUnit.state == "running", WorkUnit.lease_expires_at < now),
+                ),
+            )
+            .order_by(WorkUnit.id)
+            .limit(1)
+        )
+        if session.get_bind().dialect.name == "postgresql":
+            claimable = claimable.with_for_update(skip_locked=True, of=WorkUnit)
+        row = session.execute(
+            update(WorkUnit)
+            .where(WorkUnit.id == claimable.scalar_subquery())
+            .values(
+                state="running",
+                lease_owner=owner,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                attempts=WorkUnit.attempts + 1,
+            )
+            .returning(
+                WorkUnit.id,
+                WorkUnit.datastore_id,
+                WorkUnit.kind,
+                WorkUnit.checkpoint,
+                WorkUnit.start,
+                WorkUnit.end,
+                WorkUnit.attempts,
+            )
+        ).first()
+    return Claim(*row) if row else None
+
+
+def renew(factory: sessionmaker[Session], claim: Claim, owner: str, lease_seconds: float) -> bool:
+    """Extend the lease; False when it was lost (expired and taken) or the build was stopped."""
+    with transaction(factory) as session:
+        result = session.execute(
+            update(WorkUnit)
+            .where(
+                WorkUnit.id == claim.id,
+                WorkUnit.lease_owner == owner,
+                WorkUnit.state == "running",
+            )
+            .values(lease_expires_at=_now() + timedelta(seconds=lease_seconds))
+        )
+        store = session.get(Datastore, claim.datastore_id)
+        return result.rowcount == 1 and store is not None and not store.cancel_requested
+
+
+def complete(session: Session, claim: Claim, owner: str, seconds: float) -> bool:
+    """Mark done if we still hold the lease (another holder would write the same bytes)."""
+    result = session.execute(
+        update(WorkUnit)
+        .where(WorkUnit.id == claim.id, WorkUnit.lease_owner == owner, WorkUnit.state == "running")
+        .values(state="done", seconds=seconds, lease_expires_at=None)
+    )
+    return result.rowcount == 1
+
+
+def release_for_retry(session: Session, claim: Claim, owner: str, error: str) -> None:
+    session.execute(
+        update(WorkUnit)
+        .where(WorkUnit.id == claim.id, WorkUnit.lease_owner == owner)
+        .values(state="pending", lease_owner=None, lease_expires_at=None, error=error)
+    )

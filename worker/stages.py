@@ -1,0 +1,125 @@
+"""What each kind of unit does, and how finishing it moves its build to the next stage.
+
+The heavy work (gradstore.build) happens outside any database transaction; the transition
+after it (mark done, add the next units, update progress) is one short transaction.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from gradstore import build
+from gradstore.config import BuildConfig
+from gradstore.files import read_json
+from gradstore.store import Datastore as GradstoreDatastore
+from gradstore.store import Shard
+from service.models import Dataset, Datastore, WorkUnit
+from worker.queue import Claim, complete
+
+
+def run_unit(
+    session_factory, claim: Claim, device: str | None, on_batch: Callable[[int], None]
+) -> None:
+    """The unit's artifacts, written atomically; no database writes here."""
+    with session_factory() as session:
+        store = session.get(Datastore, claim.datastore_id)
+        dataset = session.get(Dataset, store.dataset_id)
+        root, model_path = Path(store.path), store.model_path
+        config = BuildConfig.model_validate(store.config)
+        warmup_from = list(store.warmup_from or [])
+    if claim.kind == "warmup":
+        build.prepare(root, dataset.path, model_path, config, warmup_from)
+        build.run_warmup_stage(root, device=device)
+    elif claim.kind == "featurize":
+        shard = Shard(claim.checkpoint, claim.start, claim.end)
+        build.featurize_shard(root, shard, device=device, on_batch=on_batch)
+    elif claim.kind == "index":
+        build.build_index(root)
+    else:
+        raise ValueError(f"unknown unit kind {claim.kind!r}")
+
+
+def mark_started(session: Session, claim: Claim) -> None:
+    store = session.get(Datastore, claim.datastore_id)
+    if claim.kind == "warmup" and store.status == "queued":
+        store.status = "warmup"
+
+
+def finish_unit(session: Session, claim: Claim, owner: str, seconds: float) -> None:
+    """Mark the unit done and advance its build, in the caller's transaction."""
+    if not complete(session, claim, owner, seconds):
+        return
+    store = session.get(Datastore, claim.datastore_id)
+    root = Path(store.path)
+    if claim.kind == "warmup":
+        shards = build.plan_shards(root)
+        for shard in shards:
+            session.add(
+                WorkUnit(
+                    datastore_id=store.id,
+                    kind="featurize",
+                    checkpoint=shard.checkpoint,
+                    start=shard.start,
+                    end=shard.end,
+                )
+            )
+        store.status = "featurize"
+        store.progress_total = sum(s.end - s.start for s in shards)
+        store.progress_done = 0
+        store.skipped = read_json(root / "skipped.json")
+        store.num_examples = len(read_json(root / "ids.json"))
+    elif claim.kind == "featurize":
+        done_rows, done_seconds = session.execute(
+            select(func.sum(WorkUnit.end - WorkUnit.start), func.sum(WorkUnit.seconds)).where(
+                WorkUnit.datastore_id == store.id,
+                WorkUnit.kind == "featurize",
+                WorkUnit.state == "done",
+            )
+        ).one()
+        store.progress_done = int(done_rows or 0)
+        if done_seconds:
+            store.examples_per_s = round(store.progress_done / done_seconds, 2)
+        remaining = session.scalar(
+            select(func.count()).where(
+                WorkUnit.datastore_id == store.id,
+                WorkUnit.kind == "featurize",
+                WorkUnit.state != "done",
+            )
+        )
+        if remaining == 0:
+            _add_index_unit(session, store)
+    elif claim.kind == "index":
+        manifest = GradstoreDatastore.open(root, verify=False).manifest
+        store.status = "ready"
+        store.dim = manifest.dim
+        store.num_examples = manifest.num_examples
+        store.checkpoints = [
+            {"index": c.index, "learning_rate": c.learning_rate, "weight": c.weight}
+            for c in manifest.checkpoints
+        ]
+        store.error = None
+
+
+def _add_index_unit(session: Session, store: Datastore) -> None:
+    try:
+        with session.begin_nested():
+            session.add(WorkUnit(datastore_id=store.id, kind="index"))
+    except IntegrityError:  # another worker finished the last shard at the same moment
+        return
+    store.status = "index"
+
+
+def fail_build(session: Session, datastore_id: str, error: str) -> None:
+    store = session.get(Datastore, datastore_id)
+    store.status = "failed"
+    store.error = error
+
+
+def remove_artifacts(path: str | Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
