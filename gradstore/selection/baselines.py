@@ -77,7 +77,9 @@ class Bm25Selection(SelectionMethod):
         for positions in groups.values():
             query = " ".join(targets[p].text() for p in positions)
             tokens = bm25s.tokenize([query], show_progress=False, return_ids=False)[0]
-            per_subtask.append(retriever.get_scores(tokens))
+            known = [t for t in tokens if t in retriever.vocab_dict]
+            n = len(engine.datastore.ids)
+            per_subtask.append(retriever.get_scores(known) if known else np.zeros(n))
         scores_by_subtask = np.stack(per_subtask, axis=1)
         scores = scores_by_subtask.max(axis=1)
         rows = np.arange(len(scores))

@@ -71,7 +71,11 @@ async def create_dataset(request: Request, session: SessionDep, settings: Settin
             raise InvalidInputError("multipart upload needs a 'file' part with JSONL")
         data, count = await run_in_threadpool(_validated_jsonl, await upload.read())
     elif content_type.startswith("application/json"):
-        body = DatasetCreate.model_validate(await request.json())
+        try:
+            payload = await request.json()
+        except ValueError:
+            raise InvalidInputError("the body is not valid JSON") from None
+        body = DatasetCreate.model_validate(payload)
         if len(body.examples) > settings.max_inline_examples:
             raise PayloadTooLargeError(
                 f"{len(body.examples)} inline examples; at most {settings.max_inline_examples}"

@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny model and pool on disk, and the PostgreSQL URL when CI provides one."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny_assets import save_tiny_llama
+
+from gradstore.examples import write_jsonl
+from gradstore.toy.corpus import generate_corpus
+
+POSTGRES_HINT = (
+    "set GRADSTORE_TEST_DATABASE_URL (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test) "
+    "to run the PostgreSQL tests"
+)
+
+# Small enough that a whole build takes seconds on 2 cores.
+TINY_BUILD = {
+    "lora": {"r": 4, "alpha": 16, "dropout": 0.0},
+    "warmup": {
+        "fraction": 0.5,
+        "epochs": 2,
+        "learning_rate": 0.005,
+        "batch_size": 4,
+        "gradient_accumulation": 1,
+    },
+    "projection": {"dim": 256, "seed": 0},
+    "max_seq_len": 64,
+    "options": {"shard_size": 12, "batch_size": 4},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def toy_pool_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("pool") / "pool.jsonl"
+    write_jsonl(generate_corpus(seed=0, per_family=6), path)
+    return path
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """A fresh, empty schema in the CI PostgreSQL database, dropped afterwards."""
+    base = os.environ.get("GRADSTORE_TEST_DATABASE_URL")
+    if not base:
+        pytest.skip(POSTGRES_HINT)
+    import sqlalchemy as sa
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    engine = sa.create_engine(base)
+    with engine.begin() as connection:
+        connection.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    separator = "&" if "?" in base else "?"
+    yield f"{base}{separator}options=-csearch_path%3D{schema}"
+    with engine.begin() as connection:
+        connection.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+    engine.dispose()

@@ -1,0 +1,172 @@
+"""API v1 through FastAPI's test client on a migrated SQLite database, with a real worker."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import TINY_BUILD
+from fastapi.testclient import TestClient
+
+from migrations import upgrade
+from service.app import create_app
+from service.settings import Settings
+from worker.runner import Worker
+
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture
+def settings(tmp_path):
+    settings = Settings(data_dir=tmp_path / "data", heartbeat_seconds=0.2)
+    settings.data_dir.mkdir(parents=True)
+    upgrade(settings.database_url)
+    return settings
+
+
+@pytest.fixture
+def client(settings):
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def assert_problem(response, status: int, fragment: str):
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    body = response.json()
+    assert body["status"] == status and fragment in body["detail"], body
+
+
+def upload(client, pool_file, name="pool"):
+    with open(pool_file, "rb") as handle:
+        response = client.post("/v1/datasets", data={"name": name}, files={"file": handle})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def test_dataset_upload_both_ways_is_content_addressed(client, toy_pool_file):
+    first = upload(client, toy_pool_file)
+    assert first["num_examples"] == 48 and len(first["sha256"]) == 64
+    inline = client.post(
+        "/v1/datasets",
+        json={"name": "inline", "examples": [{"id": "a", "prompt": "1+1=", "completion": "2"}]},
+    )
+    assert inline.status_code == 201 and inline.json()["num_examples"] == 1
+    again = upload(client, toy_pool_file, name="same bytes")
+    assert again["sha256"] == first["sha256"] and again["id"] != first["id"]
+    page = client.get("/v1/datasets", params={"limit": 2, "offset": 1}).json()
+    assert page["count"] == 3 and [d["id"] for d in page["data"]] == [
+        inline.json()["id"],
+        again["id"],
+    ]
+    example = client.get(f"/v1/datasets/{first['id']}/examples/add-00000").json()
+    assert example["id"] == "add-00000" and "prompt" in example
+
+
+def test_bad_datasets_are_problems_naming_the_line(client):
+    lines = [json.dumps({"prompt": "a", "completion": "b"}), '{"prompt": 1, "completion": "b"}']
+    response = client.post(
+        "/v1/datasets", data={"name": "bad"}, files={"file": ("p.jsonl", "\n".join(lines))}
+    )
+    assert_problem(response, 422, "line 1")
+    assert_problem(client.post("/v1/datasets", json={"name": "x", "examples": []}), 422, "examples")
+    assert_problem(client.post("/v1/datasets", content=b"x"), 422, "multipart/form-data")
+    assert_problem(client.get("/v1/datasets/nope"), 404, "no dataset with id 'nope'")
+    assert_problem(client.get("/v1/datasets/nope/examples/1"), 404, "no dataset")
+
+
+def test_datastore_requests_are_validated(client, toy_pool_file, tmp_path):
+    dataset = upload(client, toy_pool_file)
+    body = {"dataset_id": dataset["id"], "model": {"path": str(tmp_path / "missing")}}
+    assert_problem(client.post("/v1/datastores", json=body), 422, "not a local directory")
+    body = {"dataset_id": "nope", "model": {"path": str(tmp_path)}}
+    assert_problem(client.post("/v1/datastores", json=body), 404, "no dataset")
+    body = {"dataset_id": dataset["id"], "model": {"path": str(tmp_path)}, "lora": {"r": 0}}
+    assert_problem(client.post("/v1/datastores", json=body), 422, "lora.r")
+    body = {"dataset_id": dataset["id"], "model": {"path": str(tmp_path)}, "options": {"x": 1}}
+    assert_problem(client.post("/v1/datastores", json=body), 422, "options")
+    assert_problem(client.get("/v1/datastores/nope"), 404, "no datastore")
+    assert_problem(client.delete("/v1/datastores/nope"), 404, "no datastore")
+
+
+def test_build_select_and_every_select_error(client, settings, toy_pool_file, tiny_model_dir):
+    dataset = upload(client, toy_pool_file)
+    body = {"dataset_id": dataset["id"], "model": {"path": str(tiny_model_dir)}} | TINY_BUILD
+    created = client.post("/v1/datastores", json=body)
+    assert created.status_code == 202
+    store_id = created.json()["id"]
+    assert created.headers["location"] == f"/v1/datastores/{store_id}"
+    assert created.json()["status"] == "queued"
+    select = f"/v1/datastores/{store_id}/select"
+    targets = [{"subtask": "add", "prompt": "Q: 3+4\nA:", "completion": "7"}]
+    assert_problem(client.post(select, json={"targets": targets, "top_k": 3}), 409, "not ready")
+
+    Worker(settings).run(once=True)
+    store = client.get(f"/v1/datastores/{store_id}").json()
+    assert store["status"] == "ready", store
+    assert store["progress"]["done"] == store["progress"]["total"] == 96
+    assert [c["index"] for c in store["checkpoints"]] == [1, 2] and store["dim"] == 256
+
+    answer = client.post(select, json={"targets": targets, "top_k": 5})
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    assert len(result["selected"]) == 5 and result["num_candidates"] == 48
+    scores = [s["score"] for s in result["selected"]]
+    assert scores == sorted(scores, reverse=True)
+    assert {"target_gradients", "search", "total"} <= set(result["timings_ms"])
+    fraction = client.post(select, json={"targets": targets, "fraction": 0.25, "method": "bm25"})
+    assert len(fraction.json()["selected"]) == 12
+
+    unknown = {"targets": targets, "top_k": 3, "method": "nope"}
+    assert_problem(client.post(select, json=unknown), 422, "unknown selection method 'nope'")
+    both = {"targets": targets, "top_k": 3, "fraction": 0.1}
+    assert_problem(client.post(select, json=both), 422, "exactly one")
+    bad_target = {"targets": [{"subtask": "s", "prompt": "only a prompt"}], "top_k": 3}
+    assert_problem(client.post(select, json=bad_target), 422, "needs 'messages'")
+    assert_problem(client.post(select, json={"targets": [], "top_k": 3}), 422, "targets")
+    options = {"targets": targets, "top_k": 3, "options": {"aggregate": "median"}}
+    assert_problem(client.post(select, json=options), 422, "aggregate")
+
+    assert client.delete(f"/v1/datastores/{store_id}").status_code == 204
+    assert_problem(client.get(f"/v1/datastores/{store_id}"), 404, "no datastore")
+    assert not (settings.datastores_dir / store_id).exists()
+
+
+def test_cancel_a_queued_build(client, settings, toy_pool_file, tiny_model_dir):
+    dataset = upload(client, toy_pool_file)
+    body = {"dataset_id": dataset["id"], "model": {"path": str(tiny_model_dir)}} | TINY_BUILD
+    store_id = client.post("/v1/datastores", json=body).json()["id"]
+    assert client.delete(f"/v1/datastores/{store_id}").status_code == 204
+    assert client.get(f"/v1/datastores/{store_id}").json()["status"] == "cancelled"
+    assert not Worker(settings).run_one()  # nothing left to claim
+
+
+def test_api_keys_are_required_when_configured(tmp_path):
+    settings = Settings(data_dir=tmp_path, api_keys="k1,k2")
+    upgrade(settings.database_url)
+    with TestClient(create_app(settings)) as client:
+        assert_problem(client.get("/v1/datasets"), 401, "API key")
+        wrong = client.get("/v1/datasets", headers={"Authorization": "Bearer nope"})
+        assert_problem(wrong, 401, "API key")
+        assert client.get("/v1/datasets", headers={"Authorization": "Bearer k2"}).status_code == 200
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/readyz").json() == {"status": "ready"}
+        assert "gradstore_http_requests_total" in client.get("/metrics").text
+    with pytest.raises(ValueError, match="GRADSTORE_API_KEYS"):
+        Settings(data_dir=tmp_path, environment="production")
+
+
+def test_openapi_describes_the_contract(client):
+    spec = client.get("/openapi.json").json()
+    for path in (
+        "/v1/datasets",
+        "/v1/datasets/{dataset_id}/examples/{example_id}",
+        "/v1/datastores",
+        "/v1/datastores/{datastore_id}",
+        "/v1/datastores/{datastore_id}/select",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ):
+        assert path in spec["paths"], path
+    assert "multipart/form-data" in spec["paths"]["/v1/datasets"]["post"]["requestBody"]["content"]
