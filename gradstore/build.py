@@ -27,6 +27,7 @@ from gradstore.files import (
     atomic_write_bytes,
     atomic_write_json,
     read_json,
+    remove_stale_temporaries,
     sha256_file,
 )
 from gradstore.index import build_faiss_index, write_index
@@ -222,6 +223,7 @@ def build_index(store_dir: str | Path) -> Manifest:
         vectors = np.concatenate(blocks, axis=1).astype(np.float32)
         index = build_faiss_index(vectors, config.index_factory)
         indexes.append(write_index(root, kind, index, config.index_factory))
+    remove_stale_temporaries(root)  # leftovers of killed writers are not part of the store
     files = {
         str(path.relative_to(root)): sha256_file(path)
         for path in sorted(root.rglob("*"))

@@ -52,6 +52,14 @@ def _write_dir_atomically(final: Path, fill) -> None:
     fsync_dir(final.parent)
 
 
+def canonicalise_adapter_config(path: Path) -> None:
+    """PEFT writes ``target_modules`` from a set, in hash order: sort it so bytes repeat."""
+    config = json.loads(path.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    path.write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
 def _save_moments(path: Path, moments: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
     tensors = {}
     for name, (exp_avg, exp_avg_sq) in moments.items():
@@ -74,6 +82,7 @@ def save_checkpoint(
 
     def fill(tmp: Path) -> None:
         model.save_pretrained(str(tmp), safe_serialization=True)
+        canonicalise_adapter_config(tmp / "adapter_config.json")
         _save_moments(tmp / MOMENTS, moments)
         (tmp / INFO).write_text(json.dumps({"index": index, "learning_rate": learning_rate}))
 

@@ -27,6 +27,7 @@ from gradstore.checkpoints import (
     WarmupCheckpoint,
     _save_moments,
     _write_dir_atomically,
+    canonicalise_adapter_config,
 )
 from gradstore.errors import InvalidInputError
 from gradstore.modeling import load_base_model, load_lora_adapter, lora_parameter_names
@@ -121,6 +122,7 @@ def _moments(directory: Path, model: nn.Module) -> dict[str, tuple[torch.Tensor,
 
 def _copy_adapter(source: Path, target: Path) -> None:
     shutil.copyfile(source / "adapter_config.json", target / "adapter_config.json")
+    canonicalise_adapter_config(target / "adapter_config.json")
     if (source / "adapter_model.safetensors").exists():
         shutil.copyfile(source / "adapter_model.safetensors", target / ADAPTER_FILES[1])
     elif (source / "adapter_model.bin").exists():

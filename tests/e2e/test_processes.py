@@ -1,0 +1,154 @@
+"""End to end over real HTTP with real processes (uvicorn, workers, SIGKILL).
+
+- embedded mode: ``gradstore serve`` (API + worker, SQLite) builds and answers a select;
+  killed mid-build and restarted on the same data directory, it finishes a store equal to
+  an uninterrupted one;
+- the Compose topology as processes: ``gradstore api`` + two ``gradstore worker`` on
+  PostgreSQL; the shared build equals a one-worker build bit for bit; a worker killed in
+  the middle of a shard loses only that shard, which another worker redoes after the lease
+  expires, and the store equals an uninterrupted build.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from conftest import TINY_BUILD
+from processes import Process, free_port, manifest_files, wait_for_http, wait_ready, wait_until
+
+from gradstore.examples import write_jsonl
+from gradstore.toy.corpus import generate_corpus
+from migrations import upgrade
+
+pytestmark = pytest.mark.slow
+
+FAST_LEASES = {
+    "GRADSTORE_LEASE_SECONDS": "3",
+    "GRADSTORE_HEARTBEAT_SECONDS": "0.5",
+    "GRADSTORE_POLL_SECONDS": "0.1",
+}
+# one example per batch and big shards: a shard takes long enough to be killed inside it
+SLOW_SHARDS = TINY_BUILD | {"options": {"shard_size": 24, "batch_size": 1}}
+
+
+@pytest.fixture(scope="module")
+def pool_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pool") / "pool.jsonl"
+    write_jsonl(generate_corpus(seed=0, per_family=12), path)
+    return path
+
+
+def upload(client: httpx.Client, pool_file) -> str:
+    with open(pool_file, "rb") as handle:
+        response = client.post("/v1/datasets", data={"name": "pool"}, files={"file": handle})
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def start_build(client, dataset_id, model_dir, build=TINY_BUILD) -> str:
+    body = {"dataset_id": dataset_id, "model": {"path": str(model_dir)}} | build
+    response = client.post("/v1/datastores", json=body)
+    assert response.status_code == 202, response.text
+    return response.json()["id"]
+
+
+def test_embedded_serve_builds_selects_and_survives_a_kill(tmp_path, pool_file, tiny_model_dir):
+    port, data = free_port(), tmp_path / "data"
+    env = FAST_LEASES | {"GRADSTORE_DATA_DIR": str(data)}
+    args = ["serve", "--port", str(port), "--data-dir", str(data)]
+    base = f"http://127.0.0.1:{port}"
+    serve = Process(args, env, tmp_path / "serve.log")
+    try:
+        wait_for_http(base, serve)
+        with httpx.Client(base_url=base, timeout=60) as client:
+            dataset = upload(client, pool_file)
+            first = start_build(client, dataset, tiny_model_dir, SLOW_SHARDS)
+            store = wait_ready(client, first)
+            assert store["num_examples"] == 96 and store["progress"]["done"] == 192
+            targets = [{"subtask": "add", "prompt": "Q: 3+4\nA:", "completion": "7"}]
+            answer = client.post(
+                f"/v1/datastores/{first}/select", json={"targets": targets, "fraction": 0.05}
+            )
+            assert answer.status_code == 200, answer.text
+            assert len(answer.json()["selected"]) == 5
+
+            second = start_build(client, dataset, tiny_model_dir, SLOW_SHARDS)
+            wait_until(
+                lambda: client.get(f"/v1/datastores/{second}").json()["status"] == "featurize",
+                120,
+                what="the second build to reach featurize",
+            )
+        serve.kill()
+        serve = Process(args, env, tmp_path / "serve-restarted.log")
+        wait_for_http(base, serve)
+        with httpx.Client(base_url=base, timeout=60) as client:
+            wait_ready(client, second)
+        stores = data / "datastores"
+        assert manifest_files(stores / second) == manifest_files(stores / first)
+    finally:
+        serve.stop()
+
+
+def test_compose_topology_on_postgres(tmp_path, pool_file, tiny_model_dir, postgres_url):
+    upgrade(postgres_url)
+    port, data = free_port(), tmp_path / "data"
+    env = FAST_LEASES | {"GRADSTORE_DATA_DIR": str(data), "GRADSTORE_DATABASE_URL": postgres_url}
+    base = f"http://127.0.0.1:{port}"
+    api = Process(["api", "--port", str(port)], env, tmp_path / "api.log")
+    workers = [Process(["worker"], env, tmp_path / f"worker-{i}.log") for i in range(2)]
+    engine = sa.create_engine(postgres_url)
+    try:
+        wait_for_http(base, api)
+        with httpx.Client(base_url=base, timeout=60) as client:
+            dataset = upload(client, pool_file)
+            shared = start_build(client, dataset, tiny_model_dir, SLOW_SHARDS)
+            wait_ready(client, shared)
+            with engine.connect() as connection:
+                owners = (
+                    connection.execute(
+                        sa.text(
+                            "SELECT DISTINCT lease_owner FROM work_units "
+                            "WHERE datastore_id = :id AND kind = 'featurize'"
+                        ),
+                        {"id": shared},
+                    )
+                    .scalars()
+                    .all()
+                )
+            assert len(owners) == 2, owners  # both workers took shards of the same build
+
+            workers.pop().stop()
+            alone = start_build(client, dataset, tiny_model_dir, SLOW_SHARDS)
+            wait_ready(client, alone)
+            stores = data / "datastores"
+            assert manifest_files(stores / alone) == manifest_files(stores / shared)
+
+            victim = workers.pop()
+            killed = start_build(client, dataset, tiny_model_dir, SLOW_SHARDS)
+
+            def running_shard():
+                with engine.connect() as connection:
+                    return connection.execute(
+                        sa.text(
+                            "SELECT id FROM work_units WHERE datastore_id = :id "
+                            "AND kind = 'featurize' AND state = 'running'"
+                        ),
+                        {"id": killed},
+                    ).first()
+
+            wait_until(running_shard, 120, 0.02, "a featurize shard to be running")
+            victim.kill()  # in the middle of that shard
+            workers.append(Process(["worker"], env, tmp_path / "worker-late.log"))
+            wait_ready(client, killed)
+            with engine.connect() as connection:
+                attempts = connection.execute(
+                    sa.text("SELECT max(attempts) FROM work_units WHERE datastore_id = :id"),
+                    {"id": killed},
+                ).scalar()
+            assert attempts == 2  # the killed shard was leased twice, nothing else
+            assert manifest_files(stores / killed) == manifest_files(stores / shared)
+    finally:
+        for process in [api, *workers]:
+            process.stop()
+        engine.dispose()
