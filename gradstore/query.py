@@ -19,8 +19,9 @@ from gradstore.checkpoint_model import CheckpointModel
 from gradstore.checkpoints import load_checkpoints
 from gradstore.errors import InvalidInputError, ManifestMismatchError
 from gradstore.examples import Example
+from gradstore.gradients import LoraGradientComputer
 from gradstore.store import Datastore
-from gradstore.tokenization import ExampleEncoder, SkippedExample
+from gradstore.tokenization import ExampleEncoder, SkippedExample, collate
 
 
 class QueryEngine:
@@ -47,6 +48,7 @@ class QueryEngine:
         self.encoder = ExampleEncoder(
             self.model.tokenizer, manifest.config.max_seq_len, manifest.template
         )
+        self._gradients = LoraGradientComputer(self.model.model)
         self._indexes: dict[str, object] = {}
         self._index_lock = threading.Lock()
 
@@ -87,13 +89,20 @@ class QueryEngine:
                 + "; ".join(f"{s.id}: {s.reason}" for s in skipped)
             )
         tokenize_done = time.perf_counter()
-        blocks = []
         batch = self.manifest.config.batch_size
+        n_checkpoints = len(self.manifest.checkpoints)
         with self.model.lock:
+            grads = []
             for entry in self.manifest.checkpoints:
-                featurizer = self.model.featurizer(entry.index, batch, adam=False)
-                blocks.append(featurizer.featurize(kept, kinds=("sgd",))["sgd"])
+                self.model.activate(entry.index)
+                for start in range(0, len(kept), batch):
+                    chunk = collate(kept[start : start + batch], self.model.pad_token_id)
+                    grads.append(self._gradients.per_example(chunk))
+            # one projection for every checkpoint: the sign matrix is read once per query
+            projected = self.model.projector.project(torch.cat(grads))
+        features = torch.nn.functional.normalize(projected, dim=1)
+        features = features.reshape(n_checkpoints, len(kept), -1).transpose(0, 1)
         if timings is not None:
             timings["tokenize"] = (tokenize_done - started) * 1000
             timings["target_gradients"] = (time.perf_counter() - tokenize_done) * 1000
-        return np.stack(blocks, axis=1), positions, skipped
+        return features.cpu().numpy(), positions, skipped
