@@ -9,11 +9,13 @@ from typing import Annotated
 import typer
 
 from gradstore.config import BuildConfig, LoraConfig, ProjectionConfig, WarmupConfig
+from gradstore.remote_cli import remote_app
 from service.commands import register as register_service_commands
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 toy_app = typer.Typer(no_args_is_help=True, help="Offline toy corpus and model (DESIGN.md §5).")
 app.add_typer(toy_app, name="toy")
+app.add_typer(remote_app, name="remote")
 
 
 @toy_app.command("corpus")

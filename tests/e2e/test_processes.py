@@ -11,6 +11,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import httpx
 import pytest
 import sqlalchemy as sa
@@ -53,6 +57,18 @@ def start_build(client, dataset_id, model_dir, build=TINY_BUILD) -> str:
     return response.json()["id"]
 
 
+def remote_select(base: str, store_id: str, targets: list[dict], tmp_path) -> list[dict]:
+    """The CLI's remote path, through the HTTP client, in its own process."""
+    target_file = tmp_path / "targets.jsonl"
+    target_file.write_text("".join(json.dumps(t) + "\n" for t in targets))
+    command = ["remote", "select", "--server", base, "--datastore", store_id]
+    command += ["--targets", str(target_file), "--top-k", "3"]
+    output = subprocess.run(
+        [sys.executable, "-m", "gradstore.cli", *command], capture_output=True, check=True
+    ).stdout
+    return json.loads(output)["selected"]
+
+
 def test_embedded_serve_builds_selects_and_survives_a_kill(tmp_path, pool_file, tiny_model_dir):
     port, data = free_port(), tmp_path / "data"
     env = FAST_LEASES | {"GRADSTORE_DATA_DIR": str(data)}
@@ -72,6 +88,10 @@ def test_embedded_serve_builds_selects_and_survives_a_kill(tmp_path, pool_file, 
             )
             assert answer.status_code == 200, answer.text
             assert len(answer.json()["selected"]) == 5
+            remote = remote_select(base, first, targets, tmp_path)
+            expected = answer.json()["selected"][:3]
+            assert [s["id"] for s in remote] == [s["id"] for s in expected]
+            assert [s["score"] for s in remote] == pytest.approx([s["score"] for s in expected])
 
             second = start_build(client, dataset, tiny_model_dir, SLOW_SHARDS)
             wait_until(

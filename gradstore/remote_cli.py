@@ -1,0 +1,87 @@
+"""``gradstore remote …``: the same jobs against a running service, through the HTTP client."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gradstore.client import GradstoreAPIError, GradstoreClient
+
+remote_app = typer.Typer(no_args_is_help=True, help="Talk to a gradstore service over HTTP.")
+
+Server = Annotated[str, typer.Option(envvar="GRADSTORE_SERVER", help="Service base URL.")]
+ApiKey = Annotated[str | None, typer.Option(envvar="GRADSTORE_API_KEY", help="Bearer token.")]
+
+
+def _client(server: str, api_key: str | None) -> GradstoreClient:
+    return GradstoreClient(server, api_key=api_key)
+
+
+def _fail(error: GradstoreAPIError) -> None:
+    typer.echo(f"error {error.status} {error.title}: {error.detail}", err=True)
+    raise typer.Exit(1)
+
+
+@remote_app.command("upload")
+def upload(
+    file: Annotated[Path, typer.Option(help="JSONL pool to register.")],
+    name: Annotated[str, typer.Option(help="Dataset name.")],
+    server: Server = "http://127.0.0.1:8000",
+    api_key: ApiKey = None,
+) -> None:
+    """Register a dataset; prints its record."""
+    try:
+        with _client(server, api_key) as client:
+            typer.echo(client.create_dataset(name, path=file).model_dump_json())
+    except GradstoreAPIError as error:
+        _fail(error)
+
+
+@remote_app.command("build")
+def build(
+    dataset_id: Annotated[str, typer.Option(help="Dataset to build from.")],
+    model: Annotated[str, typer.Option(help="Model directory, as the workers see it.")],
+    config: Annotated[
+        str | None, typer.Option(help="JSON with lora/warmup/projection/max_seq_len/options.")
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="Wait until ready, with a progress bar.")] = True,
+    server: Server = "http://127.0.0.1:8000",
+    api_key: ApiKey = None,
+) -> None:
+    """Start a datastore build (and wait for it)."""
+    fields = json.loads(config) if config else {}
+    options = fields.pop("options", {})
+    try:
+        with _client(server, api_key) as client:
+            store = client.create_datastore(dataset_id, model, **fields, **options)
+            if wait:
+                store = client.wait_until_ready(store.id)
+            typer.echo(store.model_dump_json())
+    except GradstoreAPIError as error:
+        _fail(error)
+
+
+@remote_app.command("select")
+def select(
+    datastore: Annotated[str, typer.Option(help="Datastore ID.")],
+    targets: Annotated[Path, typer.Option(help="Target examples (JSONL, with 'subtask').")],
+    top_k: Annotated[int | None, typer.Option(help="Number of examples to select.")] = None,
+    fraction: Annotated[float | None, typer.Option(help="Share of the pool to select.")] = None,
+    method: Annotated[str, typer.Option(help="Selection method.")] = "less",
+    server: Server = "http://127.0.0.1:8000",
+    api_key: ApiKey = None,
+) -> None:
+    """Rank the pool for the targets; prints the service's JSON answer."""
+    from gradstore.examples import read_jsonl
+
+    try:
+        with _client(server, api_key) as client:
+            result = client.select(
+                datastore, read_jsonl(targets), method=method, top_k=top_k, fraction=fraction
+            )
+            typer.echo(result.model_dump_json())
+    except GradstoreAPIError as error:
+        _fail(error)
