@@ -11,12 +11,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 import traceback
 import uuid
 
 from sqlalchemy.orm import Session, sessionmaker
+from tqdm import tqdm
 
 from service.db import make_engine, make_sessionmaker, transaction
 from service.models import Datastore
@@ -77,9 +79,20 @@ class Worker:
         with transaction(self.factory) as session:
             mark_started(session, claim)
         started = time.perf_counter()
+        bar = tqdm(
+            total=claim.end - claim.start,
+            desc=f"{claim.kind} {claim.datastore_id[:8]} ckpt {claim.checkpoint}",
+            unit="ex",
+            disable=claim.kind != "featurize" or not sys.stderr.isatty(),
+        )
+
+        def on_batch(rows: int) -> None:
+            bar.update(rows)
+            beat.check()
+
         try:
-            with Heartbeat(self.factory, claim, self.owner, self.settings) as beat:
-                run_unit(self.factory, claim, self.settings.device, on_batch=beat.check)
+            with Heartbeat(self.factory, claim, self.owner, self.settings) as beat, bar:
+                run_unit(self.factory, claim, self.settings.device, on_batch=on_batch)
                 beat.check()
         except UnitAborted:
             self._after_abort(claim)
