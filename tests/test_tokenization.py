@@ -5,7 +5,8 @@ by hand, so these tests check the reference's masking rules independently of the
 """
 
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from tiny_assets import SPECIALS, byte_tokenizer
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from gradstore.examples import load_examples
@@ -17,28 +18,10 @@ from gradstore.tokenization import (
     collate,
 )
 
-SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>"]
-
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {token: i for i, token in enumerate(SPECIALS + sorted(alphabet))}
-    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    core.post_processor = processors.TemplateProcessing(
-        single="<s> $A", special_tokens=[("<s>", vocab["<s>"])]
-    )
-    core.decoder = decoders.ByteLevel()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-    )
-    tok.add_special_tokens({"additional_special_tokens": SPECIALS[4:]})
-    return tok
+    return byte_tokenizer()
 
 
 def answer_tokens(encoded):

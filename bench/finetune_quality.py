@@ -1,0 +1,110 @@
+"""Does the selection teach the target? Fine-tune on each method's 5% and measure target loss.
+
+For every toy family: select 5% of the pool with each method from 8 target examples, train
+a fresh LoRA adapter on the base toy model with the selected examples only, and report the
+mean completion loss on 48 other held-out examples of that family (lower is better).
+
+    python bench/finetune_quality.py --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+from pathlib import Path
+
+import torch
+
+from gradstore.config import LoraConfig
+from gradstore.demo import TARGETS_PER_FAMILY, run_demo
+from gradstore.examples import read_jsonl
+from gradstore.gradients import per_example_losses
+from gradstore.modeling import attach_new_lora, load_base_model, load_tokenizer
+from gradstore.query import QueryEngine
+from gradstore.selection import run_selection
+from gradstore.store import Datastore
+from gradstore.tokenization import ExampleEncoder, collate, pad_token_id
+
+METHODS = ("less", "bm25", "random")
+
+
+def fine_tune_and_evaluate(model_dir, train, evaluation, pad, epochs, seed=0) -> float:
+    torch.manual_seed(seed)
+    model = attach_new_lora(load_base_model(model_dir, "cpu"), LoraConfig(r=8, alpha=32), seed)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(train), generator=generator).tolist()
+        for start in range(0, len(order), 8):
+            batch = collate([train[i] for i in order[start : start + 8]], pad)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            per_example_losses(logits.logits, batch["labels"]).mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    model.eval()
+    with torch.no_grad():
+        batch = collate(evaluation, pad)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        return float(per_example_losses(logits.logits, batch["labels"]).mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--work-dir", type=Path, default=Path(".gradstore/demo"))
+    parser.add_argument("--fraction", type=float, default=0.05)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    from gradstore.toy.corpus import FAMILIES, generate_targets
+
+    report = run_demo(args.work_dir, progress=not args.json)
+    engine = QueryEngine(Datastore.open(report["store"]))
+    model_dir = engine.manifest.model.path
+    tokenizer = load_tokenizer(model_dir)
+    pad = pad_token_id(tokenizer)
+    encoder = ExampleEncoder(tokenizer, 128, "tulu")
+    pool = {e.id: e for e in read_jsonl(Path(report["store"]) / "examples.jsonl")}
+    queries = generate_targets(seed=1, per_family=TARGETS_PER_FAMILY)
+    held_out = generate_targets(seed=2, per_family=48)
+    losses: dict[str, dict[str, float]] = {}
+    for family in FAMILIES:
+        targets = [t for t in queries if t.subtask == family]
+        evaluation, _ = encoder.encode_all([t for t in held_out if t.subtask == family])
+        losses[family] = {}
+        for method in METHODS:
+            result = run_selection(engine, targets, method=method, fraction=args.fraction)
+            train, _ = encoder.encode_all([pool[s.id] for s in result.selected])
+            losses[family][method] = round(
+                fine_tune_and_evaluate(model_dir, train, evaluation, pad, args.epochs), 4
+            )
+        base = fine_tune_and_evaluate(model_dir, [], evaluation, pad, 0)
+        losses[family]["no fine-tuning"] = round(base, 4)
+    labels = [*METHODS, "no fine-tuning"]
+    mean = {m: round(sum(row[m] for row in losses.values()) / len(losses), 4) for m in labels}
+    wins = sum(row["less"] < row["random"] for row in losses.values())
+    out = {
+        "benchmark": "finetune_quality",
+        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads",
+        "fraction": args.fraction,
+        "epochs": args.epochs,
+        "target_loss": losses,
+        "mean_target_loss": mean,
+        "less_beats_random_families": f"{wins}/{len(FAMILIES)}",
+    }
+    if args.json:
+        print(json.dumps(out))
+        return
+    print("family".ljust(12) + "".join(m.rjust(16) for m in labels))
+    for family, row in losses.items():
+        print(family.ljust(12) + "".join(f"{row[m]:16.4f}" for m in labels))
+    print("mean".ljust(12) + "".join(f"{mean[m]:16.4f}" for m in labels))
+    print(f"LESS below random in {out['less_beats_random_families']} families")
+    assert math.isfinite(mean["less"])
+
+
+if __name__ == "__main__":
+    main()
