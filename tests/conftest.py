@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny model and pool on disk, and the PostgreSQL URL when CI provides one."""
+"""Shared fixtures: toy corpus and tiny models on disk, and the PostgreSQL URL when CI has one."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny_assets import save_tiny_llama
 
-from gradstore.examples import write_jsonl
+from gradstore.examples import Example, write_jsonl
 from gradstore.toy.corpus import generate_corpus
+from gradstore.toy.model import train_toy_model
 
 POSTGRES_HINT = (
     "set GRADSTORE_TEST_DATABASE_URL (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test) "
@@ -47,6 +48,26 @@ def toy_pool_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("pool") / "pool.jsonl"
     write_jsonl(generate_corpus(seed=0, per_family=6), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def toy_corpus() -> list[Example]:
+    """12 examples of each toy family (96 in all)."""
+    return generate_corpus(seed=0, per_family=12)
+
+
+@pytest.fixture(scope="session")
+def toy_corpus_file(tmp_path_factory, toy_corpus) -> Path:
+    path = tmp_path_factory.mktemp("toy-corpus") / "corpus.jsonl"
+    write_jsonl(toy_corpus, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def toy_model_dir(tmp_path_factory, toy_corpus) -> Path:
+    """A "tiny" toy model (own tokenizer) pre-trained for a few steps on ``toy_corpus``."""
+    out = tmp_path_factory.mktemp("toy-model") / "model"
+    return train_toy_model(toy_corpus, out, seed=0, size="tiny", steps=20, progress=False)
 
 
 @pytest.fixture

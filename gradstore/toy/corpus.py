@@ -11,18 +11,19 @@ stop separating skills. The family is kept as ``meta`` for evaluation only.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from gradstore.examples import Example
 
 FAMILIES = ("add", "count", "reverse", "sort", "upper", "brackets", "lookup", "parity")
-STYLES = (
-    "Q: {x}\nA:",
-    "Input: {x}\nOutput:",
-    "Please respond to this: {x}",
-    "{x} =>",
-    "Here is a task item: {x}. Answer briefly.",
-)
+# Surface styles, shared by every family; none names a skill.
+STYLES = {
+    "qa": "Q: {x}\nA:",
+    "io": "Input: {x}\nOutput:",
+    "please": "Please respond to this: {x}",
+    "arrow": "{x} =>",
+    "item": "Here is a task item: {x}. Answer briefly.",
+}
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
@@ -30,14 +31,24 @@ def _word(rng: random.Random, low: int = 3, high: int = 6) -> str:
     return "".join(rng.choice(_LETTERS) for _ in range(rng.randint(low, high)))
 
 
-def _dictionary(seed: int) -> dict[str, str]:
-    """A fixed synthetic dictionary: made-up words → made-up codes."""
+def synthetic_dictionary(seed: int = 0) -> dict[str, str]:
+    """A fixed synthetic dictionary: made-up words → made-up codes (the ``lookup`` skill)."""
     rng = random.Random(f"dictionary-{seed}")
     words = sorted({_word(rng, 4, 5) for _ in range(60)})
     return {w: f"{rng.choice('KQZXJV')}-{rng.randint(10, 99)}" for w in words}
 
 
+def _balanced(text: str) -> bool:
+    depth = 0
+    for char in text:
+        depth += 1 if char == "(" else -1
+        if depth < 0:
+            return False
+    return depth == 0
+
+
 def _brackets(rng: random.Random) -> tuple[str, str]:
+    """Half built balanced, half random (mostly unbalanced), so both answers are common."""
     if rng.random() < 0.5:
         depth, text = 0, []
         for _ in range(rng.randint(2, 5)):
@@ -49,10 +60,7 @@ def _brackets(rng: random.Random) -> tuple[str, str]:
         text.extend(")" * depth)
         return "".join(text), "yes"
     text = "".join(rng.choice("()") for _ in range(rng.randint(3, 9)))
-    balanced = text.count("(") == text.count(")") and all(
-        text[:i].count("(") >= text[:i].count(")") for i in range(len(text) + 1)
-    )
-    return text, "yes" if balanced else "no"
+    return text, "yes" if _balanced(text) else "no"
 
 
 def _task(family: str, rng: random.Random, dictionary: dict[str, str]) -> tuple[str, str]:
@@ -85,19 +93,30 @@ def _task(family: str, rng: random.Random, dictionary: dict[str, str]) -> tuple[
 
 
 def _examples(
-    seed: int, per_family: int, make_id: Callable[[str, int], str], subtask: bool
+    seed: int,
+    per_family: int,
+    make_id: Callable[[str, int], str],
+    subtask: bool,
+    exclude: set[tuple[str | None, str | None]],
 ) -> list[Example]:
     rng = random.Random(seed)
-    dictionary = _dictionary(0)  # the dictionary is part of the world, not of the sample
+    dictionary = synthetic_dictionary(0)  # the dictionary is part of the world, not the sample
+    styles = list(STYLES.items())
     out = []
     for family in FAMILIES:
         for n in range(per_family):
-            style = n % len(STYLES)
-            task_input, answer = _task(family, rng, dictionary)
+            style, template = styles[n % len(styles)]
+            for _ in range(1000):  # redraw inputs the caller holds out; small spaces run dry
+                task_input, answer = _task(family, rng, dictionary)
+                prompt = template.format(x=task_input)
+                if (prompt, answer) not in exclude:
+                    break
+            else:
+                raise ValueError(f"cannot draw a new {family!r} example outside 'exclude'")
             out.append(
                 Example(
                     id=make_id(family, n),
-                    prompt=STYLES[style].format(x=task_input),
+                    prompt=prompt,
                     completion=answer,
                     subtask=family if subtask else None,
                     extra={"meta": {"family": family, "style": style}},
@@ -109,9 +128,21 @@ def _examples(
 
 def generate_corpus(seed: int = 0, per_family: int = 150) -> list[Example]:
     """The pool: ``per_family`` examples of every family, shuffled, deterministic from seed."""
-    return _examples(seed, per_family, lambda f, n: f"{f}-{n:05d}", subtask=False)
+    return _examples(seed, per_family, lambda f, n: f"{f}-{n:05d}", False, set())
 
 
-def generate_targets(seed: int = 1, per_family: int = 8) -> list[Example]:
-    """Held-out target examples with ``subtask`` = family (IDs never clash with the pool's)."""
-    return _examples(10_000 + seed, per_family, lambda f, n: f"target-{f}-{n:03d}", subtask=True)
+def generate_targets(
+    seed: int = 1, per_family: int = 8, exclude: Iterable[Example] = ()
+) -> list[Example]:
+    """Held-out target examples with ``subtask`` = family; IDs never clash with the pool's.
+
+    Pass the pool as ``exclude`` to keep targets out of it word for word (a target that is
+    also a pool example would make selection look better than it is).
+    """
+    held = {(e.prompt, e.completion) for e in exclude}
+    return _examples(10_000 + seed, per_family, lambda f, n: f"target-{f}-{n:05d}", True, held)
+
+
+def family_of(example: Example) -> str:
+    """The evaluation label of a toy example (never an input to selection)."""
+    return example.extra["meta"]["family"]

@@ -1,8 +1,9 @@
 """A small Llama pre-trained briefly on a corpus, so that its gradients mean something.
 
 Everything is local and deterministic from the seed: the tokenizer is trained on the corpus,
-the model is initialised from the seed and trained on every token of the Tulu-rendered
-examples, then saved with ``save_pretrained`` like any Hugging Face model.
+the model is initialised from the seed and trained on every token of the examples exactly as
+``ExampleEncoder`` (Tulu format) will present them to warmup and featurization, then saved
+with ``save_pretrained`` like any Hugging Face model.
 """
 
 from __future__ import annotations
@@ -10,33 +11,80 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from gradstore.examples import Example, Message, write_jsonl
-from gradstore.files import atomic_write_json, read_json, sha256_file
-from gradstore.tokenization import tulu_text
+from gradstore.examples import Example, write_jsonl
+from gradstore.files import atomic_write_json, read_json, sha256_bytes, sha256_file
+from gradstore.tokenization import ExampleEncoder, tulu_text
 from gradstore.toy.tokenizer import build_tokenizer
 
-SIZES = {
-    # hidden, layers, heads, kv heads, intermediate, default steps
-    "tiny": (32, 2, 4, 2, 64, 30),
-    "small": (128, 4, 4, 2, 384, 500),
-}
 MARKER = "toy_model.json"
 
 
+@dataclass(frozen=True)
+class ToySize:
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+    steps: int  # default pre-training steps
+    batch_size: int
+    learning_rate: float
+
+
+SIZES = {
+    "tiny": ToySize(32, 2, 4, 2, 64, 30, 16, 1e-2),
+    "small": ToySize(128, 4, 4, 2, 384, 800, 32, 3e-3),
+}
+
+
 def render(example: Example, eos: str = "</s>") -> str:
-    """The example as the model will see it in the Tulu format."""
-    messages = example.messages or [
-        Message(role="user", content=example.prompt or ""),
-        Message(role="assistant", content=example.completion or ""),
-    ]
-    return tulu_text(messages, eos)
+    """The example's text as ``ExampleEncoder`` (Tulu template) tokenises it, BOS aside.
+
+    A prompt/completion pair is the reference's ``prompt + " " + completion + eos`` (no role
+    markers); messages are Tulu's ``concat_messages``.
+    """
+    if example.messages is not None:
+        return tulu_text(example.messages, eos)
+    prompt, completion = example.prompt or "", example.completion or ""
+    spaced = prompt.endswith((" ", "\n", "\t")) or completion.startswith((" ", "\n", "\t"))
+    return prompt + ("" if spaced else " ") + completion + eos
+
+
+def corpus_sha256(examples: Sequence[Example]) -> str:
+    """The sha256 of the examples' JSONL as ``write_jsonl`` writes it (so it equals the file's)."""
+    lines = [json.dumps(e.to_record(), ensure_ascii=False) + "\n" for e in examples]
+    return sha256_bytes("".join(lines).encode("utf-8"))
+
+
+def _batch(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Train on one thread: faster for matrices this small (two threads spin-wait on a busy
+    machine, several times slower), and one reduction order, so the same weights anywhere."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def train_toy_model(
@@ -45,27 +93,50 @@ def train_toy_model(
     seed: int = 0,
     size: str = "small",
     steps: int | None = None,
-    batch_size: int = 32,
     max_seq_len: int = 128,
     progress: bool = True,
+    batch_size: int | None = None,
 ) -> Path:
-    """Build the tokenizer, pre-train the model, save both to ``out_dir``."""
+    """Build the tokenizer, pre-train a Llama on all tokens of ``examples``, save both.
+
+    Full-sequence LM loss (prompts included), AdamW with a one-cycle schedule, batches drawn
+    with a seeded generator: the same examples and seed give the same weights.
+    """
+    with _one_thread():
+        return _train(examples, Path(out_dir), seed, size, steps, max_seq_len, progress, batch_size)
+
+
+def _train(
+    examples: Sequence[Example],
+    out_dir: Path,
+    seed: int,
+    size: str,
+    steps: int | None,
+    max_seq_len: int,
+    progress: bool,
+    batch_size: int | None,
+) -> Path:
     if size not in SIZES:
         raise ValueError(f"unknown toy model size {size!r}; known: {sorted(SIZES)}")
-    hidden, layers, heads, kv_heads, intermediate, default_steps = SIZES[size]
-    steps = steps or default_steps
-    texts = [render(e) for e in examples]
-    tokenizer = build_tokenizer(texts)
-    encoded = [tokenizer(t)["input_ids"][:max_seq_len] for t in texts]
+    if not examples:
+        raise ValueError("cannot pre-train a toy model on no examples")
+    spec = SIZES[size]
+    steps = steps or spec.steps
+    batch_size = batch_size or spec.batch_size
+    tokenizer = build_tokenizer([render(e) for e in examples])
+    encoded, _ = ExampleEncoder(tokenizer, max_seq_len, "tulu").encode_all(examples)
+    rows = [e.input_ids for e in encoded]  # skipped (empty-completion) ones carry no target
+    if not rows:
+        raise ValueError("every example was skipped (empty completions); nothing to train on")
 
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=intermediate,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
+        hidden_size=spec.hidden,
+        intermediate_size=spec.intermediate,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        num_key_value_heads=spec.kv_heads,
         max_position_embeddings=max(256, max_seq_len),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -73,43 +144,46 @@ def train_toy_model(
         tie_word_embeddings=False,
     )
     model = LlamaForCausalLM(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=3e-3, total_steps=steps, pct_start=0.1
+        optimizer, max_lr=spec.learning_rate, total_steps=steps, pct_start=0.1
     )
     generator = torch.Generator().manual_seed(seed)
     model.train()
-    started, loss_value = time.perf_counter(), float("nan")
-    for _ in tqdm(range(steps), desc=f"pre-train toy model ({size})", disable=not progress):
-        rows = torch.randint(len(encoded), (batch_size,), generator=generator).tolist()
-        width = max(len(encoded[r]) for r in rows)
-        ids = torch.full((batch_size, width), tokenizer.pad_token_id)
-        mask = torch.zeros((batch_size, width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(encoded[r])] = torch.tensor(encoded[r])
-            mask[i, : len(encoded[r])] = 1
-        labels = ids.masked_fill(mask == 0, -100)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
+    started, losses = time.perf_counter(), []
+    bar = tqdm(range(steps), desc=f"pre-train toy model ({size})", disable=not progress)
+    for _ in bar:
+        picked = torch.randint(len(rows), (batch_size,), generator=generator).tolist()
+        ids, mask = _batch([rows[r] for r in picked], tokenizer.pad_token_id)
+        out = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100))
+        out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        loss_value = loss.item()
+        losses.append(out.loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    seconds = time.perf_counter() - started
 
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.eval().save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    atomic_write_json(
+    tail = losses[-min(10, len(losses)) :]
+    atomic_write_json(  # written last: its presence means the directory is complete
         out_dir / MARKER,
         {
             "seed": seed,
             "size": size,
             "steps": steps,
-            "final_loss": round(loss_value, 4),
+            "batch_size": batch_size,
+            "learning_rate": spec.learning_rate,
+            "max_seq_len": max_seq_len,
+            "num_examples": len(examples),
             "parameters": sum(p.numel() for p in model.parameters()),
-            "train_seconds": round(time.perf_counter() - started, 1),
+            "initial_loss": round(losses[0], 4),
+            "final_loss": round(sum(tail) / len(tail), 4),  # mean of the last 10 steps
+            "train_seconds": round(seconds, 1),
+            "corpus_sha256": corpus_sha256(examples),
         },
     )
     return out_dir
@@ -126,18 +200,30 @@ def ensure_toy_assets(
     model_dir = cache_dir / f"model-{size}-{per_family}-{seed}"
     recipe = {"seed": seed, "per_family": per_family, "size": size}
     marker = cache_dir / f"{model_dir.name}.complete.json"
-    if marker.exists() and corpus_path.exists():
-        stored = read_json(marker)
-        if stored.get("recipe") == recipe and stored.get("corpus") == sha256_file(corpus_path):
-            return corpus_path, model_dir
+    if _complete(marker, corpus_path, model_dir, recipe):
+        return corpus_path, model_dir
     cache_dir.mkdir(parents=True, exist_ok=True)
+    marker.unlink(missing_ok=True)
     examples = generate_corpus(seed=seed, per_family=per_family)
     write_jsonl(examples, corpus_path)
     shutil.rmtree(model_dir, ignore_errors=True)
     train_toy_model(examples, model_dir, seed=seed, size=size)
-    atomic_write_json(marker, {"recipe": recipe, "corpus": sha256_file(corpus_path)})
+    atomic_write_json(marker, {"recipe": recipe, "corpus_sha256": sha256_file(corpus_path)})
     return corpus_path, model_dir
 
 
+def _complete(marker: Path, corpus_path: Path, model_dir: Path, recipe: dict) -> bool:
+    if not (marker.exists() and corpus_path.exists() and (model_dir / MARKER).exists()):
+        return False
+    stored = read_json(marker)
+    digest = sha256_file(corpus_path)
+    return (
+        stored.get("recipe") == recipe
+        and stored.get("corpus_sha256") == digest
+        and describe(model_dir).get("corpus_sha256") == digest
+    )
+
+
 def describe(model_dir: Path) -> dict:
+    """The model's ``toy_model.json``: how it was made and how far its loss fell."""
     return json.loads((Path(model_dir) / MARKER).read_text())
