@@ -1,13 +1,15 @@
 """LESS step 1: warm up a LoRA adapter on a seeded sample of the pool, a checkpoint per epoch.
 
-AdamW without weight decay, a linear schedule with linear warmup over ``warmup_ratio`` of
-the optimizer steps, gradient accumulation to the effective batch; after every epoch the
-adapter, the Adam moments (by name) and the mean learning rate of that epoch's steps.
+As the reference (HF Trainer): AdamW (β = 0.9, 0.999, ε = 1e-8) without weight decay, a
+linear schedule with linear warmup over ``ceil(warmup_ratio · steps)`` steps, LoRA dropout
+on. Each micro-batch's loss is the mean cross-entropy over its completion tokens (HF's
+causal-LM loss) and an optimizer step averages the micro-batch losses it accumulated, as the
+Trainer of the reference's time did. After each epoch: the adapter, the Adam moments (by
+name) and the mean learning rate of that epoch's optimizer steps.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +20,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from gradstore.checkpoints import WarmupCheckpoint, save_checkpoint
 from gradstore.config import BuildConfig
-from gradstore.gradients import per_example_losses
+from gradstore.files import atomic_write_json
 from gradstore.modeling import attach_new_lora, load_base_model, load_tokenizer, resolve_device
 from gradstore.tokenization import IGNORE_INDEX, TokenizedExample, collate, pad_token_id
 
@@ -30,77 +32,103 @@ def warmup_sample(n: int, fraction: float, seed: int) -> list[int]:
     return sorted(torch.randperm(n, generator=generator)[:size].tolist())
 
 
+def warmup_plan(num_examples: int, batch_size: int, gradient_accumulation: int) -> tuple[int, int]:
+    """(micro-batches per optimizer step, optimizer steps per epoch).
+
+    Accumulation is clamped to the micro-batches an epoch has, so a tiny sample still makes
+    at least one optimizer step per epoch; the last step of an epoch may accumulate fewer.
+    """
+    micro_batches = math.ceil(num_examples / batch_size)
+    accumulation = max(1, min(gradient_accumulation, micro_batches))
+    return accumulation, math.ceil(micro_batches / accumulation)
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the batch's completion tokens (next-token, labels shifted)."""
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(),
+        labels[:, 1:].flatten(),
+        ignore_index=IGNORE_INDEX,
+        reduction="mean",
+    )
+
+
 def run_warmup(
     model_dir: Path,
     pool: Sequence[TokenizedExample],
     config: BuildConfig,
     out_dir: Path,
-    device: str | None = None,
+    device: str | torch.device | None = None,
     progress: bool = True,
 ) -> list[WarmupCheckpoint]:
+    """Train the warmup LoRA and save ``out_dir/ckpt-{epoch}`` after every epoch.
+
+    Also writes ``warmup_sample.json`` (the IDs trained on) and ``warmup_log.json`` (loss and
+    mean learning rate per epoch). The run is a function of the seed: same inputs, same bytes.
+    """
+    if not pool:
+        raise ValueError("the warmup needs at least one example")
     settings = config.warmup
     device_ = resolve_device(device)
-    rows = warmup_sample(len(pool), settings.fraction, settings.seed)
-    sample = [pool[i] for i in rows]
+    sample = [pool[i] for i in warmup_sample(len(pool), settings.fraction, settings.seed)]
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "warmup_sample.json").write_text(json.dumps([e.id for e in sample]))
+    atomic_write_json(out_dir / "warmup_sample.json", [e.id for e in sample])
 
-    tokenizer = load_tokenizer(model_dir)
-    pad = pad_token_id(tokenizer)
+    pad = pad_token_id(load_tokenizer(model_dir))
     model = attach_new_lora(load_base_model(model_dir, device_), config.lora, settings.seed)
-    model.to(device_)
-    micro_batches = math.ceil(len(sample) / settings.batch_size)
-    accumulation = max(1, min(settings.gradient_accumulation, micro_batches))
-    steps_per_epoch = math.ceil(micro_batches / accumulation)
+    accumulation, steps_per_epoch = warmup_plan(
+        len(sample), settings.batch_size, settings.gradient_accumulation
+    )
     total_steps = steps_per_epoch * settings.epochs
-    trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
-        trainable, lr=settings.learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0
+        [p for _, p in model.named_parameters() if p.requires_grad],
+        lr=settings.learning_rate,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=0.0,
     )
     scheduler = get_linear_schedule_with_warmup(
         optimizer, math.ceil(settings.warmup_ratio * total_steps), total_steps
     )
-    generator = torch.Generator().manual_seed(settings.seed)
+    order_rng = torch.Generator().manual_seed(settings.seed)
     checkpoints, log = [], []
+    rng_devices = [device_.index or 0] if device_.type == "cuda" else []
     bar = tqdm(total=total_steps, desc="warmup", unit="step", disable=not progress)
-    for epoch in range(1, settings.epochs + 1):
-        model.train()
-        order = torch.randperm(len(sample), generator=generator).tolist()
-        rates, losses = [], []
-        for step in range(steps_per_epoch):
-            first = step * accumulation * settings.batch_size
-            chunk = order[first : first + accumulation * settings.batch_size]
-            batches = [
-                chunk[i : i + settings.batch_size]
-                for i in range(0, len(chunk), settings.batch_size)
-            ]
-            tokens = sum(_target_tokens(sample, b) for b in batches)
-            for batch_rows in batches:
-                batch = collate([sample[i] for i in batch_rows], pad)
-                batch = {k: v.to(device_) for k, v in batch.items()}
-                logits = model(
-                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-                ).logits
-                # token-mean over the effective batch, as a causal-LM loss over it would be
-                per_example = per_example_losses(logits, batch["labels"])
-                weights = (batch["labels"][:, 1:] != IGNORE_INDEX).sum(dim=1)
-                loss = (per_example * weights).sum() / tokens
-                loss.backward()
-                losses.append(loss.detach().item() * tokens / max(1, int(weights.sum())))
-            rates.append(scheduler.get_last_lr()[0])
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            bar.update(1)
-        model.eval()
-        mean_rate = sum(rates) / len(rates)
-        checkpoints.append(save_checkpoint(model, optimizer, out_dir, epoch, mean_rate))
-        log.append({"epoch": epoch, "loss": sum(losses) / len(losses), "learning_rate": mean_rate})
+    with torch.random.fork_rng(devices=rng_devices):  # LoRA dropout masks follow the seed
+        torch.manual_seed(settings.seed)
+        for epoch in range(1, settings.epochs + 1):
+            model.train()
+            order = torch.randperm(len(sample), generator=order_rng).tolist()
+            rates, losses = [], []
+            for step in range(steps_per_epoch):
+                span = accumulation * settings.batch_size
+                rows = order[step * span : (step + 1) * span]
+                micro = [
+                    rows[i : i + settings.batch_size]
+                    for i in range(0, len(rows), settings.batch_size)
+                ]
+                for batch_rows in micro:
+                    batch = collate([sample[i] for i in batch_rows], pad)
+                    batch = {k: v.to(device_) for k, v in batch.items()}
+                    if not (batch["labels"][:, 1:] != IGNORE_INDEX).any():
+                        continue  # no completion token: nothing to learn, and no NaN
+                    logits = model(
+                        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                    ).logits
+                    loss = causal_lm_loss(logits, batch["labels"])
+                    (loss / len(micro)).backward()
+                    losses.append(loss.item())
+                rates.append(scheduler.get_last_lr()[0])  # the rate this step uses
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                bar.update(1)
+            model.eval()
+            mean_rate = sum(rates) / len(rates)
+            checkpoints.append(save_checkpoint(model, optimizer, out_dir, epoch, mean_rate))
+            mean_loss = sum(losses) / len(losses) if losses else float("nan")
+            log.append({"epoch": epoch, "loss": mean_loss, "learning_rate": mean_rate})
+            bar.set_postfix(epoch=epoch, loss=f"{mean_loss:.4f}")
     bar.close()
-    (out_dir / "warmup_log.json").write_text(json.dumps(log, indent=2))
+    atomic_write_json(out_dir / "warmup_log.json", log)
     return checkpoints
-
-
-def _target_tokens(sample: Sequence[TokenizedExample], rows: list[int]) -> int:
-    return max(1, sum(sample[i].num_target_tokens for i in rows))
