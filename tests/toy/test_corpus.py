@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from gradstore.examples import read_jsonl, write_jsonl
+from gradstore.examples import Example, read_jsonl, write_jsonl
 from gradstore.toy.corpus import (
     FAMILIES,
     STYLES,
@@ -115,10 +115,15 @@ def test_targets_are_held_out_and_labelled():
 
 
 def test_targets_refuse_an_exhausted_input_space():
-    """60 dictionary words × 5 styles: a pool with every lookup leaves no held-out lookup."""
-    pool = generate_corpus(seed=0, per_family=3000)
+    """With every lookup question held out, no new lookup target can be drawn."""
+    every_lookup = [
+        Example(id=f"{word}-{style}", prompt=template.format(x=f"@{word}"), completion=code)
+        for word, code in synthetic_dictionary(0).items()
+        for style, template in STYLES.items()
+    ]
     with pytest.raises(ValueError, match="lookup"):
-        generate_targets(seed=1, per_family=1, exclude=pool)
+        generate_targets(seed=1, per_family=1, exclude=every_lookup)
+    assert len(generate_targets(seed=1, per_family=1, exclude=every_lookup[1:])) == 8
 
 
 def _task_input(prompt: str, style: str) -> str:
