@@ -3,7 +3,9 @@
 Same model, same LoRA adapter and Adam state, same examples, same projector; both paths
 produce Adam-preconditioned, projected, normalised features, which are compared. The
 one-at-a-time loop is what the LESS reference does (one forward + backward + projection
-per example); the batched path does one forward and one backward per padded batch.
+per example); the batched path does one forward and one backward per padded batch and one
+projection per batch (or per buffer of batches when Π is streamed, ``--no-cache``). The
+time of each path is split into gradients and preconditioning + projection.
 
     python bench/featurize.py --quick --json
 """
@@ -51,7 +53,7 @@ def setup(args):
     moments = AdamPreconditioner(
         torch.randn(n, generator=generator) * 1e-4, torch.rand(n, generator=generator) * 1e-8
     )
-    projector = RademacherProjector(n, args.dim, 0)
+    projector = RademacherProjector(n, args.dim, 0, cache_bytes=0 if args.no_cache else 1 << 30)
     featurizer = CheckpointFeaturizer(
         model, projector, moments, pad_token_id(tokenizer), args.batch_size
     )
@@ -67,17 +69,27 @@ def main() -> None:
     parser.add_argument("--lora-r", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--size", default="small", choices=["tiny", "small"])
+    parser.add_argument(
+        "--no-cache", action="store_true", help="Stream Π by blocks instead of caching it."
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all).")
     args = parser.parse_args()
-    args.examples = args.examples or (96 if args.quick else 512)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.examples = args.examples or (64 if args.quick else 256)
 
     model, examples, featurizer, n_lora = setup(args)
     featurizer.featurize(examples[:2])  # warm: the projector's sign cache, allocator
+    featurizer.timings.update(gradient_s=0.0, projection_s=0.0)
     started = time.perf_counter()
     batched = featurizer.featurize(examples, kinds=("adam",))["adam"]
     batched_s = time.perf_counter() - started
+    batched_split = dict(featurizer.timings)
+    featurizer.timings.update(gradient_s=0.0, projection_s=0.0)
     started = time.perf_counter()
     single = featurizer.featurize_one_at_a_time(examples, kinds=("adam",))["adam"]
     single_s = time.perf_counter() - started
+    single_split = dict(featurizer.timings)
 
     n = len(examples)
     result = {
@@ -89,10 +101,16 @@ def main() -> None:
         "lora_parameters": n_lora,
         "dim": args.dim,
         "batch_size": args.batch_size,
+        "torch_threads": torch.get_num_threads(),
+        "projection_cached": featurizer.projector.cached,
         "examples_per_s": round(n / batched_s, 2),
         "one_at_a_time_examples_per_s": round(n / single_s, 2),
         "speedup_vs_one_at_a_time": round(single_s / batched_s, 2),
         "max_abs_diff": float(np.abs(batched - single).max()),
+        "batched_gradient_s": round(batched_split["gradient_s"], 3),
+        "batched_projection_s": round(batched_split["projection_s"], 3),
+        "one_at_a_time_gradient_s": round(single_split["gradient_s"], 3),
+        "one_at_a_time_projection_s": round(single_split["projection_s"], 3),
     }
     if args.json:
         print(json.dumps(result))

@@ -11,7 +11,8 @@ map gives every example's own gradient — no weight gradient is ever summed ove
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -32,6 +33,17 @@ def per_example_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     ).view(shift_labels.shape)
     counts = (shift_labels != IGNORE_INDEX).sum(dim=1).clamp(min=1)
     return token_losses.sum(dim=1) / counts
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Dropout off while featurising (as the reference does), the caller's mode restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 class LoraGradientComputer:
@@ -69,22 +81,34 @@ class LoraGradientComputer:
 
         handles = [layer.register_forward_hook(keep(i)) for i, layer in enumerate(self._layers)]
         try:
-            with torch.enable_grad():
+            with torch.enable_grad(), eval_mode(self.model):
                 logits = self.model(
                     input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
                 ).logits
                 loss = per_example_losses(logits, batch["labels"]).sum()
                 order = range(len(self._layers))
                 deltas = torch.autograd.grad(loss, [outputs[i] for i in order])
+                del logits, loss
+                outputs.clear()
         finally:
             for handle in handles:
                 handle.remove()
-        rows = batch["input_ids"].shape[0]
-        grads = [
-            torch.einsum("bto,bti->boi", delta.float(), inputs[i].float()).reshape(rows, -1)
-            for i, delta in enumerate(deltas)
-        ]
-        return torch.cat(grads, dim=1)
+        rows, width = batch["input_ids"].shape
+        # δ is exactly 0 at pads (no loss reaches them); zeroing x there too keeps a
+        # non-finite pad activation from turning 0·x into NaN.
+        real = batch["attention_mask"].reshape(rows, width, 1).bool()
+        out = torch.empty(rows, self.num_parameters, dtype=torch.float32, device=device)
+        offset = 0
+        for i, (layer, delta) in enumerate(zip(self._layers, deltas, strict=True)):
+            x = inputs.pop(i).reshape(rows, -1, layer.in_features)
+            if x.shape[1] == width:
+                x = x.masked_fill(~real, 0)
+            delta = delta.reshape(rows, -1, layer.out_features)
+            size = layer.weight.numel()
+            grad = torch.bmm(delta.float().transpose(1, 2), x.float())  # (B, out, in)
+            out[:, offset : offset + size] = grad.reshape(rows, size)
+            offset += size
+        return out
 
 
 def reference_per_example_gradients(
@@ -98,7 +122,7 @@ def reference_per_example_gradients(
     for example in examples:
         batch = {k: v.to(device) for k, v in collate([example], pad_token_id).items()}
         model.zero_grad(set_to_none=True)
-        with torch.enable_grad():
+        with torch.enable_grad(), eval_mode(model):
             logits = model(input_ids=batch["input_ids"]).logits
             per_example_losses(logits, batch["labels"]).sum().backward()
         rows.append(torch.cat([params[n].grad.float().reshape(-1) for n in names]))

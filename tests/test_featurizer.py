@@ -43,6 +43,36 @@ def test_batched_features_equal_the_one_at_a_time_loop(model):
     assert not np.allclose(fast["adam"], fast["sgd"], atol=1e-2)
 
 
+def test_streamed_projection_buffers_batches_and_gives_the_same_features(model):
+    batch = examples([5, 13, 8, 22, 3, 16, 10, 7, 19], seed=4)
+    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    cached = RademacherProjector(n, 256, 1)
+    streamed = RademacherProjector(n, 256, 1, block_rows=1000, cache_bytes=0)
+    adam = AdamPreconditioner(*moments(n))
+    reference = CheckpointFeaturizer(model, cached, adam, 0, batch_size=1)
+    expected = reference.featurize_one_at_a_time(batch, kinds=("sgd", "adam"))
+    buffered = CheckpointFeaturizer(model, streamed, adam, 0, batch_size=2)
+    assert buffered.projection_rows > len(batch)  # all nine rows wait for one projection
+    per_batch = CheckpointFeaturizer(model, streamed, adam, 0, batch_size=2, projection_rows=3)
+    for featurizer in (buffered, per_batch):
+        got = featurizer.featurize(batch, kinds=("sgd", "adam"))
+        assert list(got) == ["sgd", "adam"]
+        for kind in ("adam", "sgd"):
+            np.testing.assert_allclose(got[kind], expected[kind], atol=1e-4)
+        assert featurizer.timings["gradient_s"] > 0 and featurizer.timings["projection_s"] > 0
+
+
+def test_kinds_are_checked(model):
+    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    featurizer = CheckpointFeaturizer(model, RademacherProjector(n, 64, 0), None, 0, 4)
+    batch = examples([5, 9])
+    with pytest.raises(ValueError, match="Adam moments"):
+        featurizer.featurize(batch)
+    with pytest.raises(ValueError, match="unknown feature kinds"):
+        featurizer.featurize(batch, kinds=("sgd", "newton"))
+    assert featurizer.featurize(batch, kinds=("sgd",))["sgd"].shape == (2, 64)
+
+
 def test_projected_less_ranking_keeps_the_unprojected_one(model):
     """Spearman ≥ 0.9 between LESS scores with and without projection at d = 8192."""
     pool = examples([int(x) for x in np.random.default_rng(0).integers(4, 30, size=60)], seed=5)

@@ -13,8 +13,9 @@ from gradstore.preconditioner import AdamPreconditioner
 from gradstore.tokenization import TokenizedExample, collate
 
 
-def lora_model(base, targets):
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+def lora_model(base, targets, dropout=0.0):
+    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=targets)
+    model = get_peft_model(base, config)
     torch.manual_seed(1)
     for name, param in model.named_parameters():
         if "lora_B" in name:  # B starts at zero, which would zero every A gradient
@@ -62,6 +63,18 @@ def test_rows_do_not_depend_on_batch_company_or_order(llama):
     reversed_ = computer.per_example(collate(batch[::-1], 0))
     torch.testing.assert_close(alone[0], together[1], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(reversed_.flip(0), together, rtol=1e-4, atol=1e-6)
+
+
+def test_dropout_is_off_while_featurising_and_the_mode_is_restored(tmp_path):
+    base = AutoModelForCausalLM.from_pretrained(save_tiny_llama(tmp_path))
+    model = lora_model(base, ["q_proj", "v_proj"], dropout=0.5).train()
+    batch = examples([6, 11])
+    fast = LoraGradientComputer(model).per_example(collate(batch, 0))
+    assert model.training
+    slow = reference_per_example_gradients(model, batch, 0)
+    assert model.training
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(LoraGradientComputer(model).per_example(collate(batch, 0)), fast)
 
 
 def test_gpt2_conv1d_layers():

@@ -5,18 +5,24 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gradstore.projection import DenseReferenceProjector, RademacherProjector, rademacher_block
+from gradstore.projection import (
+    DenseReferenceProjector,
+    RademacherProjector,
+    rademacher_block,
+    rademacher_signs,
+)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 12345])
 def test_blockwise_equals_dense_reference(seed):
     x = torch.randn(4, 300, generator=torch.Generator().manual_seed(seed))
     expected = DenseReferenceProjector(300, 200, seed).project(x)
-    for block_elements in (200, 7 * 200, 10**9):
+    for block_rows in (1, 7, 64, 10**9):
         for cache_bytes in (0, 1 << 30):
             projector = RademacherProjector(
-                300, 200, seed, block_elements=block_elements, cache_bytes=cache_bytes
+                300, 200, seed, block_rows=block_rows, cache_bytes=cache_bytes
             )
+            assert projector.cached == (cache_bytes > 0)
             for _ in range(2):  # the second call reads the cache when there is one
                 torch.testing.assert_close(projector.project(x), expected, rtol=1e-5, atol=1e-4)
 
@@ -29,6 +35,15 @@ def test_batch_size_does_not_change_a_row():
         torch.testing.assert_close(
             projector.project(x[i : i + 1])[0], full[i], rtol=1e-5, atol=1e-4
         )
+
+
+@pytest.mark.parametrize("dim", [1, 63, 64, 130, 256])
+def test_fast_block_equals_the_sign_by_sign_definition(dim):
+    for seed in (0, 3, 2**40 + 1):
+        expected = rademacher_signs(seed, torch.arange(11, 60), torch.arange(dim))
+        assert torch.equal(rademacher_block(seed, 11, 60, dim), expected)
+        scratch = torch.empty(64 * 64 * 5, dtype=torch.int32)  # reused buffer, larger than needed
+        assert torch.equal(rademacher_block(seed, 11, 60, dim, out=scratch), expected)
 
 
 def test_signs_are_a_function_of_position_only():
