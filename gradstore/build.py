@@ -18,7 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from gradstore.checkpoint_model import CheckpointModel
-from gradstore.checkpoints import WarmupCheckpoint, checkpoint_weights, load_checkpoints
+from gradstore.checkpoints import (
+    WarmupCheckpoint,
+    checkpoint_weights,
+    import_reference_checkpoints,
+    load_checkpoints,
+)
 from gradstore.config import BuildConfig
 from gradstore.errors import InvalidInputError, NotReadyError
 from gradstore.examples import read_jsonl
@@ -124,8 +129,6 @@ def run_warmup_stage(
     target = root / "checkpoints"
     shutil.rmtree(target, ignore_errors=True)  # a killed earlier attempt
     if spec.warmup_from:
-        from gradstore.reference_import import import_reference_checkpoints
-
         checkpoints = import_reference_checkpoints(
             [Path(d) for d in spec.warmup_from], Path(spec.model.path), target
         )
