@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from gradstore.config import LoraConfig
-from gradstore.demo import TARGETS_PER_FAMILY, run_demo
-from gradstore.examples import read_jsonl
+from gradstore.demo import run_demo
+from gradstore.examples import load_examples, read_jsonl
 from gradstore.gradients import per_example_losses
 from gradstore.modeling import attach_new_lora, load_base_model, load_tokenizer
 from gradstore.query import QueryEngine
@@ -68,8 +68,8 @@ def main() -> None:
     pad = pad_token_id(tokenizer)
     encoder = ExampleEncoder(tokenizer, 128, "tulu")
     pool = {e.id: e for e in read_jsonl(Path(report["store"]) / "examples.jsonl")}
-    queries = generate_targets(seed=1, per_family=TARGETS_PER_FAMILY)
-    held_out = generate_targets(seed=2, per_family=48)
+    queries = load_examples(report["targets"])  # the demo's targets, held out of the pool
+    held_out = generate_targets(seed=2, per_family=48, exclude=[*pool.values(), *queries])
     losses: dict[str, dict[str, float]] = {}
     for family in FAMILIES:
         targets = [t for t in queries if t.subtask == family]

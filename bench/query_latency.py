@@ -39,12 +39,13 @@ def main() -> None:
     args = parser.parse_args()
 
     report = run_demo(args.work_dir, per_family=args.per_family, progress=not args.json)
-    from gradstore.toy.corpus import FAMILIES, generate_targets
+    from gradstore.examples import load_examples
+    from gradstore.toy.corpus import FAMILIES
 
     started = time.perf_counter()
     engine = QueryEngine(Datastore.open(report["store"]))
     load_s = time.perf_counter() - started
-    targets = generate_targets(seed=1, per_family=TARGETS_PER_FAMILY)
+    targets = load_examples(report["targets"])
     results = {}
     for method in ("less", "bm25", "random"):
         run_selection(engine, targets[:TARGETS_PER_FAMILY], method=method, fraction=args.fraction)

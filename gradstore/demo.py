@@ -13,7 +13,7 @@ from pathlib import Path
 
 from gradstore.build import build_all
 from gradstore.config import BuildConfig, LoraConfig, ProjectionConfig, WarmupConfig
-from gradstore.examples import Example, read_jsonl
+from gradstore.examples import read_jsonl
 from gradstore.query import QueryEngine
 from gradstore.selection import run_selection
 from gradstore.store import MANIFEST, Datastore
@@ -41,10 +41,6 @@ METHODS = [
 TARGETS_PER_FAMILY = 8
 
 
-def family_of(example: Example) -> str:
-    return example.extra["meta"]["family"]
-
-
 def run_demo(
     work_dir: Path,
     per_family: int = 150,
@@ -54,7 +50,7 @@ def run_demo(
     progress: bool = True,
 ) -> dict:
     """Build (or reuse) the toy datastore and measure precision per family and method."""
-    from gradstore.toy.corpus import FAMILIES, generate_targets
+    from gradstore.toy.corpus import FAMILIES, family_of, generate_targets
     from gradstore.toy.model import ensure_toy_assets
 
     started = time.perf_counter()
@@ -69,9 +65,11 @@ def run_demo(
         build_all(store, corpus_path, model_dir, config, progress=progress)
     build_s = time.perf_counter() - built
 
-    pool_family = {e.id: family_of(e) for e in read_jsonl(corpus_path)}
+    pool = read_jsonl(corpus_path)
+    pool_family = {e.id: family_of(e) for e in pool}
     engine = QueryEngine(Datastore.open(store))
-    targets = generate_targets(seed=seed + 1, per_family=TARGETS_PER_FAMILY)
+    # held out word for word: a target that is also in the pool would flatter every method
+    targets = generate_targets(seed=seed + 1, per_family=TARGETS_PER_FAMILY, exclude=pool)
     precision: dict[str, dict[str, float]] = {}
     latency_ms: dict[str, list[float]] = {label: [] for label, _, _ in METHODS}
     for family in FAMILIES:
@@ -99,6 +97,7 @@ def run_demo(
         "assets_s": round(assets_s, 1),
         "build_s": round(build_s, 1),
         "store": str(store),
+        "targets": [t.to_record() for t in targets],
     }
 
 
