@@ -49,15 +49,24 @@ def api(
 
 def worker(
     once: Annotated[bool, typer.Option(help="Exit when no work is left.")] = False,
+    poll_interval: Annotated[
+        float | None,
+        typer.Option(help="Seconds between looks for work when idle (GRADSTORE_POLL_SECONDS)."),
+    ] = None,
+    parent_pid: Annotated[
+        int | None, typer.Option(hidden=True, help="Exit when this parent process is gone.")
+    ] = None,
 ) -> None:
-    """Claim and run build units from the database until stopped."""
+    """Claim and run build units from the database until stopped (SIGTERM: after this unit)."""
     from worker.runner import Worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     settings = _settings()
-    Worker(settings).run(once=once, stop=stop)
+    if poll_interval is not None:
+        settings = settings.model_copy(update={"poll_seconds": poll_interval})
+    Worker(settings, parent_pid=parent_pid).run(once=once, stop=stop)
 
 
 def serve(
@@ -75,10 +84,8 @@ def serve(
     settings = _settings(data_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.database_url)
-    children = [
-        subprocess.Popen([sys.executable, "-m", "gradstore.cli", "worker"], env=os.environ.copy())
-        for _ in range(workers)
-    ]
+    command = [sys.executable, "-m", "gradstore.cli", "worker", "--parent-pid", str(os.getpid())]
+    children = [subprocess.Popen(command, env=os.environ.copy()) for _ in range(workers)]
     try:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
     finally:

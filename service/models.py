@@ -19,6 +19,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+# A build in one of these states is still running (or waiting for) its workers.
+ACTIVE_BUILD = ("queued", "warmup", "featurize", "index")
+
 
 def new_id() -> str:
     return uuid.uuid4().hex

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gradstore.config import LoraConfig, ProjectionConfig, WarmupConfig
 from gradstore.examples import Message
@@ -103,6 +103,11 @@ class DatastorePublic(BaseModel):
     created_at: datetime
 
 
+class DatastorePage(BaseModel):
+    data: list[DatastorePublic]
+    count: int
+
+
 class Target(BaseModel):
     model_config = ConfigDict(extra="forbid")
     subtask: str | None = None
@@ -127,9 +132,15 @@ class SelectRequest(BaseModel):
     )
     targets: list[Target] = Field(min_length=1)
     method: str = "less"
-    top_k: int | None = Field(None, ge=1)
-    fraction: float | None = Field(None, gt=0, le=1)
-    options: dict[str, Any] = Field(default_factory=dict)
+    top_k: int | None = Field(None, ge=1, description="How many to select; or give fraction.")
+    fraction: float | None = Field(None, gt=0, le=1, description="Share of the pool to select.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Method options.")
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> SelectRequest:
+        if (self.top_k is None) == (self.fraction is None):
+            raise ValueError("give exactly one of 'top_k' or 'fraction'")
+        return self
 
 
 class SelectedPublic(BaseModel):

@@ -4,6 +4,9 @@ A claim is one ``UPDATE … WHERE id = (SELECT … LIMIT 1) RETURNING`` statemen
 the inner select takes ``FOR UPDATE SKIP LOCKED`` so concurrent workers never wait on or get
 the same unit; on SQLite the statement runs under the single writer lock with the latest
 data. A unit is claimable when pending, or running with an expired lease (its worker died).
+A unit whose lease expired ``max_attempts`` times is not retried: its worker keeps dying
+(out of memory, a bad GPU), so ``fail_exhausted`` fails the build with that reason instead
+of letting workers die on it forever.
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import transaction
-from service.models import Datastore, WorkUnit
+from service.models import ACTIVE_BUILD, Datastore, WorkUnit
 
-ACTIVE_BUILD = ("queued", "warmup", "featurize", "index")
+__all__ = ["ACTIVE_BUILD", "Claim", "claim_next", "complete", "fail_exhausted", "renew"]
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,9 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def claim_next(factory: sessionmaker[Session], owner: str, lease_seconds: float) -> Claim | None:
+def claim_next(
+    factory: sessionmaker[Session], owner: str, lease_seconds: float, max_attempts: int = 3
+) -> Claim | None:
     """Lease the oldest claimable unit of an active build to ``owner``, or None."""
     now = _now()
     with transaction(factory) as session:
@@ -47,7 +52,11 @@ def claim_next(factory: sessionmaker[Session], owner: str, lease_seconds: float)
                 Datastore.cancel_requested.is_(False),
                 or_(
                     WorkUnit.state == "pending",
-                    and_(WorkUnit.state == "running", WorkUnit.lease_expires_at < now),
+                    and_(
+                        WorkUnit.state == "running",
+                        WorkUnit.lease_expires_at < now,
+                        WorkUnit.attempts < max_attempts,
+                    ),
                 ),
             )
             .order_by(WorkUnit.id)
@@ -109,3 +118,33 @@ def release_for_retry(session: Session, claim: Claim, owner: str, error: str) ->
         .where(WorkUnit.id == claim.id, WorkUnit.lease_owner == owner)
         .values(state="pending", lease_owner=None, lease_expires_at=None, error=error)
     )
+
+
+def fail_exhausted(factory: sessionmaker[Session], max_attempts: int) -> list[str]:
+    """Fail the active builds whose expired unit has used up its attempts; their IDs."""
+    with transaction(factory) as session:
+        rows = session.execute(
+            select(WorkUnit.datastore_id, WorkUnit.kind, WorkUnit.id, WorkUnit.lease_owner)
+            .join(Datastore, Datastore.id == WorkUnit.datastore_id)
+            .where(
+                Datastore.status.in_(ACTIVE_BUILD),
+                WorkUnit.state == "running",
+                WorkUnit.lease_expires_at < _now(),
+                WorkUnit.attempts >= max_attempts,
+            )
+        ).all()
+        failed: list[str] = []
+        for datastore_id, kind, unit_id, owner in rows:
+            if datastore_id in failed:
+                continue
+            session.execute(
+                update(Datastore)
+                .where(Datastore.id == datastore_id, Datastore.status.in_(ACTIVE_BUILD))
+                .values(
+                    status="failed",
+                    error=f"{kind} unit {unit_id} lost its worker {max_attempts} times "
+                    f"(last {owner}); the worker dies on it (out of memory?)",
+                )
+            )
+            failed.append(datastore_id)
+    return failed

@@ -23,8 +23,15 @@ from tqdm import tqdm
 from service.db import make_engine, make_sessionmaker, transaction
 from service.models import Datastore
 from service.settings import Settings
-from worker.queue import Claim, claim_next, release_for_retry, renew
-from worker.stages import fail_build, finish_unit, mark_started, remove_artifacts, run_unit
+from worker.queue import Claim, claim_next, fail_exhausted, release_for_retry, renew
+from worker.stages import (
+    BuildGone,
+    fail_build,
+    finish_unit,
+    mark_started,
+    remove_artifacts,
+    run_unit,
+)
 
 log = logging.getLogger("gradstore.worker")
 
@@ -34,6 +41,8 @@ class UnitAborted(Exception):
 
 
 class Heartbeat:
+    """Renews one lease in the background; ``check`` raises once it is lost."""
+
     def __init__(self, factory, claim: Claim, owner: str, settings: Settings):
         self.factory, self.claim, self.owner, self.settings = factory, claim, owner, settings
         self.lost = threading.Event()
@@ -61,53 +70,75 @@ class Heartbeat:
 
     def check(self, _rows: int = 0) -> None:
         if self.lost.is_set():
-            raise UnitAborted(f"lost the lease on unit {self.claim.id}")
+            raise UnitAborted(f"lost the lease on unit {self.claim.id} (or it was cancelled)")
 
 
 class Worker:
-    def __init__(self, settings: Settings, factory: sessionmaker[Session] | None = None):
+    """One claimer; run many (processes or machines) against the same database."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        factory: sessionmaker[Session] | None = None,
+        parent_pid: int | None = None,
+    ):
         self.settings = settings
         self.factory = factory or make_sessionmaker(make_engine(settings.database_url))
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.parent_pid = parent_pid
+        self.show_progress = sys.stderr.isatty()
+
+    def orphaned(self) -> bool:
+        """True when the embedded server that started us is gone (killed without cleanup)."""
+        return self.parent_pid is not None and os.getppid() != self.parent_pid
 
     def run_one(self) -> bool:
         """Claim and run one unit; False when there was nothing to do."""
-        claim = claim_next(self.factory, self.owner, self.settings.lease_seconds)
+        settings = self.settings
+        for store_id in fail_exhausted(self.factory, settings.max_attempts):
+            log.error("datastore %s failed: a unit used up its attempts", store_id)
+        claim = claim_next(self.factory, self.owner, settings.lease_seconds, settings.max_attempts)
         if claim is None:
             return False
         log.info("claimed %s unit %s of datastore %s", claim.kind, claim.id, claim.datastore_id)
         with transaction(self.factory) as session:
             mark_started(session, claim)
         started = time.perf_counter()
-        bar = tqdm(
-            total=claim.end - claim.start,
-            desc=f"{claim.kind} {claim.datastore_id[:8]} ckpt {claim.checkpoint}",
-            unit="ex",
-            disable=claim.kind != "featurize" or not sys.stderr.isatty(),
-        )
-
-        def on_batch(rows: int) -> None:
-            bar.update(rows)
-            beat.check()
-
         try:
-            with Heartbeat(self.factory, claim, self.owner, self.settings) as beat, bar:
-                run_unit(self.factory, claim, self.settings.device, on_batch=on_batch)
+            with Heartbeat(self.factory, claim, self.owner, settings) as beat:
+                self._run_unit(claim, beat)
                 beat.check()
-        except UnitAborted:
-            self._after_abort(claim)
-            return True
+            with transaction(self.factory) as session:
+                active = finish_unit(session, claim, self.owner, time.perf_counter() - started)
+            if not active:
+                self._clean_if_cancelled(claim)
+        except (UnitAborted, BuildGone) as stopped:
+            log.info("stopped %s unit %s: %s", claim.kind, claim.id, stopped)
+            self._clean_if_cancelled(claim)
         except Exception as exc:  # the unit failed: retry it, or fail the build
             self._after_failure(claim, exc)
-            return True
-        with transaction(self.factory) as session:
-            finish_unit(session, claim, self.owner, time.perf_counter() - started)
         return True
 
-    def _after_abort(self, claim: Claim) -> None:
+    def _run_unit(self, claim: Claim, beat: Heartbeat) -> None:
+        total = claim.end - claim.start if claim.kind == "featurize" else None
+        label = f"{claim.kind} {claim.datastore_id[:8]}"
+        if claim.kind == "featurize":
+            label += f" ckpt {claim.checkpoint} [{claim.start}:{claim.end})"
+        with tqdm(total=total, desc=label, unit="ex", disable=not self.show_progress) as bar:
+
+            def on_batch(rows: int) -> None:
+                beat.check()
+                bar.update(rows)
+
+            run_unit(self.factory, claim, self.settings.device, on_batch, self.show_progress)
+
+    def _clean_if_cancelled(self, claim: Claim) -> None:
+        """A cancelled or deleted build keeps no artifacts, even ones written just now."""
         with self.factory() as session:
             store = session.get(Datastore, claim.datastore_id)
-            if store is not None and store.cancel_requested:
+            if store is None:
+                remove_artifacts(self.settings.datastores_dir / claim.datastore_id)
+            elif store.cancel_requested:
                 remove_artifacts(store.path)
 
     def _after_failure(self, claim: Claim, exc: Exception) -> None:
@@ -121,7 +152,7 @@ class Worker:
     def run(self, once: bool = False, stop: threading.Event | None = None) -> None:
         """Work until stopped (or, with ``once``, until nothing is left to claim)."""
         stop = stop or threading.Event()
-        while not stop.is_set():
+        while not stop.is_set() and not self.orphaned():
             if not self.run_one():
                 if once:
                     return

@@ -19,23 +19,37 @@ from gradstore.config import BuildConfig
 from gradstore.files import read_json
 from gradstore.store import Datastore as GradstoreDatastore
 from gradstore.store import Shard
-from service.models import Dataset, Datastore, WorkUnit
-from worker.queue import Claim, complete
+from service.models import Dataset, Datastore, WorkUnit, utcnow
+from worker.queue import ACTIVE_BUILD, Claim, complete
+
+
+class BuildGone(Exception):
+    """The build was cancelled, failed or deleted while its unit waited or ran."""
+
+
+def is_active(store: Datastore | None) -> bool:
+    return store is not None and store.status in ACTIVE_BUILD and not store.cancel_requested
 
 
 def run_unit(
-    session_factory, claim: Claim, device: str | None, on_batch: Callable[[int], None]
+    session_factory,
+    claim: Claim,
+    device: str | None,
+    on_batch: Callable[[int], None],
+    progress: bool = False,
 ) -> None:
     """The unit's artifacts, written atomically; no database writes here."""
     with session_factory() as session:
         store = session.get(Datastore, claim.datastore_id)
+        if not is_active(store):
+            raise BuildGone(f"datastore {claim.datastore_id} is no longer being built")
         dataset = session.get(Dataset, store.dataset_id)
         root, model_path = Path(store.path), store.model_path
         config = BuildConfig.model_validate(store.config)
         warmup_from = list(store.warmup_from or [])
     if claim.kind == "warmup":
         build.prepare(root, dataset.path, model_path, config, warmup_from)
-        build.run_warmup_stage(root, device=device)
+        build.run_warmup_stage(root, device=device, progress=progress)
     elif claim.kind == "featurize":
         shard = Shard(claim.checkpoint, claim.start, claim.end)
         build.featurize_shard(root, shard, device=device, on_batch=on_batch)
@@ -47,53 +61,28 @@ def run_unit(
 
 def mark_started(session: Session, claim: Claim) -> None:
     store = session.get(Datastore, claim.datastore_id)
-    if claim.kind == "warmup" and store.status == "queued":
+    if claim.kind == "warmup" and store is not None and store.status == "queued":
         store.status = "warmup"
 
 
-def finish_unit(session: Session, claim: Claim, owner: str, seconds: float) -> None:
-    """Mark the unit done and advance its build, in the caller's transaction."""
+def finish_unit(session: Session, claim: Claim, owner: str, seconds: float) -> bool:
+    """Mark the unit done and advance its build, in the caller's transaction.
+
+    False when the build is no longer active (cancelled, failed or deleted meanwhile): then
+    nothing advances, and the caller removes what the unit wrote. The datastore row is
+    locked first (PostgreSQL; SQLite has one writer anyway), so two workers finishing the
+    last two shards at once cannot both see the other's shard as unfinished.
+    """
+    store = session.get(Datastore, claim.datastore_id, with_for_update=True)
+    if not is_active(store):
+        return False
     if not complete(session, claim, owner, seconds):
-        return
-    store = session.get(Datastore, claim.datastore_id)
+        return True  # the lease was lost; its new holder writes the same bytes and advances
     root = Path(store.path)
     if claim.kind == "warmup":
-        shards = build.plan_shards(root)
-        for shard in shards:
-            session.add(
-                WorkUnit(
-                    datastore_id=store.id,
-                    kind="featurize",
-                    checkpoint=shard.checkpoint,
-                    start=shard.start,
-                    end=shard.end,
-                )
-            )
-        store.status = "featurize"
-        store.progress_total = sum(s.end - s.start for s in shards)
-        store.progress_done = 0
-        store.skipped = read_json(root / "skipped.json")
-        store.num_examples = len(read_json(root / "ids.json"))
+        _plan_featurize(session, store, root)
     elif claim.kind == "featurize":
-        done_rows, done_seconds = session.execute(
-            select(func.sum(WorkUnit.end - WorkUnit.start), func.sum(WorkUnit.seconds)).where(
-                WorkUnit.datastore_id == store.id,
-                WorkUnit.kind == "featurize",
-                WorkUnit.state == "done",
-            )
-        ).one()
-        store.progress_done = int(done_rows or 0)
-        if done_seconds:
-            store.examples_per_s = round(store.progress_done / done_seconds, 2)
-        remaining = session.scalar(
-            select(func.count()).where(
-                WorkUnit.datastore_id == store.id,
-                WorkUnit.kind == "featurize",
-                WorkUnit.state != "done",
-            )
-        )
-        if remaining == 0:
-            _add_index_unit(session, store)
+        _featurize_progress(session, store)
     elif claim.kind == "index":
         manifest = GradstoreDatastore.open(root, verify=False).manifest
         store.status = "ready"
@@ -104,6 +93,44 @@ def finish_unit(session: Session, claim: Claim, owner: str, seconds: float) -> N
             for c in manifest.checkpoints
         ]
         store.error = None
+    return True
+
+
+def _plan_featurize(session: Session, store: Datastore, root: Path) -> None:
+    shards = build.plan_shards(root)
+    for shard in shards:
+        session.add(
+            WorkUnit(
+                datastore_id=store.id,
+                kind="featurize",
+                checkpoint=shard.checkpoint,
+                start=shard.start,
+                end=shard.end,
+            )
+        )
+    store.status = "featurize"
+    store.progress_total = sum(s.end - s.start for s in shards)
+    store.progress_done = 0
+    store.skipped = read_json(root / "skipped.json")
+    store.num_examples = len(read_json(root / "ids.json"))
+
+
+def _featurize_progress(session: Session, store: Datastore) -> None:
+    """Rows done, and the rate of all workers together: rows over wall time since planning."""
+    shard_units = (WorkUnit.datastore_id == store.id, WorkUnit.kind == "featurize")
+    done_rows = session.scalar(
+        select(func.sum(WorkUnit.end - WorkUnit.start)).where(
+            *shard_units, WorkUnit.state == "done"
+        )
+    )
+    planned_at = session.scalar(select(func.min(WorkUnit.created_at)).where(*shard_units))
+    store.progress_done = int(done_rows or 0)
+    elapsed = (utcnow() - planned_at).total_seconds() if planned_at else 0.0
+    if elapsed > 0:
+        store.examples_per_s = round(store.progress_done / elapsed, 2)
+    remaining = session.scalar(select(func.count()).where(*shard_units, WorkUnit.state != "done"))
+    if remaining == 0:
+        _add_index_unit(session, store)
 
 
 def _add_index_unit(session: Session, store: Datastore) -> None:
@@ -116,9 +143,11 @@ def _add_index_unit(session: Session, store: Datastore) -> None:
 
 
 def fail_build(session: Session, datastore_id: str, error: str) -> None:
+    """Failed with the reason, unless it was cancelled or removed meanwhile."""
     store = session.get(Datastore, datastore_id)
-    store.status = "failed"
-    store.error = error
+    if is_active(store):
+        store.status = "failed"
+        store.error = error
 
 
 def remove_artifacts(path: str | Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 from fastapi import APIRouter, Query, Request
@@ -42,7 +43,8 @@ def _validated_jsonl(data: bytes) -> tuple[bytes, int]:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidInputError("the file is not UTF-8 text") from None
-    examples = list(parse_jsonl_lines(text.splitlines()))
+    # split exactly as read_jsonl (which the workers use) does: universal newlines only
+    examples = list(parse_jsonl_lines(io.StringIO(text, newline=None)))
     if not examples:
         raise InvalidInputError("the dataset has no examples")
     load_examples([e.to_record() for e in examples])  # unique IDs
@@ -55,24 +57,38 @@ def _jsonl_from_records(records: list[dict]) -> tuple[bytes, int]:
     return ("\n".join(lines) + "\n").encode(), len(examples)
 
 
+async def _read_limited(request: Request, limit: int) -> bytes:
+    """The body, refused as soon as it passes ``limit`` (a chunked body declares no length)."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"the body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 @router.post("", status_code=201, response_model=DatasetPublic, openapi_extra=_UPLOAD_DOC)
 async def create_dataset(request: Request, session: SessionDep, settings: SettingsDep):
     """Register a pool: multipart ``file`` (JSONL) + ``name``, or JSON ``{name, examples}``."""
+    limit = settings.max_upload_bytes
     declared = int(request.headers.get("content-length") or 0)
-    if declared > settings.max_upload_bytes:
-        raise PayloadTooLargeError(f"upload of {declared} bytes exceeds the limit")
+    if declared > limit:
+        raise PayloadTooLargeError(f"upload of {declared} bytes exceeds the limit of {limit}")
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_part_size=settings.max_upload_bytes)
+        form = await request.form(max_part_size=limit)
         name, upload = form.get("name"), form.get("file")
         if not isinstance(name, str) or not name.strip():
             raise InvalidInputError("multipart upload needs a non-empty 'name' field")
         if upload is None or isinstance(upload, str):
             raise InvalidInputError("multipart upload needs a 'file' part with JSONL")
+        if upload.size is not None and upload.size > limit:  # chunked: no content-length
+            raise PayloadTooLargeError(f"file of {upload.size} bytes exceeds the limit of {limit}")
         data, count = await run_in_threadpool(_validated_jsonl, await upload.read())
     elif content_type.startswith("application/json"):
         try:
-            payload = await request.json()
+            payload = json.loads(await _read_limited(request, limit))
         except ValueError:
             raise InvalidInputError("the body is not valid JSON") from None
         body = DatasetCreate.model_validate(payload)
@@ -84,11 +100,16 @@ async def create_dataset(request: Request, session: SessionDep, settings: Settin
         data, count = await run_in_threadpool(_jsonl_from_records, body.examples)
     else:
         raise InvalidInputError("send multipart/form-data (file, name) or application/json")
+    return await run_in_threadpool(_store, session, settings, name.strip(), data, count)
+
+
+def _store(session, settings, name: str, data: bytes, count: int) -> Dataset:
+    """Write the bytes once under their hash (immutable), then record the dataset."""
     digest = sha256_bytes(data)
-    path = settings.datasets_dir / f"{digest}.jsonl"
+    path = (settings.datasets_dir / f"{digest}.jsonl").resolve()
     if not path.exists():
-        await run_in_threadpool(atomic_write_bytes, path, data)
-    dataset = Dataset(name=name.strip(), num_examples=count, sha256=digest, path=str(path))
+        atomic_write_bytes(path, data)
+    dataset = Dataset(name=name, num_examples=count, sha256=digest, path=str(path))
     session.add(dataset)
     session.commit()
     return dataset

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter, Query, Response
-from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from sqlalchemy import delete, func, select
 
@@ -24,6 +23,7 @@ from service.models import Datastore, SelectionRecord, WorkUnit
 from service.routes.datasets import get_dataset_or_404
 from service.schemas import (
     DatastoreCreate,
+    DatastorePage,
     DatastorePublic,
     SelectRequest,
     SelectResponse,
@@ -103,15 +103,15 @@ def create_datastore(
     return public(store)
 
 
-@router.get("")
+@router.get("", response_model=DatastorePage)
 def list_datastores(
     session: SessionDep, limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)
-) -> dict:
+):
     rows = session.scalars(
         select(Datastore).order_by(Datastore.created_at, Datastore.id).offset(offset).limit(limit)
     ).all()
     count = session.scalar(select(func.count()).select_from(Datastore))
-    return {"data": [DatastorePublic(**public(r)) for r in rows], "count": count}
+    return {"data": [public(r) for r in rows], "count": count}
 
 
 @router.get("/{datastore_id}", response_model=DatastorePublic)
@@ -141,14 +141,18 @@ def delete_datastore(datastore_id: str, session: SessionDep, engines: EnginesDep
 
 
 @router.post("/{datastore_id}/select", response_model=SelectResponse)
-async def select_training_data(
+def select_training_data(
     datastore_id: str,
     body: SelectRequest,
     session: SessionDep,
     settings: SettingsDep,
     engines: EnginesDep,
 ):
-    """Rank the pool for the targets (best first), with per-phase timings."""
+    """Rank the pool for the targets (best first), with per-phase timings.
+
+    A plain ``def``: FastAPI runs it in its threadpool, so loading a store and computing
+    target gradients never block the event loop; each engine serialises its own GPU work.
+    """
     store = get_store_or_404(session, datastore_id)
     if store.status != "ready":
         raise NotReadyError(f"datastore {datastore_id} is {store.status}, not ready")
@@ -163,12 +167,11 @@ async def select_training_data(
     ]
     targets = load_examples(records)
 
-    def work():
-        engine = engines.get(store.id, store.path)
-        return run_selection(engine, targets, body.method, body.top_k, body.fraction, body.options)
-
     with SELECT_SECONDS.labels(body.method).time():
-        result = await run_in_threadpool(work)
+        engine = engines.get(store.id, store.path)
+        result = run_selection(
+            engine, targets, body.method, body.top_k, body.fraction, body.options
+        )
     session.add(
         SelectionRecord(
             datastore_id=store.id,

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
+from service.metrics import refresh_build_gauges
 from service.problems import problem
 
 router = APIRouter(tags=["health"])
@@ -37,5 +38,8 @@ def readyz(request: Request):
 
 
 @router.get("/metrics")
-def metrics() -> Response:
+def metrics(request: Request) -> Response:
+    """Prometheus text format: HTTP and selection latency, builds and their progress."""
+    with request.app.state.sessions() as session:
+        refresh_build_gauges(session)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

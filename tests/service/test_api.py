@@ -5,11 +5,16 @@ from __future__ import annotations
 import json
 
 import pytest
+import sqlalchemy as sa
+import torch
 from conftest import TINY_BUILD
 from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
 
 from migrations import upgrade
 from service.app import create_app
+from service.db import make_engine
+from service.models import SelectionRecord
 from service.settings import Settings
 from worker.runner import Worker
 
@@ -28,6 +33,15 @@ def settings(tmp_path):
 def client(settings):
     with TestClient(create_app(settings)) as client:
         yield client
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Builds in this process use one torch thread: on 2 shared cores more only contend."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def assert_problem(response, status: int, fragment: str):
@@ -89,7 +103,9 @@ def test_datastore_requests_are_validated(client, toy_pool_file, tmp_path):
     assert_problem(client.delete("/v1/datastores/nope"), 404, "no datastore")
 
 
-def test_build_select_and_every_select_error(client, settings, toy_pool_file, tiny_model_dir):
+def test_build_select_and_every_select_error(
+    client, settings, toy_pool_file, tiny_model_dir, one_torch_thread
+):
     dataset = upload(client, toy_pool_file)
     body = {"dataset_id": dataset["id"], "model": {"path": str(tiny_model_dir)}} | TINY_BUILD
     created = client.post("/v1/datastores", json=body)
@@ -121,11 +137,19 @@ def test_build_select_and_every_select_error(client, settings, toy_pool_file, ti
     assert_problem(client.post(select, json=unknown), 422, "unknown selection method 'nope'")
     both = {"targets": targets, "top_k": 3, "fraction": 0.1}
     assert_problem(client.post(select, json=both), 422, "exactly one")
+    assert_problem(client.post(select, json={"targets": targets}), 422, "exactly one")
     bad_target = {"targets": [{"subtask": "s", "prompt": "only a prompt"}], "top_k": 3}
     assert_problem(client.post(select, json=bad_target), 422, "needs 'messages'")
     assert_problem(client.post(select, json={"targets": [], "top_k": 3}), 422, "targets")
     options = {"targets": targets, "top_k": 3, "options": {"aggregate": "median"}}
     assert_problem(client.post(select, json=options), 422, "aggregate")
+
+    with Session(make_engine(settings.database_url)) as session:
+        audit = session.scalars(sa.select(SelectionRecord).order_by(SelectionRecord.created_at))
+        assert [(r.method, r.num_selected) for r in audit] == [("less", 5), ("bm25", 12)]
+    metrics = client.get("/metrics").text
+    assert 'gradstore_datastores{status="ready"} 1.0' in metrics
+    assert 'gradstore_select_seconds_count{method="less"}' in metrics
 
     assert client.delete(f"/v1/datastores/{store_id}").status_code == 204
     assert_problem(client.get(f"/v1/datastores/{store_id}"), 404, "no datastore")
@@ -170,3 +194,42 @@ def test_openapi_describes_the_contract(client):
     ):
         assert path in spec["paths"], path
     assert "multipart/form-data" in spec["paths"]["/v1/datasets"]["post"]["requestBody"]["content"]
+
+
+def test_upload_limits_and_line_splitting(tmp_path):
+    settings = Settings(data_dir=tmp_path, max_upload_bytes=400)
+    upgrade(settings.database_url)
+    with TestClient(create_app(settings)) as client:
+        # U+2028 inside a JSON string is not a line break for JSONL (nor for read_jsonl)
+        record = {"id": "a", "prompt": "x\u2028y", "completion": "z"}
+        line = json.dumps(record, ensure_ascii=False).encode()
+        ok = client.post("/v1/datasets", data={"name": "n"}, files={"file": ("p.jsonl", line)})
+        assert ok.status_code == 201 and ok.json()["num_examples"] == 1, ok.text
+        stored = client.get(f"/v1/datasets/{ok.json()['id']}/examples/a").json()
+        assert stored["prompt"] == "x\u2028y"
+        big = b"\n".join([line] * 20)
+        too_big = client.post("/v1/datasets", data={"name": "n"}, files={"file": ("p", big)})
+        assert_problem(too_big, 413, "exceeds the limit of 400")
+        many = {"name": "n", "examples": [record] * 20}
+        assert_problem(client.post("/v1/datasets", json=many), 413, "limit of 400")
+
+        def chunked():  # no content-length: the streamed body is counted
+            yield json.dumps(many).encode()
+
+        streamed = client.post(
+            "/v1/datasets", content=chunked(), headers={"content-type": "application/json"}
+        )
+        assert_problem(streamed, 413, "limit of 400")
+        duplicate = b"\n".join([line, line])
+        dup = client.post("/v1/datasets", data={"name": "n"}, files={"file": ("p", duplicate)})
+        assert_problem(dup, 422, "duplicate id 'a'")
+
+
+def test_datastore_pages(client, toy_pool_file, tiny_model_dir):
+    dataset = upload(client, toy_pool_file)
+    body = {"dataset_id": dataset["id"], "model": {"path": str(tiny_model_dir)}} | TINY_BUILD
+    ids = [client.post("/v1/datastores", json=body).json()["id"] for _ in range(3)]
+    page = client.get("/v1/datastores", params={"limit": 2, "offset": 1}).json()
+    assert page["count"] == 3 and [d["id"] for d in page["data"]] == ids[1:]
+    assert all(d["status"] == "queued" and d["progress"]["total"] == 0 for d in page["data"])
+    assert_problem(client.get("/v1/datastores", params={"limit": 0}), 422, "limit")
