@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from gradstore.gradients import LoraGradientComputer, reference_per_example_gradients
+from gradstore.gradients import LoraGradientComputer, iter_reference_gradients
 from gradstore.preconditioner import AdamPreconditioner
 from gradstore.tokenization import TokenizedExample, collate
 
@@ -119,10 +119,13 @@ class CheckpointFeaturizer:
         """The reference's loop: one forward/backward and one projection per example."""
         self._check(kinds)
         rows: dict[str, list[np.ndarray]] = {kind: [] for kind in kinds}
-        for example in examples:
+        gradients = iter_reference_gradients(self.model, examples, self.pad_token_id)
+        while True:
             started = time.perf_counter()
-            grads = reference_per_example_gradients(self.model, [example], self.pad_token_id)
+            grad = next(gradients, None)
             self.timings["gradient_s"] += time.perf_counter() - started
-            for kind, values in self._features(grads, kinds).items():
+            if grad is None:
+                break
+            for kind, values in self._features(grad[None], kinds).items():
                 rows[kind].append(values[0])
         return {kind: np.stack(values) for kind, values in rows.items()}

@@ -74,6 +74,8 @@ class LoraGradientComputer:
 
         def keep(position: int):
             def hook(_module, args, output):
+                if position in inputs:  # a shared LoRA map: one saved input would be wrong
+                    raise ValueError(f"LoRA map {self.names[position]!r} ran twice in a forward")
                 inputs[position] = args[0].detach()
                 outputs[position] = output
 
@@ -86,8 +88,10 @@ class LoraGradientComputer:
                     input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
                 ).logits
                 loss = per_example_losses(logits, batch["labels"]).sum()
-                order = range(len(self._layers))
-                deltas = torch.autograd.grad(loss, [outputs[i] for i in order])
+                missing = [self.names[i] for i in range(len(self._layers)) if i not in outputs]
+                if missing:
+                    raise ValueError(f"LoRA maps unused by the forward pass: {missing[:3]}")
+                deltas = torch.autograd.grad(loss, [outputs[i] for i in range(len(self._layers))])
                 del logits, loss
                 outputs.clear()
         finally:
@@ -115,16 +119,23 @@ def reference_per_example_gradients(
     model: nn.Module, examples: Sequence[TokenizedExample], pad_token_id: int
 ) -> torch.Tensor:
     """One example at a time with plain autograd: (n, P) fp32, canonical order."""
+    return torch.stack(list(iter_reference_gradients(model, examples, pad_token_id)))
+
+
+def iter_reference_gradients(
+    model: nn.Module, examples: Sequence[TokenizedExample], pad_token_id: int
+) -> Iterator[torch.Tensor]:
+    """The reference's loop: one forward and ``.backward()`` per example, yielding (P,) rows."""
     device = next(model.parameters()).device
     names = lora_parameter_names(model)
     params = dict(model.named_parameters())
-    rows = []
-    for example in examples:
-        batch = {k: v.to(device) for k, v in collate([example], pad_token_id).items()}
+    try:
+        for example in examples:
+            batch = {k: v.to(device) for k, v in collate([example], pad_token_id).items()}
+            model.zero_grad(set_to_none=True)
+            with torch.enable_grad(), eval_mode(model):
+                logits = model(input_ids=batch["input_ids"]).logits
+                per_example_losses(logits, batch["labels"]).sum().backward()
+            yield torch.cat([params[n].grad.float().reshape(-1) for n in names])
+    finally:
         model.zero_grad(set_to_none=True)
-        with torch.enable_grad(), eval_mode(model):
-            logits = model(input_ids=batch["input_ids"]).logits
-            per_example_losses(logits, batch["labels"]).sum().backward()
-        rows.append(torch.cat([params[n].grad.float().reshape(-1) for n in names]))
-    model.zero_grad(set_to_none=True)
-    return torch.stack(rows)
