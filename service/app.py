@@ -13,7 +13,7 @@ from service.db import make_engine, make_sessionmaker
 from service.deps import require_api_key
 from service.engines import EngineCache
 from service.metrics import REQUEST_SECONDS, REQUESTS
-from service.routes import datasets, datastores, health
+from service.routes import datasets, datastores, health, selections
 from service.settings import Settings, get_settings
 
 
@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     auth = [Depends(require_api_key)]
     app.include_router(datasets.router, dependencies=auth)
     app.include_router(datastores.router, dependencies=auth)
+    app.include_router(selections.router, dependencies=auth)
     app.include_router(health.router)
 
     @app.middleware("http")

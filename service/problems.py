@@ -5,12 +5,40 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gradstore.errors import GradstoreError
 
 MEDIA_TYPE = "application/problem+json"
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, the body of every error."""
+
+    type: str = "about:blank"
+    title: str = Field(examples=["Datastore not ready"])
+    status: int = Field(examples=[409])
+    detail: str = Field(examples=["datastore 3f2c… is featurize, not ready"])
+    instance: str | None = Field(None, examples=["/v1/datastores/3f2c…/select"])
+
+
+_MEANINGS = {
+    401: "API key missing or wrong",
+    404: "No such resource",
+    409: "The resource is not in a state that allows this (e.g. not ready)",
+    413: "Upload or request too large",
+    422: "Invalid request, example or option (the detail names it)",
+}
+
+
+def problem_responses(*codes: int) -> dict[int | str, dict]:
+    """OpenAPI entries for routes' error answers, documented as problem+json."""
+    schema = Problem.model_json_schema()
+    return {
+        code: {"description": _MEANINGS[code], "content": {MEDIA_TYPE: {"schema": schema}}}
+        for code in codes
+    }
 
 
 def problem(status: int, title: str, detail: str, instance: str | None = None, **extra):

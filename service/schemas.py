@@ -156,3 +156,22 @@ class SelectResponse(BaseModel):
     num_candidates: int
     timings_ms: dict[str, float]
     details: dict[str, Any] = {}
+
+
+class SelectionPublic(BaseModel):
+    """One audit record: the request without target texts, the size and the timings."""
+
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    datastore_id: str
+    method: str
+    num_targets: int
+    num_selected: int
+    request: dict[str, Any]
+    timings_ms: dict[str, float]
+    created_at: datetime
+
+
+class SelectionPage(BaseModel):
+    data: list[SelectionPublic]
+    count: int

@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     def _defaults(self) -> Settings:
         if not self.database_url:
             self.database_url = f"sqlite:///{(self.data_dir / 'gradstore.db').resolve()}"
+        if self.heartbeat_seconds >= self.lease_seconds:
+            raise ValueError(
+                f"GRADSTORE_HEARTBEAT_SECONDS ({self.heartbeat_seconds}) must be shorter than "
+                f"GRADSTORE_LEASE_SECONDS ({self.lease_seconds}), or live workers lose leases"
+            )
         if self.environment == "production" and not self.keys:
             raise ValueError("GRADSTORE_API_KEYS must be set in production")
         return self

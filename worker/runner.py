@@ -28,6 +28,7 @@ from worker.stages import (
     BuildGone,
     fail_build,
     finish_unit,
+    is_active,
     mark_started,
     remove_artifacts,
     run_unit,
@@ -116,8 +117,16 @@ class Worker:
             log.info("stopped %s unit %s: %s", claim.kind, claim.id, stopped)
             self._clean_if_cancelled(claim)
         except Exception as exc:  # the unit failed: retry it, or fail the build
-            self._after_failure(claim, exc)
+            if self._build_gone(claim):  # e.g. DELETE removed its files under it
+                log.info("stopped %s unit %s: its build was cancelled", claim.kind, claim.id)
+                self._clean_if_cancelled(claim)
+            else:
+                self._after_failure(claim, exc)
         return True
+
+    def _build_gone(self, claim: Claim) -> bool:
+        with self.factory() as session:
+            return not is_active(session.get(Datastore, claim.datastore_id))
 
     def _run_unit(self, claim: Claim, beat: Heartbeat) -> None:
         total = claim.end - claim.start if claim.kind == "featurize" else None
@@ -145,9 +154,9 @@ class Worker:
         detail = f"{claim.kind} unit failed: {type(exc).__name__}: {exc}"
         log.error("%s\n%s", detail, traceback.format_exc())
         with transaction(self.factory) as session:
+            release_for_retry(session, claim, self.owner, detail)  # first: takes SQLite's lock
             if claim.attempts >= self.settings.max_attempts:
                 fail_build(session, claim.datastore_id, detail)
-            release_for_retry(session, claim, self.owner, detail)
 
     def run(self, once: bool = False, stop: threading.Event | None = None) -> None:
         """Work until stopped (or, with ``once``, until nothing is left to claim)."""

@@ -10,7 +10,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -60,9 +60,17 @@ def run_unit(
 
 
 def mark_started(session: Session, claim: Claim) -> None:
-    store = session.get(Datastore, claim.datastore_id)
-    if claim.kind == "warmup" and store is not None and store.status == "queued":
-        store.status = "warmup"
+    """queued → warmup, in one conditional statement so that it never undoes a cancel."""
+    if claim.kind == "warmup":
+        session.execute(
+            update(Datastore)
+            .where(
+                Datastore.id == claim.datastore_id,
+                Datastore.status == "queued",
+                Datastore.cancel_requested.is_(False),
+            )
+            .values(status="warmup")
+        )
 
 
 def finish_unit(session: Session, claim: Claim, owner: str, seconds: float) -> bool:
@@ -78,6 +86,9 @@ def finish_unit(session: Session, claim: Claim, owner: str, seconds: float) -> b
         return False
     if not complete(session, claim, owner, seconds):
         return True  # the lease was lost; its new holder writes the same bytes and advances
+    session.refresh(store)  # SQLite: under the write lock now, so a racing cancel shows
+    if not is_active(store):
+        return False
     root = Path(store.path)
     if claim.kind == "warmup":
         _plan_featurize(session, store, root)
@@ -144,7 +155,7 @@ def _add_index_unit(session: Session, store: Datastore) -> None:
 
 def fail_build(session: Session, datastore_id: str, error: str) -> None:
     """Failed with the reason, unless it was cancelled or removed meanwhile."""
-    store = session.get(Datastore, datastore_id)
+    store = session.get(Datastore, datastore_id, with_for_update=True)
     if is_active(store):
         store.status = "failed"
         store.error = error

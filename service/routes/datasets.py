@@ -14,9 +14,12 @@ from gradstore.examples import example_from_record, load_examples, parse_jsonl_l
 from gradstore.files import atomic_write_bytes, sha256_bytes
 from service.deps import SessionDep, SettingsDep
 from service.models import Dataset
+from service.problems import problem_responses
 from service.schemas import DatasetCreate, DatasetPage, DatasetPublic
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+router = APIRouter(
+    prefix="/v1/datasets", tags=["datasets"], responses=problem_responses(401, 404, 413, 422)
+)
 
 _UPLOAD_DOC = {
     "requestBody": {

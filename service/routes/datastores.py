@@ -20,6 +20,7 @@ from gradstore.selection import get_method, run_selection
 from service.deps import EnginesDep, SessionDep, SettingsDep
 from service.metrics import SELECT_SECONDS
 from service.models import Datastore, SelectionRecord, WorkUnit
+from service.problems import problem_responses
 from service.routes.datasets import get_dataset_or_404
 from service.schemas import (
     DatastoreCreate,
@@ -31,7 +32,8 @@ from service.schemas import (
 from worker.queue import ACTIVE_BUILD
 from worker.stages import remove_artifacts
 
-router = APIRouter(prefix="/v1/datastores", tags=["datastores"])
+ERRORS = problem_responses(401, 404, 409, 413, 422)
+router = APIRouter(prefix="/v1/datastores", tags=["datastores"], responses=ERRORS)
 
 
 def public(store: Datastore) -> dict:

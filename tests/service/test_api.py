@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import threading
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -14,7 +17,7 @@ from sqlalchemy.orm import Session
 from migrations import upgrade
 from service.app import create_app
 from service.db import make_engine
-from service.models import SelectionRecord
+from service.models import SelectionRecord, WorkUnit
 from service.settings import Settings
 from worker.runner import Worker
 
@@ -147,6 +150,10 @@ def test_build_select_and_every_select_error(
     with Session(make_engine(settings.database_url)) as session:
         audit = session.scalars(sa.select(SelectionRecord).order_by(SelectionRecord.created_at))
         assert [(r.method, r.num_selected) for r in audit] == [("less", 5), ("bm25", 12)]
+    log = client.get(f"/v1/datastores/{store_id}/selections", params={"limit": 1}).json()
+    assert log["count"] == 2 and log["data"][0]["method"] == "bm25"
+    assert log["data"][0]["request"]["target_ids"] == ["target-0"]
+    assert_problem(client.get("/v1/datastores/nope/selections"), 404, "no datastore")
     metrics = client.get("/metrics").text
     assert 'gradstore_datastores{status="ready"} 1.0' in metrics
     assert 'gradstore_select_seconds_count{method="less"}' in metrics
@@ -165,6 +172,40 @@ def test_cancel_a_queued_build(client, settings, toy_pool_file, tiny_model_dir):
     assert not Worker(settings).run_one()  # nothing left to claim
 
 
+def test_cancel_in_the_middle_of_a_shard(
+    client, settings, toy_pool_file, tiny_model_dir, one_torch_thread, caplog
+):
+    """DELETE during featurize: the worker stops at its next batch and leaves nothing."""
+    dataset = upload(client, toy_pool_file)
+    slow = TINY_BUILD | {"options": {"shard_size": 48, "batch_size": 1}}
+    body = {"dataset_id": dataset["id"], "model": {"path": str(tiny_model_dir)}} | slow
+    store_id = client.post("/v1/datastores", json=body).json()["id"]
+    fast = settings.model_copy(update={"heartbeat_seconds": 0.02})
+    worker = threading.Thread(target=Worker(fast).run, kwargs={"once": True})
+    worker.start()
+    engine = make_engine(settings.database_url)
+    running = sa.select(WorkUnit.id).where(
+        WorkUnit.datastore_id == store_id,
+        WorkUnit.kind == "featurize",
+        WorkUnit.state == "running",
+    )
+    deadline = time.monotonic() + 60
+    with Session(engine) as session:
+        while (unit := session.scalar(running)) is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+    assert unit is not None, "no featurize shard started"
+    assert client.delete(f"/v1/datastores/{store_id}").status_code == 204
+    worker.join(timeout=60)
+    assert not worker.is_alive()
+    with Session(engine) as session:
+        states = session.scalars(sa.select(WorkUnit.state).where(WorkUnit.kind == "featurize"))
+        assert "done" not in set(states)  # stopped in its first shard
+    engine.dispose()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # a stop, no failure
+    assert client.get(f"/v1/datastores/{store_id}").json()["status"] == "cancelled"
+    assert not (settings.datastores_dir / store_id).exists()
+
+
 def test_api_keys_are_required_when_configured(tmp_path):
     settings = Settings(data_dir=tmp_path, api_keys="k1,k2")
     upgrade(settings.database_url)
@@ -178,6 +219,8 @@ def test_api_keys_are_required_when_configured(tmp_path):
         assert "gradstore_http_requests_total" in client.get("/metrics").text
     with pytest.raises(ValueError, match="GRADSTORE_API_KEYS"):
         Settings(data_dir=tmp_path, environment="production")
+    with pytest.raises(ValueError, match="must be shorter than"):
+        Settings(data_dir=tmp_path, lease_seconds=5, heartbeat_seconds=5)
 
 
 def test_openapi_describes_the_contract(client):
@@ -188,12 +231,16 @@ def test_openapi_describes_the_contract(client):
         "/v1/datastores",
         "/v1/datastores/{datastore_id}",
         "/v1/datastores/{datastore_id}/select",
+        "/v1/datastores/{datastore_id}/selections",
         "/healthz",
         "/readyz",
         "/metrics",
     ):
         assert path in spec["paths"], path
     assert "multipart/form-data" in spec["paths"]["/v1/datasets"]["post"]["requestBody"]["content"]
+    select_answers = spec["paths"]["/v1/datastores/{datastore_id}/select"]["post"]["responses"]
+    assert set(select_answers) >= {"200", "404", "409", "422"}
+    assert "application/problem+json" in select_answers["409"]["content"]
 
 
 def test_upload_limits_and_line_splitting(tmp_path):

@@ -1,0 +1,37 @@
+"""The audit log of a datastore's selections: who asked what, and how long it took."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query
+from sqlalchemy import func, select
+
+from service.deps import SessionDep
+from service.models import SelectionRecord
+from service.problems import problem_responses
+from service.routes.datastores import get_store_or_404
+from service.schemas import SelectionPage
+
+router = APIRouter(
+    prefix="/v1/datastores", tags=["datastores"], responses=problem_responses(401, 404, 422)
+)
+
+
+@router.get("/{datastore_id}/selections", response_model=SelectionPage)
+def list_selections(
+    datastore_id: str,
+    session: SessionDep,
+    limit: int = Query(100, ge=1, le=1000),
+    offset: int = Query(0, ge=0),
+):
+    """Past selections on this datastore, newest first (targets are kept by id only)."""
+    get_store_or_404(session, datastore_id)
+    mine = SelectionRecord.datastore_id == datastore_id
+    rows = session.scalars(
+        select(SelectionRecord)
+        .where(mine)
+        .order_by(SelectionRecord.created_at.desc(), SelectionRecord.id)
+        .offset(offset)
+        .limit(limit)
+    ).all()
+    count = session.scalar(select(func.count()).select_from(SelectionRecord).where(mine))
+    return {"data": rows, "count": count}
