@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Annotated
@@ -80,22 +78,16 @@ def serve(
 
     from migrations import upgrade
     from service.app import create_app
+    from service.embedded import WorkerProcesses
 
     settings = _settings(data_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.database_url)
-    command = [sys.executable, "-m", "gradstore.cli", "worker", "--parent-pid", str(os.getpid())]
-    children = [subprocess.Popen(command, env=os.environ.copy()) for _ in range(workers)]
+    children = WorkerProcesses(workers).start()
     try:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
     finally:
-        for child in children:
-            child.terminate()
-        for child in children:
-            try:
-                child.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        children.stop()
 
 
 def register(app: typer.Typer) -> None:

@@ -280,3 +280,16 @@ def test_datastore_pages(client, toy_pool_file, tiny_model_dir):
     assert page["count"] == 3 and [d["id"] for d in page["data"]] == ids[1:]
     assert all(d["status"] == "queued" and d["progress"]["total"] == 0 for d in page["data"])
     assert_problem(client.get("/v1/datastores", params={"limit": 0}), 422, "limit")
+
+
+def test_readyz_names_what_is_unreachable(tmp_path):
+    settings = Settings(data_dir=tmp_path, database_url="postgresql+psycopg://u@127.0.0.1:9/none")
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/healthz").status_code == 200  # alive, but not ready
+        assert_problem(client.get("/readyz"), 503, "database unreachable")
+    blocked = tmp_path / "file-not-dir"
+    blocked.write_text("")
+    settings = Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'ok.db'}")
+    with TestClient(create_app(settings)) as client:
+        client.app.state.settings = settings.model_copy(update={"data_dir": blocked})
+        assert_problem(client.get("/readyz"), 503, "artifact root")
