@@ -10,9 +10,10 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import func, select
 
 from gradstore.errors import InvalidInputError, NotFoundError, PayloadTooLargeError
-from gradstore.examples import example_from_record, load_examples, parse_jsonl_lines
+from gradstore.examples import load_examples, parse_jsonl_lines
 from gradstore.files import atomic_write_bytes, sha256_bytes
 from service.deps import SessionDep, SettingsDep
+from service.example_index import read_example
 from service.models import Dataset
 from service.problems import problem_responses
 from service.schemas import DatasetCreate, DatasetPage, DatasetPublic
@@ -146,11 +147,7 @@ def get_dataset(dataset_id: str, session: SessionDep):
 def get_example(dataset_id: str, example_id: str, session: SessionDep) -> dict:
     """The stored example as it was uploaded (normalised to its JSON record)."""
     dataset = get_dataset_or_404(session, dataset_id)
-    with open(dataset.path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle):
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            if str(record.get("id", line_no)) == example_id:
-                return example_from_record(record, line_no).to_record()
-    raise NotFoundError(f"dataset {dataset_id!r} has no example with id {example_id!r}")
+    record = read_example(dataset.path, example_id)
+    if record is None:
+        raise NotFoundError(f"dataset {dataset_id!r} has no example with id {example_id!r}")
+    return record

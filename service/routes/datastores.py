@@ -89,6 +89,11 @@ def create_datastore(
         )
     except (ValidationError, TypeError) as exc:
         raise InvalidInputError(f"options: {exc}") from None
+    if not (Path(body.model.path) / "config.json").is_file():
+        raise InvalidInputError(
+            f"model.path {body.model.path!r} has no config.json: give a directory saved with "
+            "save_pretrained (nothing is downloaded from a hub)"
+        )
     store = Datastore(
         dataset_id=body.dataset_id,
         model_path=str(Path(body.model.path).resolve()),

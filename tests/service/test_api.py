@@ -14,6 +14,7 @@ from conftest import TINY_BUILD
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
+from gradstore.examples import read_jsonl
 from migrations import upgrade
 from service.app import create_app
 from service.db import make_engine
@@ -102,8 +103,13 @@ def test_datastore_requests_are_validated(client, toy_pool_file, tmp_path):
     assert_problem(client.post("/v1/datastores", json=body), 422, "lora.r")
     body = {"dataset_id": dataset["id"], "model": {"path": str(tmp_path)}, "options": {"x": 1}}
     assert_problem(client.post("/v1/datastores", json=body), 422, "options")
+    body = {"dataset_id": dataset["id"], "model": {"path": str(tmp_path)}}
+    assert_problem(client.post("/v1/datastores", json=body), 422, "has no config.json")
+    body = {"dataset_id": dataset["id"], "model": {"path": "meta-llama/Llama-3.2-1B"}}
+    assert_problem(client.post("/v1/datastores", json=body), 422, "not a local directory")
     assert_problem(client.get("/v1/datastores/nope"), 404, "no datastore")
     assert_problem(client.delete("/v1/datastores/nope"), 404, "no datastore")
+    assert client.get("/v1/datastores").json() == {"data": [], "count": 0}
 
 
 def test_build_select_and_every_select_error(
@@ -293,3 +299,24 @@ def test_readyz_names_what_is_unreachable(tmp_path):
     with TestClient(create_app(settings)) as client:
         client.app.state.settings = settings.model_copy(update={"data_dir": blocked})
         assert_problem(client.get("/readyz"), 503, "artifact root")
+
+
+def test_examples_are_fetched_as_read_jsonl_reads_them(client, settings, toy_pool_file):
+    lines = [
+        '{"prompt": "a", "completion": "b"}',
+        "",
+        '{"id": 7, "prompt": "x", "completion": "y", "meta": {"k": 1}}',
+        '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "r"}]}',
+    ]
+    data = "\r\n".join(lines).encode()
+    uploaded = client.post("/v1/datasets", data={"name": "n"}, files={"file": ("p", data)})
+    assert uploaded.status_code == 201 and uploaded.json()["num_examples"] == 3
+    stored = settings.datasets_dir / f"{uploaded.json()['sha256']}.jsonl"
+    pool = upload(client, toy_pool_file)["id"]
+    for dataset_id, path in ((uploaded.json()["id"], stored), (pool, toy_pool_file)):
+        for example in read_jsonl(path):  # the reference: every id, every field
+            answer = client.get(f"/v1/datasets/{dataset_id}/examples/{example.id}")
+            assert answer.json() == example.to_record()
+    assert [e.id for e in read_jsonl(stored)] == ["0", "7", "3"]
+    missing = client.get(f"/v1/datasets/{uploaded.json()['id']}/examples/1")
+    assert_problem(missing, 404, "has no example with id '1'")
