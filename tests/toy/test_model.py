@@ -10,7 +10,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 from gradstore.examples import write_jsonl
 from gradstore.files import sha256_file
 from gradstore.tokenization import ExampleEncoder
-from gradstore.toy.model import describe, ensure_toy_assets, render, train_toy_model
+from gradstore.toy.corpus import generate_corpus
+from gradstore.toy.model import (
+    corpus_sha256,
+    describe,
+    ensure_toy_assets,
+    render,
+    train_toy_model,
+)
 
 
 def _mean_loss(model, tokenizer, examples) -> float:
@@ -101,6 +108,9 @@ def test_ensure_toy_assets_builds_once_and_rebuilds_when_incomplete(tmp_path, mo
     ensure_toy_assets(tmp_path, seed=0, per_family=3, size="tiny")
     assert len(calls) == 3
     assert "Q:" in corpus.read_text() and "Q;" not in corpus.read_text()  # regenerated
-    assert describe(model_dir)["corpus_sha256"] == sha256_file(corpus)
+    # pre-trained on another sample of the skills, never on the pool it will rank
+    pretraining = generate_corpus(seed=1000, per_family=3)
+    assert describe(model_dir)["corpus_sha256"] == corpus_sha256(pretraining)
+    assert describe(model_dir)["corpus_sha256"] != sha256_file(corpus)
     ensure_toy_assets(tmp_path, seed=1, per_family=3, size="tiny")  # another recipe
     assert len(calls) == 4
