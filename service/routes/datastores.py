@@ -161,18 +161,19 @@ def select_training_data(
     target gradients never block the event loop; each engine serialises its own GPU work.
     """
     store = get_store_or_404(session, datastore_id)
-    if store.status != "ready":
-        raise NotReadyError(f"datastore {datastore_id} is {store.status}, not ready")
+    # faults of the request itself first, whatever the state of the store
     if len(body.targets) > settings.max_targets:
         raise PayloadTooLargeError(
             f"{len(body.targets)} targets; at most {settings.max_targets} per query"
         )
-    get_method(body.method)  # unknown methods fail before any loading
+    get_method(body.method)
     records = [
         t.model_dump(exclude_none=True) | {"id": t.id or f"target-{i}"}
         for i, t in enumerate(body.targets)
     ]
     targets = load_examples(records)
+    if store.status != "ready":
+        raise NotReadyError(f"datastore {datastore_id} is {store.status}, not ready")
 
     with SELECT_SECONDS.labels(body.method).time():
         engine = engines.get(store.id, store.path)

@@ -125,6 +125,10 @@ def test_build_select_and_every_select_error(
     select = f"/v1/datastores/{store_id}/select"
     targets = [{"subtask": "add", "prompt": "Q: 3+4\nA:", "completion": "7"}]
     assert_problem(client.post(select, json={"targets": targets, "top_k": 3}), 409, "not ready")
+    unknown = {"targets": targets, "top_k": 3, "method": "nope"}
+    assert_problem(client.post(select, json=unknown), 422, "unknown selection method 'nope'")
+    too_many = {"targets": targets * (settings.max_targets + 1), "top_k": 3}
+    assert_problem(client.post(select, json=too_many), 413, f"at most {settings.max_targets}")
 
     Worker(settings).run(once=True)
     store = client.get(f"/v1/datastores/{store_id}").json()
