@@ -14,7 +14,7 @@ from service.deps import require_api_key
 from service.engines import EngineCache
 from service.metrics import REQUEST_SECONDS, REQUESTS
 from service.routes import datasets, datastores, health, selections
-from service.settings import Settings, get_settings
+from service.settings import Settings, apply_torch_threads, get_settings
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -24,6 +24,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         engine = make_engine(settings.database_url)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        apply_torch_threads(settings)
         app.state.settings = settings
         app.state.sessions = make_sessionmaker(engine)
         app.state.engines = EngineCache(settings.engine_cache_size, settings.device)

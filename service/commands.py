@@ -56,12 +56,14 @@ def worker(
     ] = None,
 ) -> None:
     """Claim and run build units from the database until stopped (SIGTERM: after this unit)."""
+    from service.settings import apply_torch_threads
     from worker.runner import Worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     settings = _settings()
+    apply_torch_threads(settings)
     if poll_interval is not None:
         settings = settings.model_copy(update={"poll_seconds": poll_interval})
     Worker(settings, parent_pid=parent_pid).run(once=once, stop=stop)

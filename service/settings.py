@@ -22,6 +22,12 @@ class Settings(BaseSettings):
     max_targets: int = Field(1024, description="Most target examples in one select.")
     engine_cache_size: int = Field(2, description="Loaded datastores kept in memory.")
     device: str | None = Field(None, description="Torch device for queries and workers.")
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads per process for torch (default: torch's); on a shared CPU, "
+        "cores divided by the processes (API + workers), since more threads only contend.",
+    )
     lease_seconds: float = Field(120.0, description="A worker's claim on a unit lasts this long.")
     heartbeat_seconds: float = Field(15.0, description="How often a live worker renews it.")
     poll_seconds: float = Field(1.0, description="How often an idle worker looks for work.")
@@ -56,3 +62,11 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def apply_torch_threads(settings: Settings) -> None:
+    """Limit torch's CPU threads in this process when configured."""
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)

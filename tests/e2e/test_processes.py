@@ -33,7 +33,7 @@ FAST_LEASES = {
     "GRADSTORE_POLL_SECONDS": "0.1",
     # one torch thread per process: on 2 shared cores, more threads spin against each other
     # (measured: a tiny build 30x slower with the default thread count under load)
-    "OMP_NUM_THREADS": "1",
+    "GRADSTORE_TORCH_THREADS": "1",
 }
 # one example per batch and big shards: a shard takes long enough to be killed inside it
 SLOW_SHARDS = TINY_BUILD | {"options": {"shard_size": 24, "batch_size": 1}}
