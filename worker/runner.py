@@ -118,7 +118,7 @@ class Worker:
             self._clean_if_cancelled(claim)
         except Exception as exc:  # the unit failed: retry it, or fail the build
             if self._build_gone(claim):  # e.g. DELETE removed its files under it
-                log.info("stopped %s unit %s: its build was cancelled", claim.kind, claim.id)
+                log.info("stopped %s unit %s: its build is no longer active", claim.kind, claim.id)
                 self._clean_if_cancelled(claim)
             else:
                 self._after_failure(claim, exc)
@@ -159,10 +159,20 @@ class Worker:
                 fail_build(session, claim.datastore_id, detail)
 
     def run(self, once: bool = False, stop: threading.Event | None = None) -> None:
-        """Work until stopped (or, with ``once``, until nothing is left to claim)."""
+        """Work until stopped (or, with ``once``, until nothing is left to claim).
+
+        A database that is briefly unreachable does not end the loop: the worker logs it
+        and tries again after a pause (its lease, if any, simply runs out meanwhile).
+        """
         stop = stop or threading.Event()
         while not stop.is_set() and not self.orphaned():
-            if not self.run_one():
+            try:
+                worked = self.run_one()
+            except Exception:
+                log.exception("worker loop error; trying again")
+                stop.wait(max(1.0, 5 * self.settings.poll_seconds))
+                continue
+            if not worked:
                 if once:
                     return
                 stop.wait(self.settings.poll_seconds)

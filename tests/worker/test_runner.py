@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -85,3 +86,18 @@ def test_an_orphaned_worker_stops(factory, settings):
     started = time.monotonic()
     worker.run()  # without once: only the orphan check ends it
     assert time.monotonic() - started < 1
+
+
+def test_an_unreachable_database_does_not_end_the_worker(tmp_path, caplog):
+    settings = Settings(
+        data_dir=tmp_path, database_url="postgresql+psycopg://u@127.0.0.1:9/none", poll_seconds=0.01
+    )
+    stop = threading.Event()
+    worker = threading.Thread(target=Worker(settings).run, kwargs={"stop": stop})
+    worker.start()
+    time.sleep(1.5)
+    assert worker.is_alive()  # still trying
+    stop.set()
+    worker.join(timeout=10)
+    assert not worker.is_alive()
+    assert any("worker loop error" in r.message for r in caplog.records)
