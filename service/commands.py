@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
 from pathlib import Path
 from typing import Annotated
@@ -73,18 +74,26 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     data_dir: Annotated[Path | None, typer.Option(help="Artifact root and SQLite home.")] = None,
-    workers: Annotated[int, typer.Option(help="Worker processes to start beside the API.")] = 1,
+    workers: Annotated[
+        int, typer.Option(min=0, help="Worker processes to start beside the API.")
+    ] = 1,
 ) -> None:
     """Embedded mode: migrations, the API and worker processes, SQLite by default."""
     import uvicorn
 
     from migrations import upgrade
     from service.app import create_app
+    from service.db import make_engine, make_sessionmaker
     from service.embedded import WorkerProcesses
+    from worker.queue import release_dead_local_leases
 
     settings = _settings(data_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.database_url)
+    factory = make_sessionmaker(make_engine(settings.database_url))
+    freed = release_dead_local_leases(factory, socket.gethostname())
+    if freed:
+        typer.echo(f"released {freed} unit(s) leased by workers of a previous run")
     children = WorkerProcesses(workers).start()
     try:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="info")

@@ -11,6 +11,7 @@ of letting workers die on it forever.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -20,7 +21,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.db import transaction
 from service.models import ACTIVE_BUILD, Datastore, WorkUnit
 
-__all__ = ["ACTIVE_BUILD", "Claim", "claim_next", "complete", "fail_exhausted", "renew"]
+__all__ = [
+    "ACTIVE_BUILD",
+    "Claim",
+    "claim_next",
+    "complete",
+    "fail_exhausted",
+    "release_dead_local_leases",
+    "renew",
+]
 
 
 @dataclass(frozen=True)
@@ -148,3 +157,38 @@ def fail_exhausted(factory: sessionmaker[Session], max_attempts: int) -> list[st
             )
             failed.append(datastore_id)
     return failed
+
+
+def release_dead_local_leases(factory: sessionmaker[Session], hostname: str) -> int:
+    """Free the leases of this host's workers whose process is gone; how many were freed.
+
+    For embedded restarts: a killed ``gradstore serve`` need not wait for its old worker's
+    lease to run out. Only owners named after this host (``host:pid:token``) are looked at;
+    a pid that is alive (even if reused by another process) keeps its lease.
+    """
+    released = 0
+    with transaction(factory) as session:
+        rows = session.execute(
+            select(WorkUnit.id, WorkUnit.lease_owner).where(WorkUnit.state == "running")
+        ).all()
+        for unit_id, owner in rows:
+            host, _, rest = (owner or "").partition(":")
+            pid = rest.partition(":")[0]
+            if host == hostname and pid.isdigit() and not _alive(int(pid)):
+                session.execute(
+                    update(WorkUnit)
+                    .where(WorkUnit.id == unit_id, WorkUnit.lease_owner == owner)
+                    .values(state="pending", lease_owner=None, lease_expires_at=None)
+                )
+                released += 1
+    return released
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True

@@ -74,7 +74,8 @@ def remote_select(base: str, store_id: str, targets: list[dict], tmp_path) -> li
 
 def test_embedded_serve_builds_selects_and_survives_a_kill(tmp_path, pool_file, tiny_model_dir):
     port, data = free_port(), tmp_path / "data"
-    env = FAST_LEASES | {"GRADSTORE_DATA_DIR": str(data)}
+    # a long lease: the restarted server frees its dead worker's lease itself, at once
+    env = FAST_LEASES | {"GRADSTORE_DATA_DIR": str(data), "GRADSTORE_LEASE_SECONDS": "600"}
     args = ["serve", "--port", str(port), "--data-dir", str(data)]
     base = f"http://127.0.0.1:{port}"
     serve = Process(args, env, tmp_path / "serve.log")
@@ -97,14 +98,25 @@ def test_embedded_serve_builds_selects_and_survives_a_kill(tmp_path, pool_file, 
             assert [s["score"] for s in remote] == pytest.approx([s["score"] for s in expected])
 
             second = start_build(client, dataset, tiny_model_dir, SLOW_SHARDS)
-            wait_until(
-                lambda: client.get(f"/v1/datastores/{second}").json()["status"] == "featurize",
-                120,
-                what="the second build to reach featurize",
-            )
-        serve.kill()
-        serve = Process(args, env, tmp_path / "serve-restarted.log")
+            database = sa.create_engine(f"sqlite:///{data / 'gradstore.db'}")
+
+            def running_shard():
+                with database.connect() as connection:
+                    return connection.execute(
+                        sa.text(
+                            "SELECT id FROM work_units WHERE datastore_id = :id "
+                            "AND kind = 'featurize' AND state = 'running'"
+                        ),
+                        {"id": second},
+                    ).first()
+
+            wait_until(running_shard, 120, 0.02, "a featurize shard of the second build")
+            database.dispose()
+        serve.kill()  # the server and its worker, in the middle of that shard
+        restarted_log = tmp_path / "serve-restarted.log"
+        serve = Process(args, env, restarted_log)
         wait_for_http(base, serve)
+        assert "released 1 unit(s)" in restarted_log.read_text()
         with httpx.Client(base_url=base, timeout=60) as client:
             wait_ready(client, second)
         stores = data / "datastores"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import threading
 import time
 
@@ -9,7 +11,14 @@ import sqlalchemy as sa
 
 from service.db import transaction
 from service.models import Datastore
-from worker.queue import claim_next, complete, fail_exhausted, release_for_retry, renew
+from worker.queue import (
+    claim_next,
+    complete,
+    fail_exhausted,
+    release_dead_local_leases,
+    release_for_retry,
+    renew,
+)
 
 pytest_plugins = ["queue_fixtures"]  # factory, add_units, database_url
 
@@ -99,3 +108,15 @@ def test_a_unit_that_keeps_killing_its_worker_fails_the_build(factory, add_units
         assert store.status == "failed" and "lost its worker 2 times" in store.error
         assert "doomed-2" in store.error
     assert fail_exhausted(factory, max_attempts=2) == []
+
+
+def test_leases_of_dead_local_workers_are_released_at_once(factory, add_units):
+    add_units(3)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    owners = [f"here:{dead.pid}:a", f"here:{os.getpid()}:b", f"elsewhere:{dead.pid}:c"]
+    claims = [claim_next(factory, owner, 600) for owner in owners]
+    assert release_dead_local_leases(factory, "here") == 1
+    again = claim_next(factory, "here:1:new", 600)
+    assert again.id == claims[0].id and again.attempts == 2  # no wait for the 600 s lease
+    assert claim_next(factory, "w", 600) is None  # the live and the remote one keep theirs
