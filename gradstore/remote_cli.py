@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -16,13 +18,15 @@ Server = Annotated[str, typer.Option(envvar="GRADSTORE_SERVER", help="Service ba
 ApiKey = Annotated[str | None, typer.Option(envvar="GRADSTORE_API_KEY", help="Bearer token.")]
 
 
-def _client(server: str, api_key: str | None) -> GradstoreClient:
-    return GradstoreClient(server, api_key=api_key)
-
-
-def _fail(error: GradstoreAPIError) -> None:
-    typer.echo(f"error {error.status} {error.title}: {error.detail}", err=True)
-    raise typer.Exit(1)
+@contextmanager
+def _session(server: str, api_key: str | None) -> Iterator[GradstoreClient]:
+    """A client whose API errors become one line on stderr and exit status 1."""
+    try:
+        with GradstoreClient(server, api_key=api_key) as client:
+            yield client
+    except GradstoreAPIError as error:
+        typer.echo(f"error {error.status} {error.title}: {error.detail}", err=True)
+        raise typer.Exit(1) from None
 
 
 @remote_app.command("upload")
@@ -33,11 +37,8 @@ def upload(
     api_key: ApiKey = None,
 ) -> None:
     """Register a dataset; prints its record."""
-    try:
-        with _client(server, api_key) as client:
-            typer.echo(client.create_dataset(name, path=file).model_dump_json())
-    except GradstoreAPIError as error:
-        _fail(error)
+    with _session(server, api_key) as client:
+        typer.echo(client.create_dataset(name, path=file).model_dump_json())
 
 
 @remote_app.command("build")
@@ -54,14 +55,11 @@ def build(
     """Start a datastore build (and wait for it)."""
     fields = json.loads(config) if config else {}
     options = fields.pop("options", {})
-    try:
-        with _client(server, api_key) as client:
-            store = client.create_datastore(dataset_id, model, **fields, **options)
-            if wait:
-                store = client.wait_until_ready(store.id)
-            typer.echo(store.model_dump_json())
-    except GradstoreAPIError as error:
-        _fail(error)
+    with _session(server, api_key) as client:
+        store = client.create_datastore(dataset_id, model, **fields, **options)
+        if wait:
+            store = client.wait_until_ready(store.id)
+        typer.echo(store.model_dump_json())
 
 
 @remote_app.command("select")
@@ -77,11 +75,8 @@ def select(
     """Rank the pool for the targets; prints the service's JSON answer."""
     from gradstore.examples import read_jsonl
 
-    try:
-        with _client(server, api_key) as client:
-            result = client.select(
-                datastore, read_jsonl(targets), method=method, top_k=top_k, fraction=fraction
-            )
-            typer.echo(result.model_dump_json())
-    except GradstoreAPIError as error:
-        _fail(error)
+    with _session(server, api_key) as client:
+        result = client.select(
+            datastore, read_jsonl(targets), method=method, top_k=top_k, fraction=fraction
+        )
+        typer.echo(result.model_dump_json())

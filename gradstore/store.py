@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict
 
 from gradstore.config import BuildConfig
 from gradstore.errors import ManifestMismatchError, NotReadyError
-from gradstore.files import atomic_write_json, read_json, sha256_file
+from gradstore.files import atomic_save_npy, atomic_write_json, read_json, sha256_file
 from gradstore.tokenization import TokenizedExample
 
 SCHEMA_VERSION = 1
@@ -116,8 +116,6 @@ def utc_now() -> str:
 
 def save_tokens(root: Path, examples: list[TokenizedExample]) -> None:
     """Store the tokenised pool as three flat arrays so shards can slice it cheaply."""
-    from gradstore.files import atomic_save_npy
-
     lengths = np.array([len(e.input_ids) for e in examples], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     flat_ids = [t for e in examples for t in e.input_ids]

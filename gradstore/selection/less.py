@@ -103,8 +103,8 @@ class Less(SelectionMethod):
             vectors = engine.datastore.concatenated_features(options.pool_features)
             candidates = np.arange(vectors.shape[0])
         per_subtask = vectors @ queries.T
-        combined = vectors @ search_queries.T
-        scores = combined.max(axis=1) if options.aggregate == "max" else combined[:, 0]
+        # the mean query's score is the mean of the subtask scores: no second product
+        scores = per_subtask.max(axis=1) if options.aggregate == "max" else per_subtask.mean(axis=1)
         timings["search"] = (time.perf_counter() - started) * 1000
 
         started = time.perf_counter()
