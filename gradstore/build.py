@@ -26,27 +26,36 @@ from gradstore.checkpoints import (
 )
 from gradstore.config import BuildConfig
 from gradstore.errors import InvalidInputError, NotReadyError
-from gradstore.examples import read_jsonl
+from gradstore.examples import iter_jsonl
 from gradstore.files import (
     atomic_save_npy,
-    atomic_write_bytes,
+    atomic_write_file,
     atomic_write_json,
     read_json,
     remove_stale_temporaries,
     sha256_file,
 )
-from gradstore.index import build_faiss_index, write_index
+from gradstore.index import (
+    build_faiss_index_streaming,
+    check_factory,
+    is_exact,
+    train_sample_rows,
+    write_index,
+)
 from gradstore.modeling import load_tokenizer, model_content_hash
 from gradstore.store import (
     SCHEMA_VERSION,
     BuildSpec,
     CheckpointEntry,
+    Datastore,
+    FileEntry,
+    IndexEntry,
     Manifest,
     ModelInfo,
     Shard,
     TokenStore,
+    TokenWriter,
     load_build_spec,
-    save_tokens,
     utc_now,
     write_manifest,
 )
@@ -87,23 +96,36 @@ def prepare(
     config: BuildConfig,
     warmup_from: Sequence[str | Path] = (),
 ) -> PrepareSummary:
-    """Tokenise the pool and record what to build; fails early on unusable input."""
+    """Tokenise the pool and record what to build; fails early on unusable input.
+
+    The dataset is read line by line and its tokens streamed to disk: RAM holds the IDs,
+    not the pool.
+    """
     root, model_dir = Path(store_dir), Path(model_dir)
     if not model_dir.is_dir():
         raise InvalidInputError(f"model path {model_dir} is not a local directory")
     for directory in warmup_from:
         if not Path(directory).is_dir():
             raise InvalidInputError(f"--warmup-from {directory} is not a directory")
-    examples = read_jsonl(dataset_path)
+    check_factory(config.index_factory)
     tokenizer = load_tokenizer(model_dir)
     encoder = ExampleEncoder(tokenizer, config.max_seq_len, config.template)
-    kept, skipped = encoder.encode_all(examples)
-    if not kept:
-        raise InvalidInputError("no example of the dataset has a completion token to learn from")
     root.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(root / "examples.jsonl", Path(dataset_path).read_bytes())
-    save_tokens(root, kept)
-    atomic_write_json(root / "ids.json", [e.id for e in kept])
+    writer = TokenWriter(root)
+    ids: list[str] = []
+    skipped: list[SkippedExample] = []
+    for example in iter_jsonl(dataset_path):
+        encoded = encoder.encode(example)
+        if isinstance(encoded, SkippedExample):
+            skipped.append(encoded)
+        else:
+            writer.add(encoded)
+            ids.append(encoded.id)
+    writer.close()
+    if not ids:
+        raise InvalidInputError("no example of the dataset has a completion token to learn from")
+    atomic_write_file(root / "examples.jsonl", lambda tmp: shutil.copyfile(dataset_path, tmp))
+    atomic_write_json(root / "ids.json", ids)
     atomic_write_json(root / "skipped.json", [{"id": s.id, "reason": s.reason} for s in skipped])
     spec = BuildSpec(
         dataset_path=str(Path(dataset_path).resolve()),
@@ -115,7 +137,7 @@ def prepare(
         warmup_from=[str(Path(d).resolve()) for d in warmup_from],
     )
     atomic_write_json(root / "build.json", spec.model_dump(mode="json"))
-    return PrepareSummary(len(kept), skipped)
+    return PrepareSummary(len(ids), skipped)
 
 
 def run_warmup_stage(
@@ -135,10 +157,9 @@ def run_warmup_stage(
     else:
         from gradstore.warmup import run_warmup
 
-        pool = TokenStore(root)
         checkpoints = run_warmup(
             Path(spec.model.path),
-            pool.slice(0, len(pool)),
+            TokenStore(root),  # rows are read when the warmup sample asks for them
             spec.config,
             target,
             device=device,
@@ -202,7 +223,12 @@ def featurize_shard(
 
 
 def build_index(store_dir: str | Path) -> Manifest:
-    """Check that every shard is there, index the features and write the manifest last."""
+    """Check that every shard is there, index the features and write the manifest last.
+
+    Exact factories need no index beyond the shards; approximate ones are built by
+    streaming the shards. Every file's sha256 is computed here, once, so that opening the
+    store later costs a stat per file.
+    """
     root = Path(store_dir)
     spec = load_build_spec(root)
     config = spec.config
@@ -216,21 +242,6 @@ def build_index(store_dir: str | Path) -> Manifest:
         f"ckpt-{c.index}/{kind}": [s.feature_file(kind) for s in shards if s.checkpoint == c.index]
         for c in checkpoints
         for kind in config.pool_features
-    }
-    indexes = []
-    for kind in config.pool_features:
-        blocks = [
-            np.concatenate([np.load(root / f) for f in shard_files[f"ckpt-{c.index}/{kind}"]])
-            for c in checkpoints
-        ]
-        vectors = np.concatenate(blocks, axis=1).astype(np.float32)
-        index = build_faiss_index(vectors, config.index_factory)
-        indexes.append(write_index(root, kind, index, config.index_factory))
-    remove_stale_temporaries(root)  # leftovers of killed writers are not part of the store
-    files = {
-        str(path.relative_to(root)): sha256_file(path)
-        for path in sorted(root.rglob("*"))
-        if path.is_file() and not path.name.startswith(".tmp-") and path.name != "manifest.json"
     }
     probe = np.load(root / shards[0].feature_file(config.pool_features[0]), mmap_mode="r")
     manifest = Manifest(
@@ -253,11 +264,35 @@ def build_index(store_dir: str | Path) -> Manifest:
             for c, w in zip(checkpoints, weights, strict=True)
         ],
         shards=shard_files,
-        indexes=indexes,
-        files=files,
+        indexes=[],
+        files={},
     )
+    for kind in config.pool_features:
+        if is_exact(config.index_factory):
+            manifest.indexes.append(IndexEntry(kind=kind, factory=config.index_factory))
+        else:
+            manifest.indexes.append(_build_approximate_index(root, manifest, kind))
+    remove_stale_temporaries(root)  # leftovers of killed writers are not part of the store
+    manifest.files = {
+        str(path.relative_to(root)): FileEntry(sha256=sha256_file(path), size=path.stat().st_size)
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and not path.name.startswith(".tmp-") and path.name != "manifest.json"
+    }
     write_manifest(root, manifest)
     return manifest
+
+
+def _build_approximate_index(root: Path, manifest: Manifest, kind: str) -> IndexEntry:
+    """A FAISS index of a non-exact factory, trained on a sample, filled shard by shard."""
+    store = Datastore(root, manifest)
+    factory = manifest.config.index_factory
+    sample = store.rows(kind, train_sample_rows(manifest.num_examples, manifest.total_dim))
+    blocks = (
+        np.concatenate([a.astype(np.float32) for a in block.arrays], axis=1)
+        for block in store.feature_blocks(kind)
+    )
+    index = build_faiss_index_streaming(blocks, manifest.total_dim, factory, sample)
+    return write_index(root, kind, index, factory)
 
 
 def _lora_parameter_count(checkpoint: WarmupCheckpoint) -> int:

@@ -2,7 +2,7 @@
 
 Building and querying both need the model at every checkpoint θ_i. Loading the base model
 once and swapping the (small) adapter tensors costs memory for one model, not N, and the
-Rademacher projector — a pure function of (seed, row, column) — is shared by all of them.
+projector — a pure function of (seed, indices) — is shared by all of them.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from gradstore.modeling import (
     resolve_device,
 )
 from gradstore.preconditioner import AdamPreconditioner
-from gradstore.projection import RademacherProjector
+from gradstore.projection import make_projector
 from gradstore.tokenization import pad_token_id
 
 
@@ -57,8 +57,8 @@ class CheckpointModel:
             p.numel() for _, p in self.model.named_parameters() if p.requires_grad
         )
         self.parameter_names = lora_parameter_names(self.model)
-        self.projector = RademacherProjector(
-            self.num_lora_parameters, projection.dim, projection.seed, device=self.device
+        self.projector = make_projector(
+            projection.kind, self.num_lora_parameters, projection.dim, projection.seed, self.device
         )
         self.lock = threading.Lock()
         self._active: int | None = None

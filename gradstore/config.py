@@ -38,8 +38,12 @@ class WarmupConfig(_Config):
 
 class ProjectionConfig(_Config):
     dim: int = Field(8192, ge=1, le=65536, description="Projected feature dimension d.")
-    seed: int = Field(0, description="Seed of the Rademacher matrix; a pure function of it.")
-    kind: Literal["rademacher"] = Field("rademacher", description="Projector family.")
+    seed: int = Field(0, description="Seed of the projection; the matrix is a pure function of it.")
+    kind: Literal["sjlt", "rademacher"] = Field(
+        "sjlt",
+        description="Projector: 'sjlt', a sparse JL transform costing O(P) per example (the "
+        "default), or 'rademacher', the dense ±1 matrix costing O(P·d) (toy models, old stores).",
+    )
 
 
 class BuildConfig(_Config):
@@ -55,7 +59,12 @@ class BuildConfig(_Config):
     batch_size: int = Field(16, ge=1, le=4096, description="Featurization batch size.")
     dtype: Literal["float16", "float32"] = Field("float16", description="Stored feature dtype.")
     shard_size: int = Field(1024, ge=1, description="Examples per featurize shard.")
-    index_factory: str = Field("Flat", description="FAISS factory string (inner product).")
+    index_factory: str = Field(
+        "Flat",
+        description="'Flat' (or 'SQfp16'): exact search over the stored fp16 features, no "
+        "second copy. Any other FAISS factory string (e.g. 'IVF1024,PQ64') builds an "
+        "approximate inner-product index beside them, searched with options.search='index'.",
+    )
     pool_features: list[Literal["adam", "sgd"]] = Field(
         ["adam"], description="Pool feature kinds kept in the store ('adam' is LESS's)."
     )

@@ -111,8 +111,16 @@ def load_examples(records: Iterable[Any]) -> list[Example]:
 
 def read_jsonl(path: str | Path) -> list[Example]:
     """Read and validate a JSONL file of examples; IDs must be unique."""
+    return list(iter_jsonl(path))
+
+
+def iter_jsonl(path: str | Path) -> Iterator[Example]:
+    """Examples of a JSONL file one at a time (IDs checked unique as they come)."""
+    seen: dict[str, int] = {}
     with open(path, encoding="utf-8") as handle:
-        return _unique(list(parse_jsonl_lines(handle)))
+        for position, example in enumerate(parse_jsonl_lines(handle)):
+            _check_new(seen, example, position)
+            yield example
 
 
 def write_jsonl(examples: Iterable[Example], path: str | Path) -> None:
@@ -124,9 +132,13 @@ def write_jsonl(examples: Iterable[Example], path: str | Path) -> None:
 def _unique(examples: list[Example]) -> list[Example]:
     seen: dict[str, int] = {}
     for position, example in enumerate(examples):
-        if example.id in seen:
-            raise InvalidExampleError(
-                f"duplicate id {example.id!r} (first seen in example {seen[example.id]})", position
-            )
-        seen[example.id] = position
+        _check_new(seen, example, position)
     return examples
+
+
+def _check_new(seen: dict[str, int], example: Example, position: int) -> None:
+    if example.id in seen:
+        raise InvalidExampleError(
+            f"duplicate id {example.id!r} (first seen in example {seen[example.id]})", position
+        )
+    seen[example.id] = position

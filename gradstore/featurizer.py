@@ -1,12 +1,11 @@
 """From examples to stored features at one checkpoint: gradient → (Adam) → projection → norm.
 
-Examples are batched by length (less padding), every kind of feature asked for comes from
-the same per-example gradients and from one projection (Π is read once for all kinds), and
-rows come back in the order they were given. Gradients of several batches are buffered
-(within a memory budget) and projected together: a streamed Π (too big for the projector's
-cache) is then generated once per ``projection_rows`` examples rather than per batch, and
-even a cached Π multiplies faster against more rows.
-``featurize_one_at_a_time`` is the reference's loop, kept as the baseline of bench/featurize.
+Examples are batched by length (less padding) and rows come back in the order they were
+given. Inside each batch's backward, every LoRA map's per-example gradient is preconditioned
+(in place) and projected into the (B, d) outputs of every feature kind asked for, then
+dropped: memory holds one map's (B, size) rows at a time, never the whole (B, P) gradient.
+``featurize_one_at_a_time`` is the reference's loop (whole gradient, then Adam, then one
+projection), kept as the baseline of bench/featurize and as a test oracle.
 """
 
 from __future__ import annotations
@@ -22,8 +21,6 @@ from gradstore.preconditioner import AdamPreconditioner
 from gradstore.tokenization import TokenizedExample, collate
 
 FEATURE_KINDS = ("adam", "sgd")
-GRADIENT_BUFFER_BYTES = 256 << 20  # gradients waiting for one projection
-PROJECTION_ROWS_CACHED = 128
 
 
 def _normalise(x: torch.Tensor) -> np.ndarray:
@@ -40,7 +37,6 @@ class CheckpointFeaturizer:
         preconditioner: AdamPreconditioner | None,
         pad_token_id: int,
         batch_size: int,
-        projection_rows: int | None = None,
     ):
         self.model = model
         self.projector = projector
@@ -48,15 +44,6 @@ class CheckpointFeaturizer:
         self.pad_token_id = pad_token_id
         self.batch_size = batch_size
         self.gradients = LoraGradientComputer(model)
-        if projection_rows is None:
-            # A streamed Π is regenerated per call: buffer as many rows as the budget holds.
-            # A cached one is free to reuse, but the product still runs faster on more rows
-            # (fp32 GEMM, 1 core: 54 GFLOPS at 32 rows, 71 at 128), so buffer up to 128.
-            budget = GRADIENT_BUFFER_BYTES // (4 * self.gradients.num_parameters)
-            if getattr(projector, "cached", True):
-                budget = min(budget, PROJECTION_ROWS_CACHED)
-            projection_rows = max(batch_size, budget)
-        self.projection_rows = max(1, projection_rows)
         # seconds spent so far on gradients and on preconditioning + projection (profiling)
         self.timings = {"gradient_s": 0.0, "projection_s": 0.0}
 
@@ -68,15 +55,44 @@ class CheckpointFeaturizer:
             raise ValueError("'adam' features need the checkpoint's Adam moments")
 
     def _features(self, grads: torch.Tensor, kinds: Sequence[str]) -> dict[str, np.ndarray]:
-        """All kinds from one projection: the rows of every kind stacked into one product."""
+        """All kinds of whole (B, P) gradients, the reference's way (one projection each)."""
         started = time.perf_counter()
-        stacked = torch.cat(
-            [self.preconditioner(grads) if kind == "adam" else grads for kind in kinds]
-        )
-        projected = self.projector.project(stacked).split(grads.shape[0])
-        out = {kind: _normalise(rows) for kind, rows in zip(kinds, projected, strict=True)}
+        out = {}
+        for kind in kinds:
+            rows = self.preconditioner(grads) if kind == "adam" else grads
+            out[kind] = _normalise(self.projector.project(rows))
         self.timings["projection_s"] += time.perf_counter() - started
         return out
+
+    def _batch_features(
+        self, batch: dict[str, torch.Tensor], kinds: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        """One forward and backward; each map's gradients projected as backward reaches it."""
+        rows = batch["input_ids"].shape[0]
+        device = self.projector.device
+        outputs = {kind: torch.zeros(rows, self.projector.dim, device=device) for kind in kinds}
+        projection_s = 0.0
+
+        def project(offset: int, grads: torch.Tensor) -> None:
+            nonlocal projection_s
+            started = time.perf_counter()
+            grads = grads.to(device)
+            if "sgd" in kinds:
+                self.projector.accumulate(
+                    outputs["sgd"], grads, offset, reuse_input="adam" not in kinds
+                )
+            if "adam" in kinds:
+                adam = self.preconditioner.apply_(grads, offset)
+                self.projector.accumulate(outputs["adam"], adam, offset, reuse_input=True)
+            projection_s += time.perf_counter() - started
+
+        started = time.perf_counter()
+        self.gradients.for_each_module(batch, project)
+        self.timings["gradient_s"] += time.perf_counter() - started - projection_s
+        started = time.perf_counter()
+        features = {kind: _normalise(values) for kind, values in outputs.items()}
+        self.timings["projection_s"] += projection_s + time.perf_counter() - started
+        return features
 
     def featurize(
         self,
@@ -89,28 +105,13 @@ class CheckpointFeaturizer:
         order = sorted(range(len(examples)), key=lambda i: (len(examples[i].input_ids), i))
         dim = self.projector.dim
         out = {kind: np.empty((len(examples), dim), dtype=np.float32) for kind in kinds}
-        pending: list[int] = []  # positions whose gradients wait in ``buffered``
-        buffered: list[torch.Tensor] = []
-
-        def flush() -> None:
-            for kind, values in self._features(torch.cat(buffered), kinds).items():
-                out[kind][pending] = values
-            pending.clear()
-            buffered.clear()
-
         for start in range(0, len(order), self.batch_size):
             positions = order[start : start + self.batch_size]
             batch = collate([examples[i] for i in positions], self.pad_token_id)
-            started = time.perf_counter()
-            buffered.append(self.gradients.per_example(batch))
-            self.timings["gradient_s"] += time.perf_counter() - started
-            pending.extend(positions)
-            if len(pending) >= self.projection_rows:
-                flush()
+            for kind, values in self._batch_features(batch, kinds).items():
+                out[kind][positions] = values
             if on_batch is not None:
                 on_batch(len(positions))
-        if pending:
-            flush()
         return out
 
     def featurize_one_at_a_time(

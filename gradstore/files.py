@@ -12,6 +12,7 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,27 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> str:
         raise
     fsync_dir(path.parent)
     return sha256_bytes(data)
+
+
+def atomic_write_file(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Let ``write`` fill a temporary file beside ``path``, then publish it atomically.
+
+    For writers that take a path (FAISS, numpy memmaps) and would otherwise need the whole
+    content in memory as bytes.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 def atomic_write_json(path: str | Path, value: Any) -> str:

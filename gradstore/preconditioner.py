@@ -2,7 +2,9 @@
 
 Γ = (β1·m + (1−β1)·g) / sqrt(β2·v + (1−β2)·g² + ε): the direction one more Adam step would
 take on this example alone from the checkpoint's moments m, v. As in the reference, there is
-no bias correction and ε sits inside the square root.
+no bias correction and ε sits inside the square root. ``apply_`` works on one module's slice
+of the gradient in place (one temporary of the slice's size), so featurization never holds
+more than one module's (B, size) rows.
 """
 
 from __future__ import annotations
@@ -24,6 +26,18 @@ class AdamPreconditioner:
         self.exp_avg = exp_avg.float()
         self.exp_avg_sq = exp_avg_sq.float()
         self.beta1, self.beta2, self.eps = beta1, beta2, eps
+        # the terms of Γ that do not depend on g, computed once for every example
+        self._beta1_m = beta1 * self.exp_avg
+        self._beta2_v_eps = beta2 * self.exp_avg_sq + eps
+
+    def apply_(self, grads: torch.Tensor, offset: int) -> torch.Tensor:
+        """Γ in place for the rows (B, w) of parameters [offset, offset + w); returns ``grads``."""
+        width = grads.shape[1]
+        beta1_m = self._beta1_m[offset : offset + width]
+        beta2_v_eps = self._beta2_v_eps[offset : offset + width]
+        denominator = torch.addcmul(beta2_v_eps, grads, grads, value=1 - self.beta2).sqrt_()
+        torch.add(beta1_m, grads, alpha=1 - self.beta1, out=grads)
+        return grads.div_(denominator)
 
     def __call__(self, grads: torch.Tensor) -> torch.Tensor:
         """(B, P) plain gradients → (B, P) Adam update directions."""

@@ -1,11 +1,23 @@
-"""Rademacher random projection whose every sign is a pure function of (seed, row, column).
+"""Random projections of LoRA gradients to d dims, every entry a pure function of (seed, indices).
 
-The service must query a store on another device than the worker that built it, with any
-batch size, so Π cannot come from a stateful RNG. Each group of 64 signs of a row is one
+Two kinds, both applied module by module (``accumulate`` adds one module's slice x·Π[rows]
+into the (B, d) output), so no caller ever needs a whole (B, P) gradient:
+
+- ``sjlt`` (default): a sparse JL transform with one ±1 per input coordinate (CountSketch):
+  coordinate j goes to column h(j) with sign s(j), both from one splitmix64 hash of
+  (seed, j). Cost O(P) per example instead of O(P·d): at P = 17M it is a scatter-add, not a
+  139-GFLOP product, so the model's forward and backward dominate the build.
+- ``rademacher``: the dense ±1 matrix of the first stores, kept as the tested reference and
+  for stores built with it. Its cost is O(P·d) per example: fine for toy models only.
+
+Neither comes from a stateful RNG: the service queries a store on another device than the
+worker that built it, with any batch size. The matrix is left unscaled: every feature is
+L2-normalised afterwards, so the usual 1/√d (or 1/√c) factor would cancel.
+
+The dense Rademacher matrix: each group of 64 signs of a row is one
 64-bit word, a splitmix64 hash of (seed, row, column // 64); sign (i, j) is bit j mod 64 of
 word (i, j // 64): 1 → −1, 0 → +1. Integer arithmetic (int64 multiplication wraps on CPU and
-CUDA alike) makes it identical on every device. The ±1 matrix is left unscaled: every
-feature is L2-normalised afterwards, so the usual 1/√d factor would cancel.
+CUDA alike) makes it identical on every device.
 
 Cost (2-core CPU sandbox, one thread): hashing is ~0.1 ns per sign (one hash per 64 signs);
 turning bits into float32 ±1 dominates. ``rademacher_block`` writes each float's bits
@@ -14,8 +26,7 @@ sign, against ~7 ns for a byte-table lookup and far more for a library RNG. The 
 product then costs 2·B flops per sign, so with no cache, generation still outweighs the
 product for small batches: ``RademacherProjector`` keeps the whole matrix when it fits its
 cache budget (a build projects thousands of batches with the same Π) and otherwise
-regenerates it block by block per call — callers should then project many rows at once
-(``CheckpointFeaturizer`` buffers gradients for that). Π is never held whole beyond the budget.
+regenerates it block by block per call. Π is never held whole beyond the budget.
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ _MIX1 = -4658895280553007687  # 0xBF58476D1CE4E5B9
 _MIX2 = -7723592293110705685  # 0x94D049BB133111EB
 _FLOAT_ONE_BITS = 0x3F800000  # IEEE-754 float32 1.0; setting bit 31 makes it −1.0
 _SIGN_BIT = -(2**31)  # 0x80000000 as int32
+_SJLT_DOMAIN = 0x5A17  # keeps the SJLT's hash stream apart from the Rademacher signs'
 
 
 def _logical_shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
@@ -97,6 +109,8 @@ def rademacher_block(
 class RademacherProjector:
     """x ↦ x Π for Π ∈ {±1}^{in_dim × dim}, exact in fp32, generated blockwise by rows."""
 
+    kind = "rademacher"
+
     def __init__(
         self,
         in_dim: int,
@@ -133,18 +147,27 @@ class RademacherProjector:
             self._matrix, self._scratch = matrix, None
         return self._matrix
 
+    def accumulate(
+        self, out: torch.Tensor, x: torch.Tensor, offset: int, reuse_input: bool = False
+    ) -> None:
+        """out += x · Π[offset : offset + width]: one module's slice of the input rows."""
+        width = _check_slice(self, out, x, offset)
+        if self.cached:
+            out.addmm_(x, self.matrix()[offset : offset + width])
+            return
+        for start in range(0, width, self.block_rows):
+            end = min(start + self.block_rows, width)
+            if self._scratch is None:
+                size = self.block_rows * ((self.dim + 63) // 64) * 64
+                self._scratch = torch.empty(size, dtype=torch.int32, device=self.device)
+            block = rademacher_block(
+                self.seed, offset + start, offset + end, self.dim, self.device, self._scratch
+            )
+            out.addmm_(x[:, start:end], block)
+
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_dim) → (B, dim), float32."""
-        if x.dim() != 2 or x.shape[1] != self.in_dim:
-            raise ValueError(f"expected (B, {self.in_dim}) vectors, got {tuple(x.shape)}")
-        x = x.to(self.device, torch.float32)
-        if self.cached:
-            return x @ self.matrix()
-        out = torch.zeros(x.shape[0], self.dim, device=self.device)
-        for start in range(0, self.in_dim, self.block_rows):
-            block = self._block(start)
-            out.addmm_(x[:, start : start + block.shape[0]], block)
-        return out
+        return project_whole(self, x)
 
 
 class DenseReferenceProjector:
@@ -156,3 +179,107 @@ class DenseReferenceProjector:
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         return (x.double() @ self.matrix).float()
+
+
+def _check_slice(projector, out: torch.Tensor, x: torch.Tensor, offset: int) -> int:
+    width = x.shape[1]
+    if x.dim() != 2 or out.shape != (x.shape[0], projector.dim):
+        raise ValueError(f"expected (B, w) rows into (B, {projector.dim}), got {tuple(x.shape)}")
+    if offset < 0 or offset + width > projector.in_dim:
+        raise ValueError(
+            f"input slice [{offset}, {offset + width}) outside [0, {projector.in_dim})"
+        )
+    return width
+
+
+def project_whole(projector, x: torch.Tensor) -> torch.Tensor:
+    """(B, in_dim) → (B, dim) float32 through ``accumulate`` over the whole input."""
+    if x.dim() != 2 or x.shape[1] != projector.in_dim:
+        raise ValueError(f"expected (B, {projector.in_dim}) vectors, got {tuple(x.shape)}")
+    out = torch.zeros(x.shape[0], projector.dim, device=projector.device)
+    projector.accumulate(out, x.to(projector.device, torch.float32), 0)
+    return out
+
+
+def sjlt_entries(seed: int, rows: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Column (int64) and sign (float32 ±1) of input coordinates ``rows`` in the SJLT.
+
+    One splitmix64 word per coordinate: bit 0 is the sign (1 → −1), the remaining 63 bits
+    modulo ``dim`` the column. Integer arithmetic only, so identical on every device.
+    """
+    seed_key = splitmix64(
+        torch.tensor([seed ^ _SJLT_DOMAIN], dtype=torch.int64, device=rows.device)
+    )
+    words = splitmix64(rows.to(torch.int64) * _GOLDEN + seed_key)
+    columns = _logical_shift_right(words, 1) % dim
+    signs = 1.0 - 2.0 * (words & 1).to(torch.float32)
+    return columns, signs
+
+
+class SparseJLProjector:
+    """x ↦ x S for the SJLT S ∈ {0, ±1}^{in_dim × dim} with one nonzero per row.
+
+    The (column, sign) of each input coordinate is cached per module slice while the cache
+    stays under ``cache_bytes`` (12 bytes per coordinate), else recomputed per call.
+    """
+
+    kind = "sjlt"
+
+    def __init__(
+        self,
+        in_dim: int,
+        dim: int,
+        seed: int,
+        device: torch.device | str = "cpu",
+        cache_bytes: int = 2 << 30,
+    ):
+        self.in_dim, self.dim, self.seed = in_dim, dim, seed
+        self.device = torch.device(device)
+        self.cache_bytes = cache_bytes
+        self._entries: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._cached_bytes = 0
+
+    def entries(self, offset: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (offset, width)
+        if key in self._entries:
+            return self._entries[key]
+        rows = torch.arange(offset, offset + width, device=self.device)
+        entries = sjlt_entries(self.seed, rows, self.dim)
+        if self._cached_bytes + 12 * width <= self.cache_bytes:
+            self._entries[key] = entries
+            self._cached_bytes += 12 * width
+        return entries
+
+    def accumulate(
+        self, out: torch.Tensor, x: torch.Tensor, offset: int, reuse_input: bool = False
+    ) -> None:
+        """out += x · S[offset : offset + width]; ``reuse_input`` lets it overwrite ``x``."""
+        width = _check_slice(self, out, x, offset)
+        columns, signs = self.entries(offset, width)
+        signed = x.mul_(signs) if reuse_input else x * signs
+        out.index_add_(1, columns, signed)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_dim) → (B, dim), float32."""
+        return project_whole(self, x)
+
+    def matrix(self) -> torch.Tensor:
+        """S as a dense (in_dim, dim) matrix: for tests and small inputs only."""
+        columns, signs = sjlt_entries(self.seed, torch.arange(self.in_dim), self.dim)
+        dense = torch.zeros(self.in_dim, self.dim)
+        dense[torch.arange(self.in_dim), columns] = signs
+        return dense
+
+
+PROJECTION_KINDS = ("sjlt", "rademacher")
+
+
+def make_projector(
+    kind: str, in_dim: int, dim: int, seed: int, device: torch.device | str = "cpu"
+) -> SparseJLProjector | RademacherProjector:
+    """The projector a store's manifest names."""
+    if kind == "sjlt":
+        return SparseJLProjector(in_dim, dim, seed, device)
+    if kind == "rademacher":
+        return RademacherProjector(in_dim, dim, seed, device)
+    raise ValueError(f"unknown projection kind {kind!r}; known: {PROJECTION_KINDS}")

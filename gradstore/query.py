@@ -1,7 +1,7 @@
 """Target features on demand: the query side of a ready datastore.
 
-Loads the base model, the checkpoint adapters and the index once (the service caches the
-engine), then turns target examples into per-checkpoint projected, normalised plain
+Loads the base model and the checkpoint adapters once and maps the features (the service
+caches the engine), then turns target examples into per-checkpoint projected, normalised plain
 gradients with exactly the projector and tokenisation the store was built with.
 """
 
@@ -19,9 +19,9 @@ from gradstore.checkpoint_model import CheckpointModel
 from gradstore.checkpoints import load_checkpoints
 from gradstore.errors import InvalidInputError, ManifestMismatchError
 from gradstore.examples import Example
-from gradstore.gradients import LoraGradientComputer
+from gradstore.search import FeatureScanner
 from gradstore.store import Datastore
-from gradstore.tokenization import ExampleEncoder, SkippedExample, collate
+from gradstore.tokenization import ExampleEncoder, SkippedExample
 
 
 class QueryEngine:
@@ -48,15 +48,16 @@ class QueryEngine:
         self.encoder = ExampleEncoder(
             self.model.tokenizer, manifest.config.max_seq_len, manifest.template
         )
-        self._gradients = LoraGradientComputer(self.model.model)
         self._indexes: dict[str, object] = {}
         self._index_lock = threading.Lock()
+        self.scanner = FeatureScanner(datastore, self.model.device)
 
     @property
     def manifest(self):
         return self.datastore.manifest
 
     def index(self, kind: str):
+        """The store's approximate FAISS index of ``kind``; None where search is exact."""
         with self._index_lock:
             if kind not in self._indexes:
                 self._indexes[kind] = self.datastore.index(kind)
@@ -90,19 +91,15 @@ class QueryEngine:
             )
         tokenize_done = time.perf_counter()
         batch = self.manifest.config.batch_size
-        n_checkpoints = len(self.manifest.checkpoints)
         with self.model.lock:
-            grads = []
-            for entry in self.manifest.checkpoints:
-                self.model.activate(entry.index)
-                for start in range(0, len(kept), batch):
-                    chunk = collate(kept[start : start + batch], self.model.pad_token_id)
-                    grads.append(self._gradients.per_example(chunk))
-            # one projection for every checkpoint: the sign matrix is read once per query
-            projected = self.model.projector.project(torch.cat(grads))
-        features = torch.nn.functional.normalize(projected, dim=1)
-        features = features.reshape(n_checkpoints, len(kept), -1).transpose(0, 1)
+            per_checkpoint = [
+                self.model.featurizer(entry.index, batch, adam=False).featurize(kept, ("sgd",))[
+                    "sgd"
+                ]
+                for entry in self.manifest.checkpoints
+            ]
+        features = np.stack(per_checkpoint, axis=1)  # (n_kept, N_checkpoints, dim)
         if timings is not None:
             timings["tokenize"] = (tokenize_done - started) * 1000
             timings["target_gradients"] = (time.perf_counter() - tokenize_done) * 1000
-        return features.cpu().numpy(), positions, skipped
+        return features, positions, skipped

@@ -4,18 +4,26 @@ Layout of a store directory::
 
     build.json                 what to build (config, dataset, model) — written by prepare
     ids.json, skipped.json     kept example IDs in row order; skipped IDs with reasons
-    tokens/{input_ids,labels,offsets}.npy   the tokenised pool (ragged, int32/int64)
+    tokens/{input_ids,labels,offsets}.npy   the tokenised pool as flat arrays (int32, int64)
     checkpoints/ckpt-{i}/      warmup adapter + Adam moments + learning rate
-    features/ckpt-{i}/{kind}/{start}-{end}.npy   L2-normalised projected features, one shard each
-    index/{kind}.faiss         inner-product index over the concatenated checkpoint features
-    manifest.json              written last; lists every file with its sha256
+    features/ckpt-{i}/{kind}/{start}-{end}.npy   L2-normalised projected features (fp16),
+                               one shard each, memory-mapped read-only when queried
+    index/{kind}.faiss         only for approximate index factories (IVF, PQ, HNSW, ...): the
+                               exact default searches the feature shards themselves
+    manifest.json              written last; lists every file with its size and sha256
 
 A store is served only through ``Datastore.open``, which refuses one whose manifest is
-missing (not ready) or whose files do not match it.
+missing (not ready) or whose files are missing or of the wrong size. Opening costs one
+``stat`` per file; the sha256 of every byte is computed when the store is built and checked
+by ``Datastore.verify`` (``gradstore verify``), never inside a request. Schema 1 stores (the
+dense Rademacher projection, an fp32 FAISS copy of the features) still open: the manifest is
+read as schema 2 and their FAISS file is ignored in favour of the fp16 shards.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
@@ -29,7 +37,9 @@ from gradstore.errors import ManifestMismatchError, NotReadyError
 from gradstore.files import atomic_save_npy, atomic_write_json, read_json, sha256_file
 from gradstore.tokenization import TokenizedExample
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)
+EXACT_FACTORIES = ("Flat", "SQfp16")
 MANIFEST = "manifest.json"
 BUILD_SPEC = "build.json"
 
@@ -63,7 +73,12 @@ class IndexEntry(BaseModel):
     kind: str
     factory: str
     metric: str = "inner_product"
-    file: str
+    file: str | None = None  # None: exact search over the feature shards
+
+
+class FileEntry(BaseModel):
+    sha256: str
+    size: int | None = None  # None only in schema-1 manifests
 
 
 class Manifest(BaseModel):
@@ -87,7 +102,7 @@ class Manifest(BaseModel):
     checkpoints: list[CheckpointEntry]
     shards: dict[str, list[str]]
     indexes: list[IndexEntry]
-    files: dict[str, str]
+    files: dict[str, FileEntry]
 
     @property
     def total_dim(self) -> int:
@@ -114,19 +129,70 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def save_tokens(root: Path, examples: list[TokenizedExample]) -> None:
-    """Store the tokenised pool as three flat arrays so shards can slice it cheaply."""
-    lengths = np.array([len(e.input_ids) for e in examples], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    flat_ids = [t for e in examples for t in e.input_ids]
-    flat_labels = [t for e in examples for t in e.labels]
-    atomic_save_npy(root / "tokens" / "input_ids.npy", np.array(flat_ids, dtype=np.int64))
-    atomic_save_npy(root / "tokens" / "labels.npy", np.array(flat_labels, dtype=np.int64))
-    atomic_save_npy(root / "tokens" / "offsets.npy", offsets)
+class TokenWriter:
+    """Appends tokenised examples to the flat token arrays without holding the pool in RAM.
+
+    Tokens go to raw temporary files as they come; ``close`` turns them into the three
+    ``.npy`` arrays (chunked copies, atomic renames). RAM stays flat in pool size.
+    """
+
+    CHUNK = 4096
+
+    def __init__(self, root: Path):
+        self.dir = root / "tokens"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._raw = {  # closed in ``close``: they live as long as the writer
+            name: open(self.dir / f".tmp-{name}.raw", "wb")  # noqa: SIM115
+            for name in ("input_ids", "labels")
+        }
+        self._lengths: list[int] = []
+        self._pending: dict[str, list[np.ndarray]] = {"input_ids": [], "labels": []}
+
+    def add(self, example: TokenizedExample) -> None:
+        self._pending["input_ids"].append(np.asarray(example.input_ids, dtype=np.int32))
+        self._pending["labels"].append(np.asarray(example.labels, dtype=np.int32))
+        self._lengths.append(len(example.input_ids))
+        if len(self._pending["labels"]) >= self.CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        for name, arrays in self._pending.items():
+            if arrays:
+                self._raw[name].write(np.concatenate(arrays).tobytes())
+            arrays.clear()
+
+    def close(self) -> int:
+        """Write the arrays; return the number of examples."""
+        self._flush()
+        total = int(sum(self._lengths))
+        for name, handle in self._raw.items():
+            handle.close()
+            tmp = self.dir / f".tmp-{name}.npy"
+            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int32, shape=(total,))
+            if total:
+                raw = np.memmap(handle.name, dtype=np.int32, mode="r", shape=(total,))
+                for start in range(0, total, 1 << 24):
+                    array[start : start + (1 << 24)] = raw[start : start + (1 << 24)]
+                del raw
+            array.flush()
+            del array
+            Path(tmp).replace(self.dir / f"{name}.npy")
+            Path(handle.name).unlink()
+        offsets = np.concatenate([[0], np.cumsum(self._lengths, dtype=np.int64)])
+        atomic_save_npy(self.dir / "offsets.npy", offsets.astype(np.int64))
+        return len(self._lengths)
 
 
-class TokenStore:
-    """Read access to the tokenised pool by row range."""
+def save_tokens(root: Path, examples: Iterable[TokenizedExample]) -> int:
+    """Store tokenised examples as three flat arrays so shards can slice them cheaply."""
+    writer = TokenWriter(root)
+    for example in examples:
+        writer.add(example)
+    return writer.close()
+
+
+class TokenStore(Sequence[TokenizedExample]):
+    """The tokenised pool by row, memory-mapped: a sequence that loads rows on access."""
 
     def __init__(self, root: Path):
         self.ids: list[str] = read_json(root / "ids.json")
@@ -137,18 +203,16 @@ class TokenStore:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def __getitem__(self, row):  # type: ignore[override]
+        if isinstance(row, slice):
+            return [self[i] for i in range(*row.indices(len(self)))]
+        a, b = int(self._offsets[row]), int(self._offsets[row + 1])
+        return TokenizedExample(
+            self.ids[row], self._input_ids[a:b].tolist(), self._labels[a:b].tolist()
+        )
+
     def slice(self, start: int, end: int) -> list[TokenizedExample]:
-        out = []
-        for row in range(start, end):
-            a, b = int(self._offsets[row]), int(self._offsets[row + 1])
-            out.append(
-                TokenizedExample(
-                    self.ids[row],
-                    self._input_ids[a:b].tolist(),
-                    self._labels[a:b].tolist(),
-                )
-            )
-        return out
+        return self[start:end]
 
 
 def load_build_spec(root: Path) -> BuildSpec:
@@ -162,37 +226,99 @@ def write_manifest(root: Path, manifest: Manifest) -> None:
     atomic_write_json(root / MANIFEST, manifest.model_dump(mode="json"))
 
 
+def _upgrade_schema_1(raw: dict) -> dict:
+    """A schema-1 manifest read as schema 2: same shards, dense projection, no file sizes."""
+    raw = dict(raw, schema_version=SCHEMA_VERSION)
+    raw["files"] = {path: {"sha256": digest} for path, digest in raw["files"].items()}
+    raw["projection"] = {"kind": "rademacher", **raw["projection"]}
+    config = dict(raw["config"])
+    config["projection"] = {"kind": "rademacher", **config.get("projection", {})}
+    raw["config"] = config
+    exact = config.get("index_factory", "Flat") in EXACT_FACTORIES
+    raw["indexes"] = [dict(entry, file=None) if exact else entry for entry in raw["indexes"]]
+    return raw
+
+
+def read_manifest(root: Path) -> Manifest:
+    path = root / MANIFEST
+    if not path.exists():
+        raise NotReadyError(f"datastore at {root} is not ready (no {MANIFEST})")
+    try:
+        raw = read_json(path)
+        version = raw.get("schema_version")
+        if version not in READABLE_SCHEMA_VERSIONS:
+            raise ManifestMismatchError(
+                f"{path}: schema version {version} is not one this gradstore reads "
+                f"({', '.join(map(str, READABLE_SCHEMA_VERSIONS))}); rebuild the datastore"
+            )
+        if version == 1:
+            raw = _upgrade_schema_1(raw)
+        return Manifest.model_validate(raw)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ManifestMismatchError(f"{path} is not a valid manifest: {exc}") from None
+
+
+@dataclass(frozen=True)
+class FeatureBlock:
+    """Rows [start, end) of one feature kind: one (rows, dim) array per checkpoint."""
+
+    start: int
+    end: int
+    arrays: list[np.ndarray]
+
+
 class Datastore:
-    """A ready datastore, opened only after its files were checked against the manifest."""
+    """A ready datastore, opened after a stat of every file its manifest lists.
+
+    Feature shards are memory-mapped read-only once and kept: a query reads pages, never a
+    copy, and RAM beyond the page cache stays flat in pool size.
+    """
 
     def __init__(self, root: Path, manifest: Manifest):
         self.root = root
         self.manifest = manifest
+        self._mapped: dict[str, np.ndarray] = {}
+        self._stats: dict[str, tuple[int, int, int]] = {}
 
     @classmethod
-    def open(cls, root: str | Path, verify: bool = True) -> Datastore:
-        """Open a ready store; ``verify`` checks every file's sha256 (else only sizes exist)."""
+    def open(cls, root: str | Path, verify: bool = False) -> Datastore:
+        """Open a ready store: O(files). ``verify`` also checks every byte's sha256 (slow)."""
         root = Path(root)
-        path = root / MANIFEST
-        if not path.exists():
-            raise NotReadyError(f"datastore at {root} is not ready (no {MANIFEST})")
-        try:
-            manifest = Manifest.model_validate(read_json(path))
-        except ValueError as exc:
-            raise ManifestMismatchError(f"{path} is not a valid manifest: {exc}") from None
-        if manifest.schema_version != SCHEMA_VERSION:
-            raise ManifestMismatchError(
-                f"{path}: schema version {manifest.schema_version}, expected {SCHEMA_VERSION}"
-            )
-        for relative, expected in sorted(manifest.files.items()):
-            file = root / relative
-            if not file.is_file():
-                raise ManifestMismatchError(f"datastore file {relative} is missing")
-            if verify and sha256_file(file) != expected:
+        store = cls(root, read_manifest(root))
+        for relative, entry in sorted(store.manifest.files.items()):
+            try:
+                stat = (root / relative).stat()
+            except OSError:
+                raise ManifestMismatchError(f"datastore file {relative} is missing") from None
+            if entry.size is not None and stat.st_size != entry.size:
+                raise ManifestMismatchError(
+                    f"datastore file {relative} has {stat.st_size} bytes, the manifest "
+                    f"promised {entry.size}"
+                )
+            store._stats[relative] = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if verify:
+            store.verify()
+        return store
+
+    def verify(self) -> None:
+        """Check every file's sha256 against the manifest: reads the whole store."""
+        for relative, entry in sorted(self.manifest.files.items()):
+            if sha256_file(self.root / relative) != entry.sha256:
                 raise ManifestMismatchError(
                     f"datastore file {relative} does not match its checksum in the manifest"
                 )
-        return cls(root, manifest)
+
+    def check_unchanged(self) -> None:
+        """Refuse to go on if any file changed since ``open`` (one stat per file)."""
+        for relative, expected in self._stats.items():
+            try:
+                stat = os.stat(self.root / relative)
+            except OSError:
+                raise ManifestMismatchError(f"datastore file {relative} disappeared") from None
+            if (stat.st_ino, stat.st_size, stat.st_mtime_ns) != expected:
+                raise ManifestMismatchError(
+                    f"datastore file {relative} changed on disk after the store was opened"
+                )
 
     @cached_property
     def ids(self) -> list[str]:
@@ -209,24 +335,53 @@ class Datastore:
     def checkpoint_weights(self) -> np.ndarray:
         return np.array([c.weight for c in self.manifest.checkpoints], dtype=np.float32)
 
-    def features(self, kind: str, checkpoint: int) -> np.ndarray:
-        """All rows of one checkpoint's features, float32 (n, dim)."""
-        files = self.manifest.shards[f"ckpt-{checkpoint}/{kind}"]
-        return np.concatenate([np.load(self.root / f, mmap_mode="r") for f in files]).astype(
-            np.float32
-        )
+    def _map(self, relative: str) -> np.ndarray:
+        if relative not in self._mapped:
+            self._mapped[relative] = np.load(self.root / relative, mmap_mode="r")
+        return self._mapped[relative]
 
-    def concatenated_features(self, kind: str) -> np.ndarray:
-        """Rows as [f_1 | f_2 | ... | f_N], the vectors the index holds (n, N·dim) float32."""
-        return np.concatenate(
-            [self.features(kind, c.index) for c in self.manifest.checkpoints], axis=1
-        )
+    def _shard_files(self, kind: str, checkpoint: int) -> list[str]:
+        key = f"ckpt-{checkpoint}/{kind}"
+        if key not in self.manifest.shards:
+            raise NotReadyError(f"this datastore keeps no {kind!r} features")
+        return self.manifest.shards[key]
+
+    def feature_blocks(self, kind: str) -> Iterator[FeatureBlock]:
+        """Memory-mapped (rows, dim) shards of every checkpoint, block by block in row order."""
+        per_checkpoint = [self._shard_files(kind, c.index) for c in self.manifest.checkpoints]
+        start = 0
+        for files in zip(*per_checkpoint, strict=True):
+            arrays = [self._map(f) for f in files]
+            end = start + arrays[0].shape[0]
+            yield FeatureBlock(start, end, arrays)
+            start = end
+
+    def features(self, kind: str, checkpoint: int) -> np.ndarray:
+        """All rows of one checkpoint's features as float32 (n, dim): tests and small stores."""
+        files = self._shard_files(kind, checkpoint)
+        return np.concatenate([self._map(f) for f in files]).astype(np.float32)
+
+    def rows(self, kind: str, rows: np.ndarray) -> np.ndarray:
+        """Concatenated features [f_1 | … | f_N] of the given rows, float32 (len(rows), N·dim)."""
+        self.check_unchanged()
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), self.manifest.total_dim), dtype=np.float32)
+        dim = self.manifest.dim
+        for block in self.feature_blocks(kind):
+            inside = np.flatnonzero((rows >= block.start) & (rows < block.end))
+            if inside.size:
+                local = rows[inside] - block.start
+                for i, array in enumerate(block.arrays):
+                    out[inside, i * dim : (i + 1) * dim] = array[local]
+        return out
 
     def index(self, kind: str):
-        """The FAISS index of a feature kind (loaded from disk on each call; cache the store)."""
+        """The approximate FAISS index of a feature kind, or None when search is exact."""
         import faiss
 
         for entry in self.manifest.indexes:
             if entry.kind == kind:
+                if entry.file is None:
+                    return None
                 return faiss.read_index(str(self.root / entry.file))
         raise NotReadyError(f"this datastore has no index of feature kind {kind!r}")

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
+from unittest.mock import patch
 
 import numpy as np
 import pytest
 import torch
-from gradstore.checkpoints import load_adam_moments, load_checkpoints
-from gradstore.gradients import reference_per_example_gradients
-from gradstore.modeling import load_base_model, load_lora_adapter
-from gradstore.projection import DenseReferenceProjector
 from tiny_assets import save_tiny_llama
 
 from gradstore.build import (
@@ -19,6 +16,7 @@ from gradstore.build import (
     featurize_shard,
     plan_shards,
 )
+from gradstore.checkpoints import load_adam_moments, load_checkpoints
 from gradstore.config import BuildConfig, LoraConfig, ProjectionConfig, WarmupConfig
 from gradstore.errors import (
     InvalidInputError,
@@ -28,7 +26,11 @@ from gradstore.errors import (
 )
 from gradstore.examples import load_examples, read_jsonl
 from gradstore.files import sha256_file
+from gradstore.gradients import reference_per_example_gradients
+from gradstore.modeling import load_base_model, load_lora_adapter
+from gradstore.projection import DenseReferenceProjector, SparseJLProjector
 from gradstore.query import QueryEngine
+from gradstore.search import FeatureScanner, top_k
 from gradstore.selection import run_selection
 from gradstore.store import Datastore
 from gradstore.tokenization import ExampleEncoder
@@ -60,13 +62,16 @@ def pool_records(n: int = 24) -> list[dict]:
     return records
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
+@pytest.fixture(scope="module", params=["sjlt", "rademacher"])
+def built(request, tmp_path_factory):
     root = tmp_path_factory.mktemp("build")
     model_dir = save_tiny_llama(root / "model")
     dataset = root / "pool.jsonl"
     dataset.write_text("".join(json.dumps(r) + "\n" for r in pool_records()))
-    summary, manifest = build_all(root / "store", dataset, model_dir, CONFIG, progress=False)
+    config = CONFIG.model_copy(
+        update={"projection": ProjectionConfig(dim=256, seed=3, kind=request.param)}
+    )
+    summary, manifest = build_all(root / "store", dataset, model_dir, config, progress=False)
     return root, summary, manifest
 
 
@@ -87,8 +92,13 @@ def test_build_reports_skips_and_writes_a_complete_manifest(built):
     assert abs(sum(c.weight for c in manifest.checkpoints) - 1) < 1e-6
     assert manifest.dim == 256 and manifest.kinds == ["adam", "sgd"]
     store = root / "store"
-    for relative, digest in manifest.files.items():
-        assert sha256_file(store / relative) == digest
+    for relative, entry in manifest.files.items():
+        assert sha256_file(store / relative) == entry.sha256
+        assert (store / relative).stat().st_size == entry.size
+    assert not list(store.rglob("*.faiss"))  # exact search: the fp16 shards are the index
+    for relative in manifest.files:
+        if relative.startswith("features/"):
+            assert np.load(store / relative).dtype == np.float16
     assert Datastore.open(store).ids[0] == "rev-0"
 
 
@@ -98,10 +108,10 @@ def test_rerunning_a_shard_gives_identical_bytes(built):
     before = Datastore.open(store).manifest.files
     result = featurize_shard(store, shard)
     for relative, digest in result.files.items():
-        assert before[relative] == digest
+        assert before[relative].sha256 == digest
 
 
-def reference_features(model_dir, checkpoint, examples, adam: bool) -> np.ndarray:
+def reference_features(model_dir, checkpoint, examples, adam: bool, kind: str) -> np.ndarray:
     """Slow path: autograd one example at a time, Adam formula by hand, dense projection."""
     base = load_base_model(model_dir, torch.device("cpu"))
     model = load_lora_adapter(base, checkpoint.path)
@@ -109,8 +119,11 @@ def reference_features(model_dir, checkpoint, examples, adam: bool) -> np.ndarra
     if adam:
         m, v = (t.double() for t in load_adam_moments(checkpoint.path, model))
         grads = (0.9 * m + 0.1 * grads) / torch.sqrt(0.999 * v + 0.001 * grads**2 + 1e-8)
-    projector = DenseReferenceProjector(grads.shape[1], CONFIG.projection.dim, 3)
-    projected = projector.project(grads.float()).double()
+    if kind == "rademacher":
+        matrix = DenseReferenceProjector(grads.shape[1], CONFIG.projection.dim, 3).matrix
+    else:
+        matrix = SparseJLProjector(grads.shape[1], CONFIG.projection.dim, 3).matrix().double()
+    projected = grads @ matrix
     return (projected / projected.norm(dim=1, keepdim=True)).numpy()
 
 
@@ -131,8 +144,9 @@ def test_less_matches_a_brute_force_reference(built):
     groups = {"add": [0, 1], "rev": [2]}
     scores = np.full((len(pool_tok), len(groups)), 0.0)
     for weight, checkpoint in zip(weights, checkpoints, strict=True):
-        f = reference_features(root / "model", checkpoint, pool_tok, adam=True)
-        q = reference_features(root / "model", checkpoint, target_tok, adam=False)
+        kind = manifest.projection["kind"]
+        f = reference_features(root / "model", checkpoint, pool_tok, adam=True, kind=kind)
+        q = reference_features(root / "model", checkpoint, target_tok, adam=False, kind=kind)
         for j, positions in enumerate(groups.values()):
             scores[:, j] += weight * (f @ q[positions].T).mean(axis=1)
     best = scores.max(axis=1)
@@ -151,6 +165,7 @@ def test_less_matches_a_brute_force_reference(built):
 
 def test_index_search_equals_exact_search_on_stored_features(built):
     engine = QueryEngine(Datastore.open(built[0] / "store"))
+    assert engine.index("adam") is None  # a Flat store is searched exactly
     for options in ({}, {"pool_features": "sgd"}, {"aggregate": "mean"}, {"checkpoints": [2]}):
         fast = run_selection(engine, TARGETS, "less", top_k=6, options=options)
         exact = run_selection(
@@ -160,6 +175,49 @@ def test_index_search_equals_exact_search_on_stored_features(built):
         np.testing.assert_allclose(
             [s.score for s in fast.selected], [s.score for s in exact.selected], rtol=1e-5
         )
+
+
+def test_scan_equals_brute_force_over_the_stored_features(built):
+    """The blockwise scan: all subtasks at once, equal to one dense fp64 product."""
+    store = Datastore.open(built[0] / "store")
+    rng = np.random.default_rng(0)
+    queries = rng.standard_normal((3, 2, 256)).astype(np.float32)
+    dense = np.concatenate([store.features("adam", c) for c in (1, 2)], axis=1)
+    expected = dense.astype(np.float64) @ queries.reshape(3, -1).T.astype(np.float64)
+    for block_rows in (1, 5, 256):
+        with patch("gradstore.search.BLOCK_ROWS", block_rows):
+            got = FeatureScanner(store).scores("adam", queries)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(store.rows("adam", np.array([5, 0, 23])), dense[[5, 0, 23]])
+
+
+def test_top_k_breaks_ties_by_row_and_equals_a_full_sort():
+    scores = np.array([0.5, 0.9, 0.5, 0.9, 0.1, 0.5], dtype=np.float32)
+    assert top_k(scores, 4).tolist() == [1, 3, 0, 2]
+    assert top_k(scores, 10).tolist() == [1, 3, 0, 2, 5, 4]
+    random = np.random.default_rng(1).integers(0, 20, size=500).astype(np.float32)
+    for k in (1, 7, 250, 500):
+        assert top_k(random, k).tolist() == np.lexsort((np.arange(500), -random))[:k].tolist()
+
+
+def test_an_approximate_faiss_index_is_built_by_streaming_and_rescored(built, tmp_path):
+    import shutil
+
+    copy = tmp_path / "store"
+    shutil.copytree(built[0] / "store", copy)
+    spec = json.loads((copy / "build.json").read_text())
+    spec["config"]["index_factory"] = "IVF1,Flat"  # one list: approximate path, exact answer
+    (copy / "build.json").write_text(json.dumps(spec))
+    (copy / "manifest.json").unlink()
+    manifest = build_index(copy)
+    assert [e.file for e in manifest.indexes] == ["index/adam.faiss", "index/sgd.faiss"]
+    engine = QueryEngine(Datastore.open(copy))
+    assert engine.index("adam").ntotal == 24
+    exact = QueryEngine(Datastore.open(built[0] / "store"))
+    for options in ({}, {"aggregate": "mean"}):
+        got = run_selection(engine, TARGETS, "less", top_k=6, options=options)
+        want = run_selection(exact, TARGETS, "less", top_k=6, options=options)
+        assert [s.id for s in got.selected] == [s.id for s in want.selected]
 
 
 def test_fraction_budget_and_baselines(built):
@@ -190,11 +248,20 @@ def test_tampered_or_unfinished_stores_are_refused(built, tmp_path):
 
     copy = tmp_path / "store"
     shutil.copytree(built[0] / "store", copy)
+    engine = QueryEngine(Datastore.open(copy))
+    run_selection(engine, TARGETS, "less", top_k=3)
     shard_file = next((copy / "features").rglob("*.npy"))
     data = bytearray(shard_file.read_bytes())
     data[-1] ^= 0xFF
-    shard_file.write_bytes(bytes(data))
+    with open(shard_file, "r+b") as handle:  # in place: the mapped pages change too
+        handle.write(bytes(data))
+    with pytest.raises(ManifestMismatchError, match="changed on disk"):
+        run_selection(engine, TARGETS, "less", top_k=3)
+    Datastore.open(copy)  # same size: opening is a stat per file, the bytes are not read
     with pytest.raises(ManifestMismatchError, match="does not match its checksum"):
+        Datastore.open(copy, verify=True)
+    shard_file.write_bytes(bytes(data[:-2]))
+    with pytest.raises(ManifestMismatchError, match=r"has \d+ bytes, the manifest promised \d+"):
         Datastore.open(copy)
     shard_file.unlink()
     with pytest.raises(ManifestMismatchError, match="is missing"):
@@ -204,3 +271,41 @@ def test_tampered_or_unfinished_stores_are_refused(built, tmp_path):
         Datastore.open(copy)
     with pytest.raises(NotReadyError, match="not done"):
         build_index(copy)
+
+
+def test_a_schema_1_store_opens_and_ranks_as_before(built, tmp_path):
+    """Stores of the first format (dense projection, fp32 FAISS copy) are still served."""
+    import shutil
+
+    import faiss
+
+    root, _, manifest = built
+    if manifest.projection["kind"] != "rademacher":
+        pytest.skip("schema 1 stores were all built with the dense projection")
+    copy = tmp_path / "store"
+    shutil.copytree(root / "store", copy)
+    raw = json.loads((copy / "manifest.json").read_text())
+    store = Datastore.open(root / "store")
+    (copy / "index").mkdir()
+    for kind in ("adam", "sgd"):  # what schema 1 wrote: an fp32 Flat index of everything
+        vectors = np.concatenate([store.features(kind, c) for c in (1, 2)], axis=1)
+        index = faiss.IndexFlatIP(vectors.shape[1])
+        index.add(vectors)
+        faiss.write_index(index, str(copy / f"index/{kind}.faiss"))
+        raw["files"][f"index/{kind}.faiss"] = {"sha256": sha256_file(copy / f"index/{kind}.faiss")}
+    raw["schema_version"] = 1
+    raw["files"] = {path: entry["sha256"] for path, entry in raw["files"].items()}
+    raw["indexes"] = [{**e, "file": f"index/{e['kind']}.faiss"} for e in raw["indexes"]]
+    del raw["projection"]["kind"], raw["config"]["projection"]["kind"]
+    (copy / "manifest.json").write_text(json.dumps(raw))
+    old = Datastore.open(copy, verify=True)
+    assert old.manifest.schema_version == 2 and old.manifest.projection["kind"] == "rademacher"
+    assert old.manifest.config.projection.kind == "rademacher"
+    assert old.index("adam") is None  # the fp32 copy is ignored: the shards are scanned
+    got = run_selection(QueryEngine(old), TARGETS, "less", top_k=8)
+    want = run_selection(QueryEngine(store), TARGETS, "less", top_k=8)
+    assert [s.id for s in got.selected] == [s.id for s in want.selected]
+    raw["schema_version"] = 7
+    (copy / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(ManifestMismatchError, match=r"schema version 7 .* rebuild"):
+        Datastore.open(copy)

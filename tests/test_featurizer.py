@@ -13,7 +13,13 @@ from transformers import AutoModelForCausalLM
 from gradstore.featurizer import CheckpointFeaturizer
 from gradstore.gradients import reference_per_example_gradients
 from gradstore.preconditioner import AdamPreconditioner
-from gradstore.projection import RademacherProjector
+from gradstore.projection import (
+    PROJECTION_KINDS,
+    DenseReferenceProjector,
+    RademacherProjector,
+    SparseJLProjector,
+    make_projector,
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,22 +49,32 @@ def test_batched_features_equal_the_one_at_a_time_loop(model):
     assert not np.allclose(fast["adam"], fast["sgd"], atol=1e-2)
 
 
-def test_streamed_projection_buffers_batches_and_gives_the_same_features(model):
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda n: SparseJLProjector(n, 256, 1),
+        lambda n: SparseJLProjector(n, 256, 1, cache_bytes=0),
+        lambda n: RademacherProjector(n, 256, 1, block_rows=1000, cache_bytes=0),
+    ],
+    ids=["sjlt", "sjlt-uncached", "rademacher-streamed"],
+)
+def test_module_by_module_projection_equals_the_whole_gradient_reference(model, make):
+    """Per-module Adam + projection inside backward = whole gradient, Adam, dense matrix."""
     batch = examples([5, 13, 8, 22, 3, 16, 10, 7, 19], seed=4)
     n = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    cached = RademacherProjector(n, 256, 1)
-    streamed = RademacherProjector(n, 256, 1, block_rows=1000, cache_bytes=0)
+    projector = make(n)
     adam = AdamPreconditioner(*moments(n))
-    reference = CheckpointFeaturizer(model, cached, adam, 0, batch_size=1)
-    expected = reference.featurize_one_at_a_time(batch, kinds=("sgd", "adam"))
-    buffered = CheckpointFeaturizer(model, streamed, adam, 0, batch_size=2)
-    assert buffered.projection_rows > len(batch)  # all nine rows wait for one projection
-    per_batch = CheckpointFeaturizer(model, streamed, adam, 0, batch_size=2, projection_rows=3)
-    for featurizer in (buffered, per_batch):
-        got = featurizer.featurize(batch, kinds=("sgd", "adam"))
-        assert list(got) == ["sgd", "adam"]
-        for kind in ("adam", "sgd"):
-            np.testing.assert_allclose(got[kind], expected[kind], atol=1e-4)
+    grads = reference_per_example_gradients(model, batch, 0)
+    dense = DenseReferenceProjector(n, 256, 1) if projector.kind == "rademacher" else None
+    matrix = dense.matrix if dense is not None else projector.matrix().double()
+    for kinds in (("sgd", "adam"), ("adam",), ("sgd",)):
+        featurizer = CheckpointFeaturizer(model, projector, adam, 0, batch_size=2)
+        got = featurizer.featurize(batch, kinds=kinds)
+        assert list(got) == list(kinds)
+        for kind in kinds:
+            rows = adam(grads) if kind == "adam" else grads
+            expected = torch.nn.functional.normalize((rows.double() @ matrix).float()).numpy()
+            np.testing.assert_allclose(got[kind], expected, atol=1e-4)
         assert featurizer.timings["gradient_s"] > 0 and featurizer.timings["projection_s"] > 0
 
 
@@ -73,13 +89,14 @@ def test_kinds_are_checked(model):
     assert featurizer.featurize(batch, kinds=("sgd",))["sgd"].shape == (2, 64)
 
 
-def test_projected_less_ranking_keeps_the_unprojected_one(model):
+@pytest.mark.parametrize("kind", PROJECTION_KINDS)
+def test_projected_less_ranking_keeps_the_unprojected_one(model, kind):
     """Spearman ≥ 0.9 between LESS scores with and without projection at d = 8192."""
     pool = examples([int(x) for x in np.random.default_rng(0).integers(4, 30, size=60)], seed=5)
     targets = examples([8, 15, 11], seed=9)
     n = sum(p.numel() for p in model.parameters() if p.requires_grad)
     adam = AdamPreconditioner(*moments(n))
-    projector = RademacherProjector(n, 8192, 0)
+    projector = make_projector(kind, n, 8192, 0)
     pool_raw = torch.nn.functional.normalize(adam(reference_per_example_gradients(model, pool, 0)))
     target_raw = torch.nn.functional.normalize(reference_per_example_gradients(model, targets, 0))
     exact = (pool_raw @ target_raw.T).mean(dim=1).numpy()

@@ -6,10 +6,14 @@ import pytest
 import torch
 
 from gradstore.projection import (
+    PROJECTION_KINDS,
     DenseReferenceProjector,
     RademacherProjector,
+    SparseJLProjector,
+    make_projector,
     rademacher_block,
     rademacher_signs,
+    sjlt_entries,
 )
 
 
@@ -75,3 +79,72 @@ def test_cosines_are_preserved_within_jl_tolerance():
     cos_raw = raw[1:] @ raw[0]
     cos_proj = projected[1:] @ projected[0]
     assert (cos_raw - cos_proj).abs().max().item() < 4 / 8192**0.5
+
+
+def _splitmix64_python(x: int) -> int:
+    """splitmix64's finaliser on Python ints modulo 2^64: an independent reference."""
+    mask = (1 << 64) - 1
+    x &= mask
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & mask
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & mask
+    return x ^ (x >> 31)
+
+
+def _sjlt_entry_python(seed: int, row: int, dim: int) -> tuple[int, float]:
+    seed_key = _splitmix64_python(seed ^ 0x5A17)
+    word = _splitmix64_python(row * 0x9E3779B97F4A7C15 + seed_key)
+    return (word >> 1) % dim, -1.0 if word & 1 else 1.0
+
+
+@pytest.mark.parametrize("dim", [1, 100, 8192])
+def test_sjlt_entries_equal_the_integer_definition(dim):
+    for seed in (0, 7, 2**40 + 3):
+        rows = [0, 1, 2, 63, 64, 1000, 2**31 + 5, 17_000_000]
+        columns, signs = sjlt_entries(seed, torch.tensor(rows), dim)
+        expected = [_sjlt_entry_python(seed, row, dim) for row in rows]
+        assert columns.tolist() == [c for c, _ in expected]
+        assert signs.tolist() == [s for _, s in expected]
+
+
+def test_sjlt_slices_add_up_to_the_dense_matrix():
+    """Accumulating module slices in any order equals x @ S with S built densely."""
+    x = torch.randn(5, 700, generator=torch.Generator().manual_seed(1))
+    for cache_bytes in (0, 1 << 20):
+        projector = SparseJLProjector(700, 96, 4, cache_bytes=cache_bytes)
+        dense = projector.matrix()
+        assert torch.equal((dense != 0).sum(dim=1), torch.ones(700, dtype=torch.int64))
+        expected = x.double() @ dense.double()
+        out = torch.zeros(5, 96)
+        for start, end in [(400, 700), (0, 123), (123, 400)]:
+            projector.accumulate(out, x[:, start:end].clone(), start, reuse_input=True)
+        torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(projector.project(x).double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_sjlt_columns_are_uniform_and_signs_balanced():
+    columns, signs = sjlt_entries(0, torch.arange(200_000), 256)
+    counts = torch.bincount(columns, minlength=256).double()
+    expected = 200_000 / 256
+    assert ((counts - expected).abs() < 5 * expected**0.5).all()  # within 5 sigma per column
+    assert abs(signs.mean().item()) < 0.01
+
+
+@pytest.mark.parametrize("kind", PROJECTION_KINDS)
+def test_slices_outside_the_input_are_refused(kind):
+    projector = make_projector(kind, 50, 8, 0)
+    with pytest.raises(ValueError, match="outside"):
+        projector.accumulate(torch.zeros(1, 8), torch.ones(1, 10), 45)
+
+
+def test_sjlt_preserves_cosines_within_jl_tolerance():
+    generator = torch.Generator().manual_seed(0)
+    base = torch.randn(1, 20000, generator=generator)
+    noise = torch.randn(6, 20000, generator=generator)
+    x = torch.cat([base + t * noise[i : i + 1] for i, t in enumerate([0.2, 0.5, 1, 2, 4, 8])])
+    x = torch.cat([base, x])
+    raw = torch.nn.functional.normalize(x, dim=1)
+    projected = torch.nn.functional.normalize(SparseJLProjector(20000, 8192, 0).project(x), dim=1)
+    error = (raw[1:] @ raw[0] - projected[1:] @ projected[0]).abs().max().item()
+    assert error < 4 / 8192**0.5

@@ -2,9 +2,10 @@
 
 score(z) = max_j Σ_i η_i ⟨q̄_ij, f_i(z)⟩ with f_i the stored (Adam-preconditioned, projected,
 normalised) pool features and q̄_ij the mean of subtask j's normalised target gradients at
-checkpoint i (the mean is not renormalised, as in the reference). Each subtask is one
-search of the concatenated-feature index; the top-k of the max over subtasks lies in the
-union of the per-subtask top-k, which is then scored exactly and ranked.
+checkpoint i (the mean is not renormalised, as in the reference). The exact search scores
+every subtask in one pass over the stored features (``FeatureScanner``). A store with an
+approximate FAISS index can search it instead (``search: "index"``): the top-k of the max
+over subtasks lies in the union of the per-subtask top-k, which is then rescored exactly.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from gradstore.errors import InvalidInputError
 from gradstore.examples import Example
 from gradstore.index import search
 from gradstore.query import QueryEngine
+from gradstore.search import top_k
 from gradstore.selection.base import (
     MethodOptions,
     Selected,
@@ -39,7 +41,9 @@ class LessOptions(MethodOptions):
         "adam", description="Pool feature kind: Adam-preconditioned (reference) or plain."
     )
     search: Literal["index", "exact"] = Field(
-        "index", description="The FAISS index, or a brute-force product over all features."
+        "index",
+        description="The store's index: exact for 'Flat' stores, the approximate FAISS index "
+        "otherwise (candidates rescored exactly); or 'exact' to scan every row.",
     )
 
 
@@ -94,21 +98,23 @@ class Less(SelectionMethod):
             search_queries = queries
 
         started = time.perf_counter()
-        if options.search == "index":
-            index = engine.index(options.pool_features)
+        index = engine.index(options.pool_features) if options.search == "index" else None
+        if index is not None:
             _, found = search(index, search_queries, k)
             candidates = np.unique(found[found >= 0])
-            vectors = index.reconstruct_batch(candidates.astype(np.int64))
+            vectors = engine.datastore.rows(options.pool_features, candidates)
+            per_subtask = vectors @ queries.T
         else:
-            vectors = engine.datastore.concatenated_features(options.pool_features)
-            candidates = np.arange(vectors.shape[0])
-        per_subtask = vectors @ queries.T
+            candidates = np.arange(manifest.num_examples)
+            per_subtask = engine.scanner.scores(
+                options.pool_features, queries.reshape(len(queries), len(weights), -1)
+            )
         # the mean query's score is the mean of the subtask scores: no second product
         scores = per_subtask.max(axis=1) if options.aggregate == "max" else per_subtask.mean(axis=1)
         timings["search"] = (time.perf_counter() - started) * 1000
 
         started = time.perf_counter()
-        best = rank(scores, candidates, k)
+        best = top_k(scores, k) if index is None else rank(scores, candidates, k)
         names = list(groups)
         ids = engine.datastore.ids
         selected = [

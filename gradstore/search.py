@@ -1,0 +1,117 @@
+"""Exact inner-product scores of many queries against the stored features, block by block.
+
+LESS scores Σ_i η_i ⟨q_i, f_i(z)⟩ for every subtask. One pass over the memory-mapped fp16
+shards computes all subtasks at once: each block of rows is widened to fp32 in a small
+reused buffer (it stays in cache) and multiplied by the (subtasks × dim) queries of its
+checkpoint, so the pool is read once per query, never copied whole, and the (n, subtasks)
+score matrix is all that is kept. On a CUDA device the shards are copied to the GPU once
+(while they fit its free memory) and every later query is a few matrix products there.
+
+Why not a FAISS flat index: it holds its own fp32 copy of the vectors (3× the fp16 store),
+scans once per query for fewer than 20 queries, and on a GPU returns at most 2048 rows per
+query, while LESS needs every subtask's score of every row (max over subtasks, then top
+5%). ``bench/query.py`` measures both. FAISS serves the approximate factories instead.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from gradstore.store import Datastore, FeatureBlock
+
+BLOCK_ROWS = 256  # rows widened to fp32 at a time on CPU: 8 MiB at d = 8192, cache-resident
+
+
+class FeatureScanner:
+    """Scores (n, m) of m concatenated-checkpoint queries against every stored row."""
+
+    def __init__(
+        self,
+        datastore: Datastore,
+        device: str | torch.device = "cpu",
+        gpu_cache_fraction: float = 0.8,
+    ):
+        self.datastore = datastore
+        self.device = torch.device(device)
+        self.gpu_cache_fraction = gpu_cache_fraction
+        self._on_device: dict[tuple[str, int, int], torch.Tensor] = {}
+
+    def scores(self, kind: str, queries: np.ndarray) -> np.ndarray:
+        """``queries`` (m, N_checkpoints, dim) float32 → (n, m) float32: Σ_i ⟨q_ji, f_i(z)⟩."""
+        manifest = self.datastore.manifest
+        expected = (len(manifest.checkpoints), manifest.dim)
+        if queries.ndim != 3 or queries.shape[1:] != expected:
+            raise ValueError(f"queries must be (m, {expected[0]}, {expected[1]})")
+        per_checkpoint = [
+            torch.from_numpy(np.ascontiguousarray(queries[:, i], dtype=np.float32)).to(self.device)
+            for i in range(queries.shape[1])
+        ]
+        self.datastore.check_unchanged()
+        out = torch.empty(manifest.num_examples, queries.shape[0], device=self.device)
+        for block in self.datastore.feature_blocks(kind):
+            if self.device.type == "cuda":
+                self._score_on_device(kind, block, per_checkpoint, out)
+            else:
+                self._score_on_cpu(block, per_checkpoint, out)
+        return out.cpu().numpy()
+
+    def _score_on_cpu(
+        self, block: FeatureBlock, queries: list[torch.Tensor], out: torch.Tensor
+    ) -> None:
+        buffer = torch.empty(BLOCK_ROWS, queries[0].shape[1])
+        partial = torch.empty(BLOCK_ROWS, queries[0].shape[0])
+        for start in range(0, block.end - block.start, BLOCK_ROWS):
+            end = min(start + BLOCK_ROWS, block.end - block.start)
+            target = out[block.start + start : block.start + end]
+            for i, array in enumerate(block.arrays):
+                rows = buffer[: end - start]
+                rows.copy_(_as_tensor(array[start:end]))
+                if i == 0:
+                    torch.mm(rows, queries[i].t(), out=target)
+                else:
+                    torch.mm(rows, queries[i].t(), out=partial[: end - start])
+                    target.add_(partial[: end - start])
+
+    def _score_on_device(
+        self, kind: str, block: FeatureBlock, queries: list[torch.Tensor], out: torch.Tensor
+    ) -> None:
+        target = out[block.start : block.end]
+        target.zero_()
+        for i, array in enumerate(block.arrays):
+            rows = self._device_rows(kind, i, block, array)
+            target.addmm_(rows.float(), queries[i].t())
+
+    def _device_rows(
+        self, kind: str, checkpoint: int, block: FeatureBlock, array: np.ndarray
+    ) -> torch.Tensor:
+        key = (kind, checkpoint, block.start)
+        if key in self._on_device:
+            return self._on_device[key]
+        rows = _as_tensor(array).to(self.device)
+        free, total = torch.cuda.mem_get_info(self.device)
+        if free - rows.numel() * rows.element_size() > (1 - self.gpu_cache_fraction) * total:
+            self._on_device[key] = rows
+        return rows
+
+
+def _as_tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor view of a read-only memory map: torch only reads it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "array is not writable": never written
+        return torch.from_numpy(array)
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Rows of the ``k`` best scores, best first, ties broken by the smaller row."""
+    n = scores.shape[0]
+    k = min(k, n)
+    if k < n:
+        threshold = np.partition(scores, n - k)[n - k]
+        candidates = np.flatnonzero(scores >= threshold)
+    else:
+        candidates = np.arange(n)
+    order = np.lexsort((candidates, -scores[candidates].astype(np.float64)))
+    return candidates[order[:k]]
