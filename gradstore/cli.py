@@ -63,6 +63,9 @@ def build(
     out: Annotated[Path, typer.Option(help="Datastore directory to create.")],
     projection_dim: Annotated[int, typer.Option(help="Projected dimension d.")] = 8192,
     projection_seed: Annotated[int, typer.Option(help="Seed of the projection.")] = 0,
+    projection_kind: Annotated[
+        str, typer.Option(help="sjlt (sparse JL, O(P) per example) or rademacher (dense).")
+    ] = "sjlt",
     lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 128,
     lora_alpha: Annotated[float | None, typer.Option(help="LoRA alpha (default 4·r).")] = None,
     lora_target: Annotated[
@@ -92,6 +95,7 @@ def build(
 ) -> None:
     """Build a LESS datastore: warmup, per-example gradients at each checkpoint, FAISS index."""
     from gradstore.build import build_all
+    from gradstore.threads import threads_per_process, use_threads
 
     config = BuildConfig(
         lora=LoraConfig(
@@ -105,12 +109,17 @@ def build(
             batch_size=warmup_batch_size,
             gradient_accumulation=gradient_accumulation,
         ),
-        projection=ProjectionConfig(dim=projection_dim, seed=projection_seed),
+        projection=ProjectionConfig(
+            dim=projection_dim,
+            seed=projection_seed,
+            kind=projection_kind,  # type: ignore[arg-type]
+        ),
         max_seq_len=max_seq_len,
         batch_size=batch_size,
         dtype=dtype,  # type: ignore[arg-type]
         pool_features=pool_features or ["adam"],  # type: ignore[arg-type]
     )
+    use_threads(threads_per_process(1))  # GRADSTORE_TORCH_THREADS, else every usable core
     summary, manifest = build_all(out, dataset, model, config, warmup_from or ())
     typer.echo(f"datastore ready at {out}")
     typer.echo(
@@ -120,6 +129,21 @@ def build(
     )
     for skipped in summary.skipped[:10]:
         typer.echo(f"  skipped {skipped.id}: {skipped.reason}")
+
+
+@app.command()
+def verify(
+    store: Annotated[Path, typer.Argument(help="Datastore directory.")],
+) -> None:
+    """Check every file of a ready datastore against its manifest's sha256 (reads it all).
+
+    Opening a store for queries only checks that every file exists with its size; run this
+    after copying a store or when its disk is suspect.
+    """
+    from gradstore.store import Datastore
+
+    datastore = Datastore.open(store, verify=True)
+    typer.echo(f"{store}: {len(datastore.manifest.files)} files match the manifest")
 
 
 @app.command()

@@ -81,6 +81,7 @@ def serve(
     """Embedded mode: migrations, the API and worker processes, SQLite by default."""
     import uvicorn
 
+    from gradstore.threads import THREADS_ENV, threads_per_process
     from migrations import upgrade
     from service.app import create_app
     from service.db import make_engine, make_sessionmaker
@@ -89,6 +90,11 @@ def serve(
 
     settings = _settings(data_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if not settings.torch_threads:  # the API and the workers divide this host's cores
+        worker_threads = threads_per_process(max(1, workers))
+        api_threads = threads_per_process(workers + 1)
+        settings = settings.model_copy(update={"torch_threads": api_threads})
+        os.environ[THREADS_ENV] = str(worker_threads)  # inherited by the worker processes
     upgrade(settings.database_url)
     factory = make_sessionmaker(make_engine(settings.database_url))
     freed = release_dead_local_leases(factory, socket.gethostname())

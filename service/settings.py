@@ -25,8 +25,9 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(
         None,
         ge=1,
-        description="CPU threads per process for torch (default: torch's); on a shared CPU, "
-        "cores divided by the processes (API + workers), since more threads only contend.",
+        description="CPU threads per process for torch (default: the cores this process may "
+        "use, divided by the processes of `gradstore serve` that share them), since more "
+        "threads than cores only contend.",
     )
     lease_seconds: float = Field(120.0, description="A worker's claim on a unit lasts this long.")
     heartbeat_seconds: float = Field(15.0, description="How often a live worker renews it.")
@@ -64,9 +65,8 @@ def get_settings() -> Settings:
     return Settings()
 
 
-def apply_torch_threads(settings: Settings) -> None:
-    """Limit torch's CPU threads in this process when configured."""
-    if settings.torch_threads:
-        import torch
+def apply_torch_threads(settings: Settings, processes: int = 1) -> None:
+    """torch's CPU threads here: as configured, else this host's cores over ``processes``."""
+    from gradstore.threads import threads_per_process, use_threads
 
-        torch.set_num_threads(settings.torch_threads)
+    use_threads(settings.torch_threads or threads_per_process(processes))
