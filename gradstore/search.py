@@ -22,7 +22,7 @@ import torch
 
 from gradstore.store import Datastore, FeatureBlock
 
-BLOCK_ROWS = 256  # rows widened to fp32 at a time on CPU: 8 MiB at d = 8192, cache-resident
+BLOCK_ROWS = 128  # rows widened to fp32 at a time on CPU: 4 MiB at d = 8192, stays in cache
 
 
 class FeatureScanner:
@@ -51,18 +51,24 @@ class FeatureScanner:
         ]
         self.datastore.check_unchanged()
         out = torch.empty(manifest.num_examples, queries.shape[0], device=self.device)
+        # reused for every block: a fresh large allocation would page-fault each time
+        buffer = torch.empty(BLOCK_ROWS, manifest.dim)
+        partial = torch.empty(BLOCK_ROWS, queries.shape[0])
         for block in self.datastore.feature_blocks(kind):
             if self.device.type == "cuda":
                 self._score_on_device(kind, block, per_checkpoint, out)
             else:
-                self._score_on_cpu(block, per_checkpoint, out)
+                self._score_on_cpu(block, per_checkpoint, out, buffer, partial)
         return out.cpu().numpy()
 
     def _score_on_cpu(
-        self, block: FeatureBlock, queries: list[torch.Tensor], out: torch.Tensor
+        self,
+        block: FeatureBlock,
+        queries: list[torch.Tensor],
+        out: torch.Tensor,
+        buffer: torch.Tensor,
+        partial: torch.Tensor,
     ) -> None:
-        buffer = torch.empty(BLOCK_ROWS, queries[0].shape[1])
-        partial = torch.empty(BLOCK_ROWS, queries[0].shape[0])
         for start in range(0, block.end - block.start, BLOCK_ROWS):
             end = min(start + BLOCK_ROWS, block.end - block.start)
             target = out[block.start + start : block.start + end]
