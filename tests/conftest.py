@@ -87,3 +87,15 @@ def postgres_url() -> str:
     with engine.begin() as connection:
         connection.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
     engine.dispose()
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """GPU tests run only where CUDA is present (never in CI, which has no GPU)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (run with `pytest -m gpu` on a GPU host)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
