@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -37,7 +38,6 @@ from gradstore.files import (
 )
 from gradstore.index import (
     build_faiss_index_streaming,
-    check_factory,
     is_exact,
     train_sample_rows,
     write_index,
@@ -60,6 +60,7 @@ from gradstore.store import (
     write_manifest,
 )
 from gradstore.tokenization import ExampleEncoder, SkippedExample
+from gradstore.validation import check_build_request, warmup_warning
 
 CHECKPOINTS_DONE = "checkpoints/complete.json"
 ProgressCallback = Callable[[int], None]
@@ -69,6 +70,7 @@ ProgressCallback = Callable[[int], None]
 class PrepareSummary:
     num_examples: int
     skipped: list[SkippedExample]
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -104,10 +106,7 @@ def prepare(
     root, model_dir = Path(store_dir), Path(model_dir)
     if not model_dir.is_dir():
         raise InvalidInputError(f"model path {model_dir} is not a local directory")
-    for directory in warmup_from:
-        if not Path(directory).is_dir():
-            raise InvalidInputError(f"--warmup-from {directory} is not a directory")
-    check_factory(config.index_factory)
+    check_build_request(model_dir, config, [Path(d) for d in warmup_from])
     tokenizer = load_tokenizer(model_dir)
     encoder = ExampleEncoder(tokenizer, config.max_seq_len, config.template)
     root.mkdir(parents=True, exist_ok=True)
@@ -137,7 +136,8 @@ def prepare(
         warmup_from=[str(Path(d).resolve()) for d in warmup_from],
     )
     atomic_write_json(root / "build.json", spec.model_dump(mode="json"))
-    return PrepareSummary(len(ids), skipped)
+    warning = None if warmup_from else warmup_warning(len(ids), config)
+    return PrepareSummary(len(ids), skipped, [warning] if warning else [])
 
 
 def run_warmup_stage(
@@ -315,6 +315,8 @@ def build_all(
     from tqdm import tqdm
 
     summary = prepare(store_dir, dataset_path, model_dir, config, warmup_from)
+    for warning in summary.warnings if progress else ():
+        tqdm.write(f"warning: {warning}", file=sys.stderr)
     run_warmup_stage(store_dir, device=device, progress=progress)
     shards = [s for s in plan_shards(store_dir) if not shard_done(store_dir, s)]
     total = sum(s.end - s.start for s in shards)

@@ -107,7 +107,7 @@ def default_target_modules(model: nn.Module) -> list[str]:
         name for name, module in model.named_modules() if isinstance(module, nn.Linear | Conv1D)
     }
     for targets in [_LLAMA_LIKE, *_TARGETS_BY_TYPE.values()]:
-        if all(any(_matches(name, t) for name in linear_names) for t in targets):
+        if all(any(matches_target(name, t) for name in linear_names) for t in targets):
             return list(targets)
     raise InvalidInputError(
         f"cannot choose LoRA target modules for model type {model_type!r}: none of the known "
@@ -116,7 +116,7 @@ def default_target_modules(model: nn.Module) -> list[str]:
     )
 
 
-def _matches(module_name: str, target: str) -> bool:
+def matches_target(module_name: str, target: str) -> bool:
     """PEFT's rule for a list of target names: the module name ends with ``.target``."""
     return module_name == target or module_name.endswith("." + target)
 
@@ -128,7 +128,7 @@ def attach_new_lora(model: PreTrainedModel, lora: LoraConfig, seed: int) -> Peft
     """
     targets = list(lora.target_modules or default_target_modules(model))
     conv1d = any(
-        isinstance(module, Conv1D) and any(_matches(name, t) for t in targets)
+        isinstance(module, Conv1D) and any(matches_target(name, t) for t in targets)
         for name, module in model.named_modules()
     )
     config = PeftLoraConfig(
