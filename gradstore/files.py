@@ -43,19 +43,7 @@ def fsync_dir(path: str | Path) -> None:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> str:
     """Write ``data`` to ``path`` atomically; return its sha256."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    atomic_write_file(path, lambda tmp: tmp.write_bytes(data))
     return sha256_bytes(data)
 
 
