@@ -58,6 +58,22 @@ class FeatureScanner:
                 self._score_on_cpu(block, per_checkpoint, out)
         return out.cpu().numpy()
 
+    def artifact_scores(self, name: str, queries: np.ndarray) -> np.ndarray:
+        """``queries`` (m, dim) → (n, m): inner products with a row-sharded array artifact."""
+        blocks = list(self.datastore.artifact_blocks(name))
+        dim = blocks[0].arrays[0].shape[1] if blocks else queries.shape[-1]
+        if queries.ndim != 2 or queries.shape[1] != dim:
+            raise ValueError(f"queries must be (m, {dim})")
+        query = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(self.device)
+        self.datastore.check_unchanged()
+        out = torch.empty(self.datastore.num_examples, queries.shape[0], device=self.device)
+        for block in blocks:
+            if self.device.type == "cuda":
+                self._score_on_device(name, block, [query], out)
+            else:
+                self._score_on_cpu(block, [query], out)
+        return out.cpu().numpy()
+
     def _score_on_cpu(
         self, block: FeatureBlock, queries: list[torch.Tensor], out: torch.Tensor
     ) -> None:
