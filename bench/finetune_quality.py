@@ -17,38 +17,16 @@ from pathlib import Path
 
 import torch
 
-from gradstore.config import LoraConfig
 from gradstore.demo import run_demo
 from gradstore.examples import load_examples, read_jsonl
-from gradstore.gradients import per_example_losses
-from gradstore.modeling import attach_new_lora, load_base_model, load_tokenizer
+from gradstore.modeling import load_tokenizer
 from gradstore.query import QueryEngine
 from gradstore.selection import run_selection
 from gradstore.store import Datastore
-from gradstore.tokenization import ExampleEncoder, collate, pad_token_id
+from gradstore.tokenization import ExampleEncoder, pad_token_id
+from gradstore.toy.finetune import fine_tune_and_evaluate
 
 METHODS = ("less", "bm25", "random")
-
-
-def fine_tune_and_evaluate(model_dir, train, evaluation, pad, epochs, seed=0) -> float:
-    torch.manual_seed(seed)
-    model = attach_new_lora(load_base_model(model_dir, "cpu"), LoraConfig(r=8, alpha=32), seed)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(train), generator=generator).tolist()
-        for start in range(0, len(order), 8):
-            batch = collate([train[i] for i in order[start : start + 8]], pad)
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            per_example_losses(logits.logits, batch["labels"]).mean().backward()
-            optimizer.step()
-            optimizer.zero_grad()
-    model.eval()
-    with torch.no_grad():
-        batch = collate(evaluation, pad)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        return float(per_example_losses(logits.logits, batch["labels"]).mean())
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """Query latency on the toy datastore: p50/p95 of warm selections, per method.
 
-Builds (or reuses) the demo's datastore, warms the query engine once, then times
+Builds (or reuses) the demo's datastore, warms the query engine once per method (the engine
+loads only what each method needs, so the first query of a method pays its loading), then times
 ``--repeats`` selections per toy family with the library call the service makes, and,
 with ``--http``, the same through a running service's ``POST /v1/datastores/{id}/select``.
 
@@ -20,7 +21,7 @@ import torch
 
 from gradstore.demo import TARGETS_PER_FAMILY, run_demo
 from gradstore.query import QueryEngine
-from gradstore.selection import run_selection
+from gradstore.selection import METHODS, run_selection
 from gradstore.store import Datastore
 
 
@@ -47,7 +48,7 @@ def main() -> None:
     load_s = time.perf_counter() - started
     targets = load_examples(report["targets"])
     results = {}
-    for method in ("less", "bm25", "random"):
+    for method in METHODS:
         run_selection(engine, targets[:TARGETS_PER_FAMILY], method=method, fraction=args.fraction)
         latencies, phases = [], {}
         for _ in range(args.repeats):

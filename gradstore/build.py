@@ -26,7 +26,7 @@ from gradstore.checkpoints import (
     load_checkpoints,
 )
 from gradstore.config import BuildConfig
-from gradstore.errors import InvalidInputError, NotReadyError
+from gradstore.errors import InvalidInputError, ManifestMismatchError, NotReadyError
 from gradstore.examples import iter_jsonl
 from gradstore.files import (
     atomic_save_npy,
@@ -45,6 +45,7 @@ from gradstore.index import (
 from gradstore.modeling import load_tokenizer, model_content_hash
 from gradstore.store import (
     SCHEMA_VERSION,
+    ArtifactEntry,
     BuildSpec,
     CheckpointEntry,
     Datastore,
@@ -55,7 +56,10 @@ from gradstore.store import (
     Shard,
     TokenStore,
     TokenWriter,
+    gradient_artifact,
     load_build_spec,
+    manifest_lock,
+    read_manifest,
     utc_now,
     write_manifest,
 )
@@ -63,6 +67,7 @@ from gradstore.tokenization import ExampleEncoder, SkippedExample
 from gradstore.validation import check_build_request, warmup_warning
 
 CHECKPOINTS_DONE = "checkpoints/complete.json"
+ARTIFACTS_DIR = "artifacts"
 ProgressCallback = Callable[[int], None]
 
 
@@ -272,14 +277,47 @@ def build_index(store_dir: str | Path) -> Manifest:
             manifest.indexes.append(IndexEntry(kind=kind, factory=config.index_factory))
         else:
             manifest.indexes.append(_build_approximate_index(root, manifest, kind))
-    remove_stale_temporaries(root)  # leftovers of killed writers are not part of the store
+        manifest.artifacts[gradient_artifact(kind)] = ArtifactEntry(
+            kind="gradient_features",
+            params={"feature_kind": kind, "projection": config.projection.model_dump()},
+            files=[f for c in checkpoints for f in shard_files[f"ckpt-{c.index}/{kind}"]],
+            created_at=manifest.created_at,
+        )
+    # leftovers of killed writers are not part of the store; artifact units may be running
+    remove_stale_temporaries(root, skip=(ARTIFACTS_DIR,))
     manifest.files = {
         str(path.relative_to(root)): FileEntry(sha256=sha256_file(path), size=path.stat().st_size)
         for path in sorted(root.rglob("*"))
-        if path.is_file() and not path.name.startswith(".tmp-") and path.name != "manifest.json"
+        if path.is_file() and _core_file(root, path)
     }
-    write_manifest(root, manifest)
+    with manifest_lock(root):
+        _keep_finished_artifacts(root, manifest)
+        write_manifest(root, manifest)
     return manifest
+
+
+def _core_file(root: Path, path: Path) -> bool:
+    """Files the index stage lists: not artifacts (``finish_artifact`` lists those), not
+    temporaries, locks or the manifest itself."""
+    relative = path.relative_to(root)
+    return (
+        relative.parts[0] != ARTIFACTS_DIR
+        and not path.name.startswith(".")
+        and path.name != "manifest.json"
+    )
+
+
+def _keep_finished_artifacts(root: Path, manifest: Manifest) -> None:
+    """An index stage run again (a lost lease) must not drop artifacts finished meanwhile."""
+    try:
+        previous = read_manifest(root)
+    except (NotReadyError, ManifestMismatchError):
+        return
+    for name, entry in previous.artifacts.items():
+        if name in manifest.artifacts or not all((root / f).exists() for f in entry.files):
+            continue
+        manifest.artifacts[name] = entry
+        manifest.files.update({f: previous.files[f] for f in entry.files if f in previous.files})
 
 
 def _build_approximate_index(root: Path, manifest: Manifest, kind: str) -> IndexEntry:
@@ -310,10 +348,20 @@ def build_all(
     warmup_from: Sequence[str | Path] = (),
     device: str | None = None,
     progress: bool = True,
+    methods: Sequence[str] | None = None,
 ) -> tuple[PrepareSummary, Manifest]:
-    """Every stage in a row, on this process: the CLI's ``gradstore build``."""
+    """Every stage in a row, on this process: the CLI's ``gradstore build``.
+
+    ``methods`` are the selection methods the store must serve (default: every method whose
+    artifacts cost less than the gradient features); their extra artifacts are computed
+    after the index stage.
+    """
     from tqdm import tqdm
 
+    from gradstore.artifacts import add_artifacts
+    from gradstore.selection import DEFAULT_METHODS, extra_artifacts
+
+    extra = extra_artifacts(DEFAULT_METHODS if methods is None else methods)
     summary = prepare(store_dir, dataset_path, model_dir, config, warmup_from)
     for warning in summary.warnings if progress else ():
         tqdm.write(f"warning: {warning}", file=sys.stderr)
@@ -323,4 +371,7 @@ def build_all(
     with tqdm(total=total, desc="featurize", unit="ex", disable=not progress) as bar:
         for shard in shards:
             featurize_shard(store_dir, shard, device=device, on_batch=bar.update)
-    return summary, build_index(store_dir)
+    manifest = build_index(store_dir)
+    if extra:
+        manifest = add_artifacts(store_dir, extra, device=device, progress=progress)
+    return summary, manifest

@@ -1,20 +1,24 @@
-"""The end-to-end demo: toy assets → LESS datastore → a selection per toy family.
+"""The end-to-end demo: toy assets → datastore → a selection per toy family and method.
 
 Precision here is the share of the selected examples that come from the target's own skill
 family (the family is evaluation metadata; no selector sees it). Random's expected
-precision is one over the number of families.
+precision is one over the number of families. The pieces (``toy_store``,
+``precision_by_family``) are shared with ``bench/quality.py``.
 """
 
 from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gradstore.build import build_all
 from gradstore.config import BuildConfig, LoraConfig, ProjectionConfig, WarmupConfig
-from gradstore.examples import read_jsonl
+from gradstore.examples import Example, read_jsonl
 from gradstore.query import QueryEngine
+from gradstore.selection import METHODS as REGISTERED
 from gradstore.selection import run_selection
 from gradstore.store import MANIFEST, Datastore
 
@@ -32,13 +36,79 @@ DEMO_CONFIG = BuildConfig(
     shard_size=512,
     pool_features=["adam", "sgd"],
 )
-METHODS = [
+# (label, method, options): every registered method with its defaults, and LESS over the
+# plain-gradient pool features the demo store also keeps
+METHODS: list[tuple[str, str, dict[str, Any]]] = [
     ("less", "less", {}),
     ("less (sgd pool)", "less", {"pool_features": "sgd"}),
-    ("bm25", "bm25", {}),
-    ("random", "random", {}),
+    *[(name, name, {}) for name in REGISTERED if name != "less"],
 ]
 TARGETS_PER_FAMILY = 8
+
+
+@dataclass(frozen=True)
+class ToyStore:
+    corpus: Path
+    model_dir: Path
+    store: Path
+    assets_s: float
+    build_s: float
+
+
+def toy_store(
+    work_dir: Path,
+    per_family: int = 150,
+    seed: int = 0,
+    config: BuildConfig = DEMO_CONFIG,
+    variant: str = "standard",
+    pretraining_steps: int | None = None,
+    progress: bool = True,
+) -> ToyStore:
+    """Toy assets and a datastore serving every default method, built once and reused."""
+    from gradstore.toy.model import ensure_toy_assets
+
+    started = time.perf_counter()
+    corpus, model_dir = ensure_toy_assets(
+        work_dir / "assets",
+        seed=seed,
+        per_family=per_family,
+        variant=variant,
+        steps=pretraining_steps,
+        progress=progress,
+    )
+    assets_s = time.perf_counter() - started
+    tag = "" if variant == "standard" else f"{variant}-"
+    shortened = f"-{pretraining_steps}steps" if pretraining_steps else ""
+    store = work_dir / f"store-{tag}{per_family}-{seed}{shortened}"
+    built = time.perf_counter()
+    if not (store / MANIFEST).exists():
+        shutil.rmtree(store, ignore_errors=True)
+        build_all(store, corpus, model_dir, config, progress=progress)
+    return ToyStore(corpus, model_dir, store, assets_s, time.perf_counter() - built)
+
+
+def precision_by_family(
+    engine: QueryEngine,
+    targets: list[Example],
+    pool_family: dict[str, str],
+    method: str,
+    options: dict[str, Any],
+    fraction: float,
+) -> tuple[dict[str, float], list[float], dict[str, list[str]]]:
+    """({family: precision}, latencies in ms in query order, {family: selected IDs})."""
+    from gradstore.toy.corpus import FAMILIES
+
+    precision, latency, selected = {}, [], {}
+    for family in FAMILIES:
+        family_targets = [t for t in targets if t.subtask == family]
+        result = run_selection(
+            engine, family_targets, method=method, fraction=fraction, options=options
+        )
+        hits = sum(pool_family[s.id] == family for s in result.selected)
+        precision[family] = hits / len(result.selected)
+        latency.append(result.timings_ms["total"])
+        selected[family] = [s.id for s in result.selected]
+    return precision, latency, selected
 
 
 def run_demo(
@@ -51,37 +121,18 @@ def run_demo(
 ) -> dict:
     """Build (or reuse) the toy datastore and measure precision per family and method."""
     from gradstore.toy.corpus import FAMILIES, family_of, generate_targets
-    from gradstore.toy.model import ensure_toy_assets
 
-    started = time.perf_counter()
-    corpus_path, model_dir = ensure_toy_assets(
-        work_dir / "assets", seed=seed, per_family=per_family
-    )
-    assets_s = time.perf_counter() - started
-    store = work_dir / f"store-{per_family}-{seed}"
-    built = time.perf_counter()
-    if not (store / MANIFEST).exists():
-        shutil.rmtree(store, ignore_errors=True)
-        build_all(store, corpus_path, model_dir, config, progress=progress)
-    build_s = time.perf_counter() - built
-
-    pool = read_jsonl(corpus_path)
+    setting = toy_store(work_dir, per_family, seed, config, progress=progress)
+    pool = read_jsonl(setting.corpus)
     pool_family = {e.id: family_of(e) for e in pool}
-    engine = QueryEngine(Datastore.open(store))
+    engine = QueryEngine(Datastore.open(setting.store))
     # held out word for word: a target that is also in the pool would flatter every method
     targets = generate_targets(seed=seed + 1, per_family=TARGETS_PER_FAMILY, exclude=pool)
-    precision: dict[str, dict[str, float]] = {}
-    latency_ms: dict[str, list[float]] = {label: [] for label, _, _ in METHODS}
-    for family in FAMILIES:
-        family_targets = [t for t in targets if t.subtask == family]
-        precision[family] = {}
-        for label, method, options in METHODS:
-            result = run_selection(
-                engine, family_targets, method=method, fraction=fraction, options=options
-            )
-            hits = sum(pool_family[s.id] == family for s in result.selected)
-            precision[family][label] = hits / len(result.selected)
-            latency_ms[label].append(result.timings_ms["total"])
+    by_method = {
+        label: precision_by_family(engine, targets, pool_family, method, options, fraction)
+        for label, method, options in METHODS
+    }
+    precision = {f: {label: by_method[label][0][f] for label, _, _ in METHODS} for f in FAMILIES}
     mean = {
         label: sum(p[label] for p in precision.values()) / len(precision) for label, _, _ in METHODS
     }
@@ -93,10 +144,10 @@ def run_demo(
         "precision": precision,
         "mean_precision": mean,
         "chance": 1 / len(FAMILIES),
-        "query_ms_mean": {k: sum(v) / len(v) for k, v in latency_ms.items()},
-        "assets_s": round(assets_s, 1),
-        "build_s": round(build_s, 1),
-        "store": str(store),
+        "query_ms_mean": {k: sum(v[1]) / len(v[1]) for k, v in by_method.items()},
+        "assets_s": round(setting.assets_s, 1),
+        "build_s": round(setting.build_s, 1),
+        "store": str(setting.store),
         "targets": [t.to_record() for t in targets],
     }
 

@@ -51,6 +51,18 @@ class NotReadyError(ConflictError):
     title = "Datastore not ready"
 
 
+class MissingArtifactError(ConflictError):
+    """The datastore lacks an artifact the method needs (e.g. RDS+ embeddings); the detail
+    says how to add it. Raised before anything heavy is loaded."""
+
+    title = "Datastore artifact missing"
+
+    def __init__(self, artifact: str, detail: str | None = None, method: str | None = None):
+        super().__init__(detail or f"this datastore has no {artifact!r} artifact")
+        self.artifact = artifact
+        self.method = method
+
+
 class UnknownMethodError(InvalidInputError):
     title = "Unknown selection method"
 

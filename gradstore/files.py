@@ -84,10 +84,14 @@ def read_json(path: str | Path) -> Any:
         return json.load(handle)
 
 
-def remove_stale_temporaries(root: str | Path) -> int:
-    """Delete ``.tmp-*`` leftovers of killed writers below ``root``; return how many."""
+def remove_stale_temporaries(root: str | Path, skip: tuple[str, ...] = ()) -> int:
+    """Delete ``.tmp-*`` leftovers of killed writers below ``root``, except under the
+    top-level directories ``skip`` (where writers may still be running); return how many."""
     removed = 0
-    for stale in Path(root).rglob(".tmp-*"):
+    root = Path(root)
+    for stale in root.rglob(".tmp-*"):
+        if stale.relative_to(root).parts[0] in skip:
+            continue
         if stale.is_file():
             stale.unlink(missing_ok=True)
             removed += 1

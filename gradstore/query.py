@@ -1,64 +1,139 @@
-"""Target features on demand: the query side of a ready datastore.
+"""The query side of a ready datastore: what a selection reads, loaded only when asked for.
 
-Loads the base model and the checkpoint adapters once and maps the features (the service
-caches the engine), then turns target examples into per-checkpoint projected, normalised plain
-gradients with exactly the projector and tokenisation the store was built with.
+An engine is cheap to make (the service caches one per store): the tokenizer, the base
+model and the checkpoint model (base + warmup adapters + projector) are each loaded on the
+first query whose method needs them, and checked against the manifest then. So BM25, DSIR
+and random answer without a model, and RDS+ without the adapters. Target gradients use
+exactly the projector and tokenisation the store was built with.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import torch
 
-from gradstore.checkpoint_model import CheckpointModel
-from gradstore.checkpoints import load_checkpoints
 from gradstore.errors import InvalidInputError, ManifestMismatchError
 from gradstore.examples import Example
+from gradstore.modeling import resolve_device
 from gradstore.search import FeatureScanner
 from gradstore.store import Datastore
-from gradstore.tokenization import ExampleEncoder, SkippedExample
+from gradstore.tokenization import ExampleEncoder, SkippedExample, TokenizedExample
 
 
 class QueryEngine:
-    """A ready datastore with its model loaded, safe to share between threads."""
+    """A ready datastore and whatever its queries have loaded so far; thread-safe."""
 
     def __init__(self, datastore: Datastore, device: str | torch.device | None = None):
-        from gradstore.build import tokenizer_hash
-
         self.datastore = datastore
-        manifest = datastore.manifest
-        checkpoints = load_checkpoints(datastore.root / "checkpoints")
-        self.model = CheckpointModel(
-            manifest.model.path, checkpoints, manifest.config.projection, device
-        )
-        if self.model.num_lora_parameters != manifest.lora_parameters:
-            raise ManifestMismatchError(
-                f"the model has {self.model.num_lora_parameters} LoRA parameters, "
-                f"the datastore was built with {manifest.lora_parameters}"
-            )
-        if tokenizer_hash(self.model.tokenizer, manifest.template) != manifest.tokenizer_hash:
-            raise ManifestMismatchError(
-                f"the tokenizer at {manifest.model.path} is not the one of the datastore"
-            )
-        self.encoder = ExampleEncoder(
-            self.model.tokenizer, manifest.config.max_seq_len, manifest.template
-        )
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.scanner = FeatureScanner(datastore, self.device)
+        self._load_lock = threading.RLock()
+        self._checkpoint_model = None
+        self._base_model = None
+        self._base_lock = threading.Lock()
         self._indexes: dict[str, object] = {}
-        self._index_lock = threading.Lock()
-        self.scanner = FeatureScanner(datastore, self.model.device)
+        self._cache: dict[Any, Any] = {}
 
     @property
     def manifest(self):
         return self.datastore.manifest
 
+    # -- what is loaded --------------------------------------------------------------------
+
+    @property
+    def model_loaded(self) -> bool:
+        """Whether any model (base or checkpoints) has been loaded by this engine."""
+        return self._checkpoint_model is not None or self._base_model is not None
+
+    @cached_property
+    def tokenizer(self):
+        """The model directory's tokenizer, refused unless it is the store's."""
+        from gradstore.build import tokenizer_hash
+        from gradstore.modeling import load_tokenizer
+
+        tokenizer = load_tokenizer(self.manifest.model.path)
+        if tokenizer_hash(tokenizer, self.manifest.template) != self.manifest.tokenizer_hash:
+            raise ManifestMismatchError(
+                f"the tokenizer at {self.manifest.model.path} is not the one of the datastore"
+            )
+        return tokenizer
+
+    @cached_property
+    def encoder(self) -> ExampleEncoder:
+        return ExampleEncoder(
+            self.tokenizer, self.manifest.config.max_seq_len, self.manifest.template
+        )
+
+    @property
+    def model(self):
+        """The base model with the warmup checkpoints (``CheckpointModel``), loaded once."""
+        with self._load_lock:
+            if self._checkpoint_model is None:
+                self._checkpoint_model = self._load_checkpoint_model()
+                self._base_model = None  # the checkpoint model serves base queries too
+            return self._checkpoint_model
+
+    def _load_checkpoint_model(self):
+        from gradstore.checkpoint_model import CheckpointModel
+        from gradstore.checkpoints import load_checkpoints
+
+        _ = self.tokenizer  # checked first: a cheap refusal before the weights load
+        checkpoints = load_checkpoints(self.datastore.root / "checkpoints")
+        model = CheckpointModel(
+            self.manifest.model.path, checkpoints, self.manifest.config.projection, self.device
+        )
+        if model.num_lora_parameters != self.manifest.lora_parameters:
+            raise ManifestMismatchError(
+                f"the model has {model.num_lora_parameters} LoRA parameters, "
+                f"the datastore was built with {self.manifest.lora_parameters}"
+            )
+        return model
+
+    def base_model(self) -> tuple[torch.nn.Module, Callable[[], Any], threading.Lock]:
+        """(model, context to run it as the base model, its lock) for forward passes.
+
+        Reuses the checkpoint model with its adapters disabled when that is loaded (one copy
+        of the weights), else loads the base model alone.
+        """
+        with self._load_lock:
+            if self._checkpoint_model is not None:
+                peft = self._checkpoint_model.model
+                return peft, peft.disable_adapter, self._checkpoint_model.lock
+            if self._base_model is None:
+                from gradstore.modeling import load_base_model
+
+                _ = self.tokenizer
+                self._base_model = load_base_model(self.manifest.model.path, self.device)
+            return self._base_model, nullcontext, self._base_lock
+
+    def cached(self, key: Any, make: Callable[[], Any]) -> Any:
+        """A per-engine cache for what a method derives from the store (BM25 index, ...)."""
+        with self._load_lock:
+            if key not in self._cache:
+                self._cache[key] = make()
+            return self._cache[key]
+
+    def require_artifacts(self, names: Sequence[str], method: str | None = None) -> None:
+        """Refuse (409) before loading anything if the store lacks one of ``names``; an
+        artifact added since the store was opened is picked up here."""
+        from gradstore.artifacts import missing_artifact_error
+
+        missing = [n for n in names if n not in self.manifest.artifact_names()]
+        if missing and self.datastore.refresh():
+            missing = [n for n in names if n not in self.manifest.artifact_names()]
+        if missing:
+            raise missing_artifact_error(missing[0], method)
+
     def index(self, kind: str):
         """The store's approximate FAISS index of ``kind``; None where search is exact."""
-        with self._index_lock:
+        with self._load_lock:
             if kind not in self._indexes:
                 self._indexes[kind] = self.datastore.index(kind)
             return self._indexes[kind]
@@ -71,14 +146,15 @@ class QueryEngine:
         by_id = {e.id: e for e in read_jsonl(self.datastore.root / "examples.jsonl")}
         return [by_id[i] for i in self.datastore.ids]
 
-    def target_features(
-        self, targets: Sequence[Example], timings: dict[str, float] | None = None
-    ) -> tuple[np.ndarray, list[int], list[SkippedExample]]:
-        """Features (n_kept, N_checkpoints, dim) of the usable targets, their positions, skips."""
-        started = time.perf_counter()
+    # -- targets ---------------------------------------------------------------------------
+
+    def encode_targets(
+        self, targets: Sequence[Example], eos: bool = False
+    ) -> tuple[list[TokenizedExample], list[int], list[SkippedExample]]:
+        """Targets in the target encoding (no EOS unless asked): kept, their positions, skips."""
         kept, positions, skipped = [], [], []
         for position, target in enumerate(targets):
-            encoded = self.encoder.encode(target)
+            encoded = self.encoder.encode(target, eos=eos)
             if isinstance(encoded, SkippedExample):
                 skipped.append(encoded)
             else:
@@ -89,13 +165,23 @@ class QueryEngine:
                 "no target example has a completion token: "
                 + "; ".join(f"{s.id}: {s.reason}" for s in skipped)
             )
+        return kept, positions, skipped
+
+    def target_features(
+        self,
+        targets: Sequence[Example],
+        timings: dict[str, float] | None = None,
+        eos: bool = False,
+    ) -> tuple[np.ndarray, list[int], list[SkippedExample]]:
+        """Features (n_kept, N_checkpoints, dim) of the usable targets, their positions, skips."""
+        started = time.perf_counter()
+        kept, positions, skipped = self.encode_targets(targets, eos)
         tokenize_done = time.perf_counter()
+        model = self.model
         batch = self.manifest.config.batch_size
-        with self.model.lock:
+        with model.lock:
             per_checkpoint = [
-                self.model.featurizer(entry.index, batch, adam=False).featurize(kept, ("sgd",))[
-                    "sgd"
-                ]
+                model.featurizer(entry.index, batch, adam=False).featurize(kept, ("sgd",))["sgd"]
                 for entry in self.manifest.checkpoints
             ]
         features = np.stack(per_checkpoint, axis=1)  # (n_kept, N_checkpoints, dim)

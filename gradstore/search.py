@@ -16,6 +16,7 @@ query, while LESS needs every subtask's score of every row (max over subtasks, t
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -49,16 +50,32 @@ class FeatureScanner:
             torch.from_numpy(np.ascontiguousarray(queries[:, i], dtype=np.float32)).to(self.device)
             for i in range(queries.shape[1])
         ]
+        return self._scan(kind, self.datastore.feature_blocks(kind), per_checkpoint)
+
+    def artifact_scores(self, name: str, queries: np.ndarray) -> np.ndarray:
+        """``queries`` (m, dim) → (n, m): inner products with a row-sharded array artifact."""
+        blocks = list(self.datastore.artifact_blocks(name))
+        dim = blocks[0].arrays[0].shape[1] if blocks else queries.shape[-1]
+        if queries.ndim != 2 or queries.shape[1] != dim:
+            raise ValueError(f"queries must be (m, {dim})")
+        query = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(self.device)
+        return self._scan(name, iter(blocks), [query])
+
+    def _scan(
+        self, key: str, blocks: Iterator[FeatureBlock], queries: list[torch.Tensor]
+    ) -> np.ndarray:
+        """(n, m) scores: Σ over each block's arrays of array · queries[i]ᵀ, block by block."""
         self.datastore.check_unchanged()
-        out = torch.empty(manifest.num_examples, queries.shape[0], device=self.device)
+        m, dim = queries[0].shape
+        out = torch.empty(self.datastore.num_examples, m, device=self.device)
         # reused for every block: a fresh large allocation would page-fault each time
-        buffer = torch.empty(BLOCK_ROWS, manifest.dim)
-        partial = torch.empty(BLOCK_ROWS, queries.shape[0])
-        for block in self.datastore.feature_blocks(kind):
+        buffer = torch.empty(BLOCK_ROWS, dim)
+        partial = torch.empty(BLOCK_ROWS, m)
+        for block in blocks:
             if self.device.type == "cuda":
-                self._score_on_device(kind, block, per_checkpoint, out)
+                self._score_on_device(key, block, queries, out)
             else:
-                self._score_on_cpu(block, per_checkpoint, out, buffer, partial)
+                self._score_on_cpu(block, queries, out, buffer, partial)
         return out.cpu().numpy()
 
     def _score_on_cpu(

@@ -10,20 +10,33 @@ Layout of a store directory::
                                one shard each, memory-mapped read-only when queried
     index/{kind}.faiss         only for approximate index factories (IVF, PQ, HNSW, ...): the
                                exact default searches the feature shards themselves
-    manifest.json              written last; lists every file with its size and sha256
+    artifacts/{name}/...       what other selection methods need (hidden-state embeddings,
+                               n-gram counts, ...), computed in units like the feature
+                               shards, during the build or added to a ready store later
+    manifest.json              written last; lists every file with its size and sha256, and
+                               every artifact the store holds (``artifacts``)
 
 A store is served only through ``Datastore.open``, which refuses one whose manifest is
 missing (not ready) or whose files are missing or of the wrong size. Opening costs one
 ``stat`` per file; the sha256 of every byte is computed when the store is built and checked
 by ``Datastore.verify`` (``gradstore verify``), never inside a request. Schema 1 stores (the
 dense Rademacher projection, an fp32 FAISS copy of the features) still open: the manifest is
-read as schema 2 and their FAISS file is ignored in favour of the fp16 shards.
+read as schema 2 and their FAISS file is ignored in favour of the fp16 shards. A manifest
+without ``artifacts`` (schema 1, or schema 2 before artifacts) holds the gradient features
+of its ``kinds`` and nothing else.
+
+A ready store gains an artifact by rewriting its manifest (``update_manifest``, under a file
+lock): the new files are added, none of the old ones changes, so an open ``Datastore`` keeps
+serving and picks the artifact up with ``refresh``.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
@@ -33,7 +46,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from gradstore.config import BuildConfig
-from gradstore.errors import ManifestMismatchError, NotReadyError
+from gradstore.errors import ManifestMismatchError, MissingArtifactError, NotReadyError
 from gradstore.files import atomic_save_npy, atomic_write_json, read_json, sha256_file
 from gradstore.tokenization import TokenizedExample
 
@@ -81,6 +94,21 @@ class FileEntry(BaseModel):
     size: int | None = None  # None only in schema-1 manifests
 
 
+class ArtifactEntry(BaseModel):
+    """One artifact of the store: what made its bytes, and its files (row shards in order)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: str
+    params: dict = {}
+    files: list[str] = []
+    created_at: str
+
+
+def gradient_artifact(kind: str) -> str:
+    """The artifact name of a pool gradient feature kind (``adam`` → ``gradients.adam``)."""
+    return f"gradients.{kind}"
+
+
 class Manifest(BaseModel):
     """Everything that must match for a query to be meaningful, checked on open."""
 
@@ -103,10 +131,15 @@ class Manifest(BaseModel):
     shards: dict[str, list[str]]
     indexes: list[IndexEntry]
     files: dict[str, FileEntry]
+    artifacts: dict[str, ArtifactEntry] = {}
 
     @property
     def total_dim(self) -> int:
         return self.dim * len(self.checkpoints)
+
+    def artifact_names(self) -> set[str]:
+        """Every artifact this store holds: its gradient kinds are artifacts too."""
+        return set(self.artifacts) | {gradient_artifact(kind) for kind in self.kinds}
 
 
 @dataclass(frozen=True)
@@ -226,6 +259,27 @@ def write_manifest(root: Path, manifest: Manifest) -> None:
     atomic_write_json(root / MANIFEST, manifest.model_dump(mode="json"))
 
 
+@contextmanager
+def manifest_lock(root: Path) -> Iterator[None]:
+    """An exclusive lock on rewriting the manifest (processes of one host or a shared volume
+    with POSIX locks): two artifacts finishing at once must not lose each other's entry."""
+    with open(Path(root) / ".manifest.lock", "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def update_manifest(root: Path, change: Callable[[Manifest], None]) -> Manifest:
+    """Read, change and atomically rewrite the manifest of a ready store, under the lock."""
+    with manifest_lock(root):
+        manifest = read_manifest(root)
+        change(manifest)
+        write_manifest(root, manifest)
+        return manifest
+
+
 def _upgrade_schema_1(raw: dict) -> dict:
     """A schema-1 manifest read as schema 2: same shards, dense projection, no file sizes."""
     raw = dict(raw, schema_version=SCHEMA_VERSION)
@@ -279,26 +333,38 @@ class Datastore:
         self.manifest = manifest
         self._mapped: dict[str, np.ndarray] = {}
         self._stats: dict[str, tuple[int, int, int]] = {}
+        self._refresh_lock = threading.Lock()
 
     @classmethod
     def open(cls, root: str | Path, verify: bool = False) -> Datastore:
         """Open a ready store: O(files). ``verify`` also checks every byte's sha256 (slow)."""
         root = Path(root)
         store = cls(root, read_manifest(root))
-        for relative, entry in sorted(store.manifest.files.items()):
-            try:
-                stat = (root / relative).stat()
-            except OSError:
-                raise ManifestMismatchError(f"datastore file {relative} is missing") from None
-            if entry.size is not None and stat.st_size != entry.size:
-                raise ManifestMismatchError(
-                    f"datastore file {relative} has {stat.st_size} bytes, the manifest "
-                    f"promised {entry.size}"
-                )
-            store._stats[relative] = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        store._stats = _stat_files(root, store.manifest.files)
         if verify:
             store.verify()
         return store
+
+    def refresh(self) -> bool:
+        """Adopt artifacts added to the manifest since opening; True if any were.
+
+        Only an extension is accepted: every file this store already serves must be listed
+        again with the same checksum (otherwise the store was rebuilt under us).
+        """
+        with self._refresh_lock:
+            latest = read_manifest(self.root)
+            if latest.artifact_names() == self.manifest.artifact_names():
+                return False
+            for relative, entry in self.manifest.files.items():
+                if latest.files.get(relative) != entry:
+                    raise ManifestMismatchError(
+                        f"the manifest of {self.root} changed {relative}: the store was rebuilt "
+                        "after it was opened; open it again"
+                    )
+            added = {k: v for k, v in latest.files.items() if k not in self.manifest.files}
+            self._stats.update(_stat_files(self.root, added))
+            self.manifest = latest
+            return True
 
     def verify(self) -> None:
         """Check every file's sha256 against the manifest: reads the whole store."""
@@ -375,6 +441,26 @@ class Datastore:
                     out[inside, i * dim : (i + 1) * dim] = array[local]
         return out
 
+    def artifact_entry(self, name: str) -> ArtifactEntry:
+        entry = self.manifest.artifacts.get(name)
+        if entry is None:
+            raise MissingArtifactError(name)
+        return entry
+
+    def artifact_blocks(self, name: str) -> Iterator[FeatureBlock]:
+        """Memory-mapped (rows, dim) shards of a row-sharded array artifact, in row order."""
+        start = 0
+        for relative in self.artifact_entry(name).files:
+            array = self._map(relative)
+            yield FeatureBlock(start, start + array.shape[0], [array])
+            start += array.shape[0]
+
+    def artifact_array(self, name: str, relative: str) -> np.ndarray:
+        """One memory-mapped file of an artifact (checked to belong to it)."""
+        if relative not in self.artifact_entry(name).files:
+            raise ValueError(f"{relative} is not a file of artifact {name!r}")
+        return self._map(relative)
+
     def index(self, kind: str):
         """The approximate FAISS index of a feature kind, or None when search is exact."""
         import faiss
@@ -385,3 +471,20 @@ class Datastore:
                     return None
                 return faiss.read_index(str(self.root / entry.file))
         raise NotReadyError(f"this datastore has no index of feature kind {kind!r}")
+
+
+def _stat_files(root: Path, files: dict[str, FileEntry]) -> dict[str, tuple[int, int, int]]:
+    """(inode, size, mtime) of every listed file, refusing missing or resized ones."""
+    stats = {}
+    for relative, entry in sorted(files.items()):
+        try:
+            stat = (root / relative).stat()
+        except OSError:
+            raise ManifestMismatchError(f"datastore file {relative} is missing") from None
+        if entry.size is not None and stat.st_size != entry.size:
+            raise ManifestMismatchError(
+                f"datastore file {relative} has {stat.st_size} bytes, the manifest "
+                f"promised {entry.size}"
+            )
+        stats[relative] = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    return stats

@@ -7,6 +7,13 @@ Two formats:
 - ``chat_template``: the tokenizer's own chat template; each assistant turn is located by
   rendering the conversation up to it.
 ``auto`` picks the chat template when the tokenizer has one, else ``tulu``.
+
+Pool examples are encoded as the reference trains on them: the completion ends with EOS.
+A ``prompt``/``completion`` *target* is encoded as the reference's evaluation sets are
+(``encode(eos=False)``): the prompt — answer template such as ``Answer:`` included — is
+masked, only the completion is labelled, and no EOS is appended (with a chat template: the
+prompt rendered with the generation prompt, the completion appended as text, no end of
+turn). Appending EOS to targets measurably moves the ranking away from the reference's.
 """
 
 from __future__ import annotations
@@ -68,13 +75,19 @@ class ExampleEncoder:
             raise InvalidInputError("template 'chat_template' asked for; the tokenizer has none")
         self.template: Literal["tulu", "chat_template"] = template
 
-    def encode(self, example: Example) -> TokenizedExample | SkippedExample:
-        """Token IDs and labels, or the reason the example cannot be used."""
+    def encode(self, example: Example, eos: bool = True) -> TokenizedExample | SkippedExample:
+        """Token IDs and labels, or the reason the example cannot be used.
+
+        ``eos=False`` is the target encoding of a prompt/completion pair (module docstring);
+        chat ``messages`` are encoded the same way either way.
+        """
         if self.template == "tulu":
             if example.messages is None:
-                input_ids, labels = self._tulu_prompt_completion(example)
+                input_ids, labels = self._tulu_prompt_completion(example, eos)
             else:
                 input_ids, labels = self._tulu_messages(example.messages)
+        elif example.messages is None and not eos:
+            input_ids, labels = self._chat_template_prompt_completion(example)
         else:
             input_ids, labels = self._chat_template(_as_messages(example))
         encoded = TokenizedExample(example.id, input_ids, labels)
@@ -88,12 +101,12 @@ class ExampleEncoder:
         return encoded
 
     def encode_all(
-        self, examples: Sequence[Example]
+        self, examples: Sequence[Example], eos: bool = True
     ) -> tuple[list[TokenizedExample], list[SkippedExample]]:
         kept: list[TokenizedExample] = []
         skipped: list[SkippedExample] = []
         for example in examples:
-            result = self.encode(example)
+            result = self.encode(example, eos)
             (kept if isinstance(result, TokenizedExample) else skipped).append(result)
         return kept, skipped
 
@@ -101,14 +114,15 @@ class ExampleEncoder:
         ids = self.tokenizer(text, add_special_tokens=special)["input_ids"]
         return list(ids[: self.max_seq_len])
 
-    def _tulu_prompt_completion(self, example: Example) -> tuple[list[int], list[int]]:
+    def _tulu_prompt_completion(self, example: Example, eos: bool) -> tuple[list[int], list[int]]:
         prompt, completion = example.prompt or "", example.completion or ""
         separator = (
             ""
             if prompt.endswith((" ", "\n", "\t")) or completion.startswith((" ", "\n", "\t"))
             else " "
         )
-        input_ids = self._ids(prompt + separator + completion + self.tokenizer.eos_token)
+        ending = self.tokenizer.eos_token if eos else ""
+        input_ids = self._ids(prompt + separator + completion + ending)
         n_prompt = len(self._ids(prompt))
         labels = [IGNORE_INDEX] * min(n_prompt, len(input_ids)) + input_ids[n_prompt:]
         return input_ids, labels
@@ -128,6 +142,18 @@ class ExampleEncoder:
             labels[start:end] = [IGNORE_INDEX] * len(labels[start:end])
             if end >= self.max_seq_len:
                 break
+        return input_ids, labels
+
+    def _chat_template_prompt_completion(self, example: Example) -> tuple[list[int], list[int]]:
+        """The prompt as a user turn with the generation prompt, then the bare completion."""
+        prompt = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": example.prompt or ""}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        input_ids = self._ids(prompt + (example.completion or ""), special=False)
+        n_prompt = len(self._ids(prompt, special=False))
+        labels = [IGNORE_INDEX] * min(n_prompt, len(input_ids)) + input_ids[n_prompt:]
         return input_ids, labels
 
     def _chat_template(self, messages: list[Message]) -> tuple[list[int], list[int]]:

@@ -11,6 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from stores import CONTRACT_BUILD, TINY_BUILD, build_store, contract_pool  # noqa: F401 (TINY_BUILD re-exported)
 from tiny_assets import save_tiny_llama
 
 from gradstore.examples import Example, write_jsonl
@@ -21,21 +22,6 @@ POSTGRES_HINT = (
     "set GRADSTORE_TEST_DATABASE_URL (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test) "
     "to run the PostgreSQL tests"
 )
-
-# Small enough that a whole build takes seconds on 2 cores.
-TINY_BUILD = {
-    "lora": {"r": 4, "alpha": 16, "dropout": 0.0},
-    "warmup": {
-        "fraction": 0.5,
-        "epochs": 2,
-        "learning_rate": 0.005,
-        "batch_size": 4,
-        "gradient_accumulation": 1,
-    },
-    "projection": {"dim": 256, "seed": 0},
-    "max_seq_len": 64,
-    "options": {"shard_size": 12, "batch_size": 4},
-}
 
 
 @pytest.fixture(scope="session")
@@ -87,6 +73,21 @@ def postgres_url() -> str:
     with engine.begin() as connection:
         connection.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
     engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def contract_store(tmp_path_factory, tiny_model_dir) -> Path:
+    """Every default method's artifacts, over 34 toy examples with one duplicated pair."""
+    root = tmp_path_factory.mktemp("contract")
+    return build_store(root, tiny_model_dir, contract_pool(), CONTRACT_BUILD)
+
+
+@pytest.fixture(scope="session")
+def less_only_store(tmp_path_factory, tiny_model_dir) -> Path:
+    """A store built for LESS alone: gradient features, no other artifact."""
+    root = tmp_path_factory.mktemp("less-only")
+    config = CONTRACT_BUILD.model_copy(update={"batch_size": 4})
+    return build_store(root, tiny_model_dir, contract_pool(), config, methods=["less"])
 
 
 def pytest_collection_modifyitems(config, items) -> None:

@@ -127,18 +127,21 @@ def reference_features(model_dir, checkpoint, examples, adam: bool, kind: str) -
     return (projected / projected.norm(dim=1, keepdim=True)).numpy()
 
 
-def test_less_matches_a_brute_force_reference(built):
+@pytest.mark.parametrize("target_eos", [False, True])
+def test_less_matches_a_brute_force_reference(built, target_eos):
+    """Pool examples end with EOS; targets only when ``target_eos`` asks (the reference's
+    evaluation sets have none)."""
     root, _, manifest = built
     store = root / "store"
     engine = QueryEngine(Datastore.open(store))
-    result = run_selection(engine, TARGETS, method="less", top_k=10)
+    options = {"target_eos": True} if target_eos else None
+    result = run_selection(engine, TARGETS, method="less", top_k=10, options=options)
     assert len(result.selected) == 10
 
     pool = [e for e in read_jsonl(root / "pool.jsonl") if e.id != "too-long"]
-    tokenizer = engine.model.tokenizer
-    encoder = ExampleEncoder(tokenizer, CONFIG.max_seq_len, "tulu")
+    encoder = ExampleEncoder(engine.tokenizer, CONFIG.max_seq_len, "tulu")
     pool_tok, _ = encoder.encode_all(pool)
-    target_tok, _ = encoder.encode_all(TARGETS)
+    target_tok, _ = encoder.encode_all(TARGETS, eos=target_eos)
     checkpoints = load_checkpoints(store / "checkpoints")
     weights = np.array([c.weight for c in manifest.checkpoints])
     groups = {"add": [0, 1], "rev": [2]}
@@ -233,7 +236,7 @@ def test_fraction_budget_and_baselines(built):
 
 def test_bad_requests_are_clear(built):
     engine = QueryEngine(Datastore.open(built[0] / "store"))
-    with pytest.raises(UnknownMethodError, match="known: bm25, less, random"):
+    with pytest.raises(UnknownMethodError, match="known: bm25, dsir, less, random, rds"):
         run_selection(engine, TARGETS, "nope", top_k=3)
     with pytest.raises(InvalidInputError, match="exactly one"):
         run_selection(engine, TARGETS, "less", top_k=3, fraction=0.1)

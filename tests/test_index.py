@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from gradstore.index import build_faiss_index, search
-from gradstore.selection.less import rank, subtask_queries
+from gradstore.selection.less import subtask_queries
+from gradstore.selection.policies import ranked
 
 
 def normalised(rng, n, d):
@@ -54,4 +55,4 @@ def test_subtask_queries_equal_the_weighted_formula():
 def test_rank_breaks_ties_by_row():
     scores = np.array([0.5, 0.9, 0.5, 0.9, 0.1], dtype=np.float32)
     rows = np.array([7, 3, 2, 1, 0])
-    assert rows[rank(scores, rows, 4)].tolist() == [1, 3, 2, 7]
+    assert rows[ranked(scores, rows, 4)].tolist() == [1, 3, 2, 7]

@@ -122,3 +122,71 @@ def test_collate_pads_right_and_masks(tokenizer):
     assert out["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert out["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert out["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
+
+
+@pytest.fixture(scope="module")
+def word_tokenizer():
+    """A word-level tokenizer whose every ID is written here, so expected IDs are literal."""
+    from tokenizers import Regex, processors
+
+    vocab = {
+        "<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "<|user|>": 4, "<|assistant|>": 5,
+        "\n": 6, "Answer": 7, " the": 8, " question": 9, ".": 10, " Passage": 11, ":": 12,
+        " Paris": 13, " is": 14, " in": 15, " France": 16, "Question": 17, " Where": 18,
+        "?": 19,
+    }  # fmt: skip
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r" ?\w+|[^\w\s]|\n"), behavior="isolated")
+    core.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", 1)]
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+    tok.add_special_tokens({"additional_special_tokens": ["<|user|>", "<|assistant|>"]})
+    return tok
+
+
+TYDIQA_TARGET = {
+    "id": "tydiqa-en-0",
+    "prompt": "<|user|>\nAnswer the question. Passage: Paris is in France.\n"
+    "Question: Where is Paris?\n<|assistant|>\nAnswer:",
+    "completion": " France",
+}
+# <s> <|user|> \n Answer the question . Passage : Paris is in France . \n
+# Question : Where is Paris ? \n <|assistant|> \n Answer :   | France
+TYDIQA_PROMPT_IDS = [1, 4, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 10, 6]
+TYDIQA_PROMPT_IDS += [17, 12, 18, 14, 13, 19, 6, 5, 6, 7, 12]
+
+
+def test_a_tydiqa_target_is_encoded_as_the_reference_evaluation_set(word_tokenizer):
+    """Answer template masked, only " France" labelled, no EOS (the reference's eval sets)."""
+    (target,) = load_examples([TYDIQA_TARGET])
+    encoder = ExampleEncoder(word_tokenizer, 512, "tulu")
+    encoded = encoder.encode(target, eos=False)
+    assert encoded.input_ids == [*TYDIQA_PROMPT_IDS, 16]
+    assert encoded.labels == [IGNORE_INDEX] * len(TYDIQA_PROMPT_IDS) + [16]
+    # target_eos / the pool's training encoding: EOS appended and labelled
+    with_eos = encoder.encode(target, eos=True)
+    assert with_eos.input_ids == [*TYDIQA_PROMPT_IDS, 16, 2]
+    assert with_eos.labels == [IGNORE_INDEX] * len(TYDIQA_PROMPT_IDS) + [16, 2]
+    assert encoder.encode(target) == with_eos  # pool examples keep EOS by default
+
+
+def test_a_chat_template_target_ends_at_its_completion():
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {token: i for i, token in enumerate(SPECIALS + sorted(alphabet))}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="</s>", pad_token="<pad>")
+    tok.chat_template = (
+        "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}"
+        "{% if m['role'] == 'assistant' %}</s>{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}[assistant]{% endif %}"
+    )
+    (example,) = load_examples([{"prompt": "hi", "completion": " yo"}])
+    encoded = ExampleEncoder(tok, 512, "chat_template").encode(example, eos=False)
+    assert tok.decode(encoded.input_ids) == "[user]hi[assistant] yo"
+    labelled = [t for t, lab in zip(encoded.input_ids, encoded.labels, strict=True) if lab >= 0]
+    assert tok.decode(labelled) == " yo"

@@ -1,26 +1,53 @@
-"""Selection methods over a datastore, registered by name (the API's ``method``)."""
+"""Selection methods over a datastore, registered by name (the API's ``method``).
+
+``run_selection`` is the one entry point: options are validated and the store's artifacts
+checked before anything is loaded, then the method's scorer fills a score matrix and the
+policy its ``aggregate`` option names turns it into the ranked selection.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from gradstore.errors import InvalidInputError, UnknownMethodError
 from gradstore.examples import Example
 from gradstore.selection.base import (
+    MethodOptions,
+    ModelNeed,
+    ScoreRequest,
     Selected,
     SelectionMethod,
     SelectionResult,
     budget_to_k,
 )
 from gradstore.selection.baselines import Bm25Selection, RandomSelection
+from gradstore.selection.dsir import Dsir
 from gradstore.selection.less import Less
+from gradstore.selection.policies import PER_TARGET_POLICIES, POLICIES
+from gradstore.selection.rds import Rds
 
 METHODS: dict[str, SelectionMethod] = {
-    m.name: m for m in (Less(), RandomSelection(), Bm25Selection())
+    m.name: m for m in (Less(), RandomSelection(), Bm25Selection(), Rds(), Dsir())
 }
+# what a store serves when created without a method list: every method whose artifacts cost
+# less than the gradient features (today all of them)
+DEFAULT_METHODS: tuple[str, ...] = tuple(name for name, m in METHODS.items() if m.default)
 
-__all__ = ["METHODS", "Selected", "SelectionResult", "get_method", "run_selection"]
+__all__ = [
+    "DEFAULT_METHODS",
+    "METHODS",
+    "MethodRequirements",
+    "Selected",
+    "SelectionResult",
+    "extra_artifacts",
+    "get_method",
+    "method_requirements",
+    "run_selection",
+    "validate_request",
+]
 
 
 def get_method(name: str) -> SelectionMethod:
@@ -30,6 +57,35 @@ def get_method(name: str) -> SelectionMethod:
         raise UnknownMethodError(
             f"unknown selection method {name!r}; known: {', '.join(sorted(METHODS))}"
         ) from None
+
+
+def validate_request(
+    method: str, options: dict[str, Any] | None = None
+) -> tuple[SelectionMethod, MethodOptions]:
+    """The method and its parsed options, or a 422; call before loading any engine."""
+    selector = get_method(method)
+    return selector, selector.parse_options(options)
+
+
+@dataclass(frozen=True)
+class MethodRequirements:
+    artifacts: tuple[str, ...]  # store artifacts read by the query
+    model: ModelNeed  # model run at query time: "none", "base" or "checkpoints"
+
+
+def method_requirements(method: str, options: dict[str, Any] | None = None) -> MethodRequirements:
+    """What a query of ``method`` (with these options) needs from its store."""
+    selector, parsed = validate_request(method, options)
+    return MethodRequirements(selector.artifacts(parsed), selector.model)
+
+
+def extra_artifacts(methods: Iterable[str]) -> list[str]:
+    """Artifacts beyond the gradient features that stores serving ``methods`` (with default
+    options) must hold, in a stable order: what a create or add-methods request computes."""
+    from gradstore.artifacts import ARTIFACTS
+
+    names = {a for m in methods for a in method_requirements(m).artifacts}
+    return sorted(a for a in names if ARTIFACTS[a].extendable)
 
 
 def run_selection(
@@ -42,13 +98,24 @@ def run_selection(
 ) -> SelectionResult:
     """Validate the request, run the method and time it; results are ranked best first."""
     started = time.perf_counter()
-    selector = get_method(method)
-    parsed = selector.parse_options(options)
+    selector, parsed = validate_request(method, options)
     if not targets:
         raise InvalidInputError("at least one target example is needed")
     k = budget_to_k(engine.manifest.num_examples, top_k, fraction)
-    timings: dict[str, float] = {}
-    result = selector.select(engine, targets, k, parsed, timings)
+    engine.require_artifacts(selector.artifacts(parsed), method)
+    request = ScoreRequest(targets, parsed, k, parsed.aggregate in PER_TARGET_POLICIES)
+    matrix = selector.score(engine, request)
+    ranking = time.perf_counter()
+    picks = POLICIES[parsed.aggregate](matrix, k)
+    ids = engine.datastore.ids
+    selected = [Selected(ids[p.row], p.score, matrix.subtasks[p.subtask]) for p in picks]
+    timings = dict(request.timings)
+    timings["rank"] = (time.perf_counter() - ranking) * 1000
     timings["total"] = (time.perf_counter() - started) * 1000
-    result.timings_ms = {name: round(ms, 3) for name, ms in timings.items()}
-    return result
+    return SelectionResult(
+        method=selector.name,
+        selected=selected,
+        num_candidates=engine.manifest.num_examples,
+        timings_ms={name: round(ms, 3) for name, ms in timings.items()},
+        details=matrix.details,
+    )

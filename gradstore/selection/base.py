@@ -1,27 +1,43 @@
-"""What every selection method takes and returns, and how a budget becomes a k."""
+"""What every selection method declares, takes and returns, and how a budget becomes a k.
+
+A method is a *scorer* — targets and pool to a ``ScoreMatrix`` — and a *policy* (see
+``policies``) chosen by its ``aggregate`` option. It declares what it needs before anything
+is loaded: the store artifacts (by name, see ``gradstore.artifacts``) and which model, if
+any, it runs at query time; its options are a pydantic model, validated first.
+"""
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gradstore.errors import InvalidInputError
 from gradstore.examples import Example
+from gradstore.selection.policies import PolicyName
+from gradstore.selection.scores import ScoreMatrix
 
 if TYPE_CHECKING:
     from gradstore.query import QueryEngine
 
 DEFAULT_SUBTASK = "default"
+# the model a method runs at query time: none, the base model, or base + warmup checkpoints
+ModelNeed = Literal["none", "base", "checkpoints"]
 
 
 class MethodOptions(BaseModel):
     """Base of each method's options; unknown options are an error, not ignored."""
 
     model_config = ConfigDict(extra="forbid")
+    aggregate: PolicyName = Field(
+        "max",
+        description="Selection policy: 'max' (a candidate's best subtask), 'mean' (over "
+        "subtasks), or 'round_robin' (subtasks, and the target points within each, take turns "
+        "picking their best remaining candidate).",
+    )
 
 
 @dataclass(frozen=True)
@@ -40,11 +56,26 @@ class SelectionResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class ScoreRequest:
+    """What a scorer is given. ``per_target``: the policy wants one column per target point
+    (a scorer that cannot may still give one per subtask)."""
+
+    targets: list[Example]
+    options: MethodOptions
+    k: int
+    per_target: bool
+    timings: dict[str, float] = field(default_factory=dict)
+
+
 class SelectionMethod:
-    """A named selector over a datastore; subclasses set ``name``/``Options`` and ``select``."""
+    """A named selector: subclasses set the class attributes and ``score``."""
 
     name: ClassVar[str]
+    summary: ClassVar[str] = ""
     Options: ClassVar[type[MethodOptions]] = MethodOptions
+    model: ClassVar[ModelNeed] = "none"
+    default: ClassVar[bool] = True  # served by a store created without a method list
 
     def parse_options(self, options: dict[str, Any] | None) -> MethodOptions:
         try:
@@ -55,14 +86,12 @@ class SelectionMethod:
             )
             raise InvalidInputError(f"options for method {self.name!r}: {problems}") from None
 
-    def select(
-        self,
-        engine: QueryEngine,
-        targets: list[Example],
-        k: int,
-        options: MethodOptions,
-        timings: dict[str, float],
-    ) -> SelectionResult:
+    def artifacts(self, options: MethodOptions) -> tuple[str, ...]:
+        """Store artifacts this query reads (names in ``gradstore.artifacts.ARTIFACTS``)."""
+        return ()
+
+    def score(self, engine: QueryEngine, request: ScoreRequest) -> ScoreMatrix:
+        """Scores of the pool (or of candidates that surely hold the best ``request.k``)."""
         raise NotImplementedError
 
 
@@ -86,3 +115,11 @@ def group_by_subtask(targets: list[Example]) -> OrderedDict[str, list[int]]:
     for position, target in enumerate(targets):
         groups.setdefault(target.subtask or DEFAULT_SUBTASK, []).append(position)
     return groups
+
+
+def target_columns(targets: list[Example]) -> tuple[list[str], list[int]]:
+    """(subtasks in order of first appearance, subtask index of each target)."""
+    groups = group_by_subtask(targets)
+    names = list(groups)
+    index = {name: i for i, name in enumerate(names)}
+    return names, [index[t.subtask or DEFAULT_SUBTASK] for t in targets]

@@ -1,53 +1,48 @@
-"""Baselines every method is reported beside: seeded random and BM25."""
+"""Baselines every method is reported beside: seeded random and BM25. Neither loads a model."""
 
 from __future__ import annotations
 
 import time
-from functools import lru_cache
 
 import numpy as np
+from pydantic import Field
 
-from gradstore.examples import Example
 from gradstore.query import QueryEngine
-from gradstore.selection.base import (
-    MethodOptions,
-    Selected,
-    SelectionMethod,
-    SelectionResult,
-    group_by_subtask,
-)
-from gradstore.selection.less import rank
+from gradstore.selection.base import MethodOptions, ScoreRequest, SelectionMethod, target_columns
+from gradstore.selection.policies import PolicyName
+from gradstore.selection.scores import ScoreMatrix
 
 
 class RandomOptions(MethodOptions):
-    seed: int = 0
+    aggregate: PolicyName = Field(
+        "round_robin",
+        description="With 'round_robin' (default) the report's subtasks take turns.",
+    )
+    seed: int = Field(0, description="Seed of the sample.")
 
 
 class RandomSelection(SelectionMethod):
-    """A seeded uniform sample; subtasks are assigned round-robin for the report."""
+    """A seeded uniform sample: every subtask column holds the same random scores, so the
+    policy only decides which subtask each pick is reported under."""
 
     name = "random"
+    summary = "A seeded uniform sample of the pool"
     Options = RandomOptions
 
-    def select(self, engine, targets, k, options: RandomOptions, timings) -> SelectionResult:
+    def score(self, engine: QueryEngine, request: ScoreRequest) -> ScoreMatrix:
         n = engine.manifest.num_examples
-        rng = np.random.default_rng(options.seed)
-        rows = rng.permutation(n)[:k]
-        subtasks = list(group_by_subtask(targets))
-        ids = engine.datastore.ids
-        selected = [
-            Selected(ids[r], float(k - i) / k, subtasks[i % len(subtasks)])
-            for i, r in enumerate(rows)
-        ]
-        return SelectionResult(self.name, selected, n)
+        order = np.random.default_rng(request.options.seed).permutation(n)  # type: ignore[attr-defined]
+        scores = np.empty(n, dtype=np.float64)
+        scores[order] = (n - np.arange(n)) / n
+        subtasks, _ = target_columns(request.targets)
+        return ScoreMatrix.per_subtask(np.repeat(scores[:, None], len(subtasks), 1), subtasks)
 
 
 class Bm25Options(MethodOptions):
-    k1: float = 1.5
-    b: float = 0.75
+    k1: float = Field(1.5, gt=0, description="BM25 term-frequency saturation.")
+    b: float = Field(0.75, ge=0, le=1, description="BM25 length normalisation.")
 
 
-@lru_cache(maxsize=4)
 def _bm25_index(engine: QueryEngine, k1: float, b: float):
     import bm25s
 
@@ -58,37 +53,44 @@ def _bm25_index(engine: QueryEngine, k1: float, b: float):
 
 
 class Bm25Selection(SelectionMethod):
-    """BM25 over prompt+completion text; one query per subtask, max over subtasks."""
+    """BM25 (bm25s) over prompt+completion text: one query per subtask (its targets' text
+    joined), or one per target point under round-robin."""
 
     name = "bm25"
+    summary = "BM25 over the examples' text (bm25s)"
     Options = Bm25Options
 
-    def select(
-        self, engine, targets: list[Example], k, options: Bm25Options, timings
-    ) -> SelectionResult:
+    def score(self, engine: QueryEngine, request: ScoreRequest) -> ScoreMatrix:
         import bm25s
 
+        options: Bm25Options = request.options  # type: ignore[assignment]
         started = time.perf_counter()
-        retriever = _bm25_index(engine, options.k1, options.b)
-        timings["index"] = (time.perf_counter() - started) * 1000
+        retriever = engine.cached(
+            ("bm25", options.k1, options.b), lambda: _bm25_index(engine, options.k1, options.b)
+        )
+        request.timings["index"] = (time.perf_counter() - started) * 1000
         started = time.perf_counter()
-        groups = group_by_subtask(targets)
-        per_subtask = []
-        for positions in groups.values():
-            query = " ".join(targets[p].text() for p in positions)
+        subtasks, column_subtask = target_columns(request.targets)
+        if request.per_target:
+            queries = [t.text() for t in request.targets]
+        else:
+            queries = [
+                " ".join(
+                    t.text() for t, c in zip(request.targets, column_subtask, strict=True) if c == j
+                )
+                for j in range(len(subtasks))
+            ]
+        n = engine.manifest.num_examples
+        columns = []
+        for query in queries:
             tokens = bm25s.tokenize([query], show_progress=False, return_ids=False)[0]
             known = [t for t in tokens if t in retriever.vocab_dict]
-            n = len(engine.datastore.ids)
-            per_subtask.append(retriever.get_scores(known) if known else np.zeros(n))
-        scores_by_subtask = np.stack(per_subtask, axis=1)
-        scores = scores_by_subtask.max(axis=1)
-        rows = np.arange(len(scores))
-        best = rank(scores, rows, k)
-        names = list(groups)
-        ids = engine.datastore.ids
-        selected = [
-            Selected(ids[r], float(scores[r]), names[int(np.argmax(scores_by_subtask[r]))])
-            for r in best
-        ]
-        timings["search"] = (time.perf_counter() - started) * 1000
-        return SelectionResult(self.name, selected, len(scores))
+            columns.append(retriever.get_scores(known) if known else np.zeros(n))
+        request.timings["search"] = (time.perf_counter() - started) * 1000
+        scores = np.stack(columns, axis=1)
+        if request.per_target:
+            return ScoreMatrix(
+                scores, subtasks, np.asarray(column_subtask),
+                column_targets=[t.id for t in request.targets],
+            )  # fmt: skip
+        return ScoreMatrix.per_subtask(scores, subtasks)

@@ -6,6 +6,7 @@ checkpoint i (the mean is not renormalised, as in the reference). The exact sear
 every subtask in one pass over the stored features (``FeatureScanner``). A store with an
 approximate FAISS index can search it instead (``search: "index"``): the top-k of the max
 over subtasks lies in the union of the per-subtask top-k, which is then rescored exactly.
+Under ``round_robin`` every target point is its own column (q not averaged).
 """
 
 from __future__ import annotations
@@ -17,25 +18,21 @@ import numpy as np
 from pydantic import Field
 
 from gradstore.errors import InvalidInputError
-from gradstore.examples import Example
 from gradstore.index import search
 from gradstore.query import QueryEngine
-from gradstore.search import top_k
 from gradstore.selection.base import (
     MethodOptions,
-    Selected,
+    ScoreRequest,
     SelectionMethod,
-    SelectionResult,
-    group_by_subtask,
+    target_columns,
 )
+from gradstore.selection.scores import ScoreMatrix
+from gradstore.store import gradient_artifact
 
 
 class LessOptions(MethodOptions):
     checkpoints: list[int] | None = Field(
         None, description="Use only these checkpoint indexes (default: all)."
-    )
-    aggregate: Literal["max", "mean"] = Field(
-        "max", description="How subtask scores combine: the reference's max, or the mean."
     )
     pool_features: Literal["adam", "sgd"] = Field(
         "adam", description="Pool feature kind: Adam-preconditioned (reference) or plain."
@@ -44,6 +41,11 @@ class LessOptions(MethodOptions):
         "index",
         description="The store's index: exact for 'Flat' stores, the approximate FAISS index "
         "otherwise (candidates rescored exactly); or 'exact' to scan every row.",
+    )
+    target_eos: bool = Field(
+        False,
+        description="Append EOS to prompt/completion targets (the reference's evaluation sets "
+        "do not; pool examples always end with it).",
     )
 
 
@@ -55,80 +57,67 @@ def subtask_queries(
     return np.stack(rows).reshape(len(rows), -1).astype(np.float32)
 
 
-def rank(scores: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
-    """Positions of the best ``k`` by score, ties broken by the smaller row (deterministic)."""
-    order = np.lexsort((rows, -scores.astype(np.float64)))
-    return order[:k]
-
-
 class Less(SelectionMethod):
     name = "less"
+    summary = "LESS: learning-rate-weighted cosine of LoRA gradient features (Xia et al., 2024)"
     Options = LessOptions
+    model = "checkpoints"
 
-    def select(
-        self,
-        engine: QueryEngine,
-        targets: list[Example],
-        k: int,
-        options: LessOptions,
-        timings: dict[str, float],
-    ) -> SelectionResult:
-        manifest = engine.manifest
-        if options.pool_features not in manifest.kinds:
-            raise InvalidInputError(
-                f"this datastore keeps pool features {manifest.kinds}, not "
-                f"{options.pool_features!r}"
-            )
+    def artifacts(self, options: LessOptions) -> tuple[str, ...]:
+        return (gradient_artifact(options.pool_features),)
+
+    def _weights(self, engine: QueryEngine, options: LessOptions) -> np.ndarray:
         weights = engine.datastore.checkpoint_weights()
         if options.checkpoints is not None:
-            known = [c.index for c in manifest.checkpoints]
+            known = [c.index for c in engine.manifest.checkpoints]
             unknown = sorted(set(options.checkpoints) - set(known))
             if unknown or not options.checkpoints:
                 raise InvalidInputError(
                     f"options.checkpoints must be a non-empty subset of {known}"
                 )
             weights = weights * np.isin(known, options.checkpoints)
-        features, positions, skipped = engine.target_features(targets, timings)
-        kept_targets = [targets[p] for p in positions]
-        groups = group_by_subtask(kept_targets)
-        queries = subtask_queries(features, groups, weights)
-        if options.aggregate == "mean":
-            search_queries = queries.mean(axis=0, keepdims=True)
+        return weights
+
+    def score(self, engine: QueryEngine, request: ScoreRequest) -> ScoreMatrix:
+        options: LessOptions = request.options  # type: ignore[assignment]
+        weights = self._weights(engine, options)
+        features, positions, skipped = engine.target_features(
+            request.targets, request.timings, eos=options.target_eos
+        )
+        kept = [request.targets[p] for p in positions]
+        subtasks, column_subtask = target_columns(kept)
+        if request.per_target:
+            queries = (weights[None, :, None] * features).reshape(len(kept), -1)
+            queries = queries.astype(np.float32)
         else:
-            search_queries = queries
+            groups = {
+                name: [i for i, c in enumerate(column_subtask) if c == j]
+                for j, name in enumerate(subtasks)
+            }
+            queries = subtask_queries(features, groups, weights)
+            column_subtask = list(range(len(subtasks)))
 
         started = time.perf_counter()
-        index = engine.index(options.pool_features) if options.search == "index" else None
+        kind = options.pool_features
+        index = engine.index(kind) if options.search == "index" else None
         if index is not None:
-            _, found = search(index, search_queries, k)
-            candidates = np.unique(found[found >= 0])
-            vectors = engine.datastore.rows(options.pool_features, candidates)
-            per_subtask = vectors @ queries.T
+            # candidates: each column's top k, or the mean query's for the mean policy
+            mean = options.aggregate == "mean"
+            _, found = search(
+                index, queries.mean(axis=0, keepdims=True) if mean else queries, request.k
+            )
+            rows = np.unique(found[found >= 0])
+            scores = engine.datastore.rows(kind, rows) @ queries.T
         else:
-            candidates = np.arange(manifest.num_examples)
-            per_subtask = engine.scanner.scores(
-                options.pool_features, queries.reshape(len(queries), len(weights), -1)
-            )
-        # the mean query's score is the mean of the subtask scores: no second product
-        scores = per_subtask.max(axis=1) if options.aggregate == "max" else per_subtask.mean(axis=1)
-        timings["search"] = (time.perf_counter() - started) * 1000
-
-        started = time.perf_counter()
-        best = top_k(scores, k) if index is None else rank(scores, candidates, k)
-        names = list(groups)
-        ids = engine.datastore.ids
-        selected = [
-            Selected(
-                id=ids[candidates[i]],
-                score=float(scores[i]),
-                subtask=names[int(np.argmax(per_subtask[i]))],
-            )
-            for i in best
-        ]
-        timings["rank"] = (time.perf_counter() - started) * 1000
-        return SelectionResult(
-            method=self.name,
-            selected=selected,
-            num_candidates=manifest.num_examples,
+            rows = None
+            shaped = queries.reshape(len(queries), len(weights), -1)
+            scores = engine.scanner.scores(kind, shaped)
+        request.timings["search"] = (time.perf_counter() - started) * 1000
+        return ScoreMatrix(
+            scores=scores,
+            subtasks=subtasks,
+            column_subtask=np.asarray(column_subtask),
+            rows=rows,
+            column_targets=[t.id for t in kept] if request.per_target else None,
             details={"skipped_targets": [{"id": s.id, "reason": s.reason} for s in skipped]},
         )

@@ -6,6 +6,12 @@ two examples say nothing about their skill. The skill is given by a symbol in th
 distinct *form* (numbers, lowercase or uppercase letters, yes/no, codes, even/odd); two
 (``add`` and ``count``) share the numeric form on purpose, to show where gradient features
 stop separating skills. The family is kept as ``meta`` for evaluation only.
+
+The ``hard`` variant is built like real pools: targets are written in the wording a user
+would choose for the skill ("Write the letters of this word in reverse order: ~abc"), and
+half of every family's pool examples are written in the target wordings of *all* families,
+so most pool examples that share a target's very wording teach another skill. Lexical
+matching then finds the wording, not the skill.
 """
 
 from __future__ import annotations
@@ -24,6 +30,18 @@ STYLES = {
     "arrow": "{x} =>",
     "item": "Here is a task item: {x}. Answer briefly.",
 }
+# The wording a user would write a target of each skill in (the hard variant).
+TARGET_WORDINGS = {
+    "add": "Add the two numbers and give the sum: {x}",
+    "count": "Count how many times the marked letter occurs: {x}",
+    "reverse": "Write the letters of this word in reverse order: {x}",
+    "sort": "Sort the letters of this word alphabetically: {x}",
+    "upper": "Rewrite this word in capital letters: {x}",
+    "brackets": "Tell me whether these brackets are balanced: {x}",
+    "lookup": "Look up this word in the dictionary and give its code: {x}",
+    "parity": "Say whether this number is even or odd: {x}",
+}
+VARIANTS = ("standard", "hard")
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
@@ -92,20 +110,35 @@ def _task(family: str, rng: random.Random, dictionary: dict[str, str]) -> tuple[
     raise ValueError(f"unknown family {family!r}")
 
 
+def _template(variant: str, family: str, n: int, targets: bool) -> tuple[str, str]:
+    """(style name, template) of the n-th example of a family."""
+    styles = list(STYLES.items())
+    if variant == "standard":
+        return styles[n % len(styles)]
+    if variant != "hard":
+        raise ValueError(f"unknown corpus variant {variant!r}; known: {', '.join(VARIANTS)}")
+    if targets:
+        return f"wording:{family}", TARGET_WORDINGS[family]
+    if n % 2 == 0:
+        return styles[(n // 2) % len(styles)]
+    worded = FAMILIES[(n // 2) % len(FAMILIES)]  # every family's wording, in turn
+    return f"wording:{worded}", TARGET_WORDINGS[worded]
+
+
 def _examples(
     seed: int,
     per_family: int,
     make_id: Callable[[str, int], str],
     subtask: bool,
     exclude: set[tuple[str | None, str | None]],
+    variant: str = "standard",
 ) -> list[Example]:
     rng = random.Random(seed)
     dictionary = synthetic_dictionary(0)  # the dictionary is part of the world, not the sample
-    styles = list(STYLES.items())
     out = []
     for family in FAMILIES:
         for n in range(per_family):
-            style, template = styles[n % len(styles)]
+            style, template = _template(variant, family, n, targets=subtask)
             for _ in range(1000):  # redraw inputs the caller holds out; small spaces run dry
                 task_input, answer = _task(family, rng, dictionary)
                 prompt = template.format(x=task_input)
@@ -126,13 +159,18 @@ def _examples(
     return out
 
 
-def generate_corpus(seed: int = 0, per_family: int = 150) -> list[Example]:
+def generate_corpus(
+    seed: int = 0, per_family: int = 150, variant: str = "standard"
+) -> list[Example]:
     """The pool: ``per_family`` examples of every family, shuffled, deterministic from seed."""
-    return _examples(seed, per_family, lambda f, n: f"{f}-{n:05d}", False, set())
+    return _examples(seed, per_family, lambda f, n: f"{f}-{n:05d}", False, set(), variant)
 
 
 def generate_targets(
-    seed: int = 1, per_family: int = 8, exclude: Iterable[Example] = ()
+    seed: int = 1,
+    per_family: int = 8,
+    exclude: Iterable[Example] = (),
+    variant: str = "standard",
 ) -> list[Example]:
     """Held-out target examples with ``subtask`` = family; IDs never clash with the pool's.
 
@@ -140,7 +178,9 @@ def generate_targets(
     also a pool example would make selection look better than it is).
     """
     held = {(e.prompt, e.completion) for e in exclude}
-    return _examples(10_000 + seed, per_family, lambda f, n: f"target-{f}-{n:05d}", True, held)
+    return _examples(
+        10_000 + seed, per_family, lambda f, n: f"target-{f}-{n:05d}", True, held, variant
+    )
 
 
 def family_of(example: Example) -> str:

@@ -193,35 +193,51 @@ PRETRAINING_SEED_OFFSET = 1000
 
 
 def ensure_toy_assets(
-    cache_dir: Path, seed: int = 0, per_family: int = 150, size: str = "small"
+    cache_dir: Path,
+    seed: int = 0,
+    per_family: int = 150,
+    size: str = "small",
+    variant: str = "standard",
+    steps: int | None = None,
+    progress: bool = True,
 ) -> tuple[Path, Path]:
     """(corpus JSONL, model dir), made once and reused while complete and of the same recipe.
 
     The model is pre-trained on another sample of the same skills (seed + 1000), never on
     the pool itself: like a real base model, it has not memorised the examples it will be
     asked to rank (pre-training on the pool left the pool's gradients near zero and halved
-    the demo's precision).
+    the demo's precision). A corpus ``variant`` (``gradstore.toy.corpus.VARIANTS``) gets its
+    own pool and a model pre-trained on another sample of that variant; ``steps`` shortens
+    pre-training (quick benchmarks).
     """
     from gradstore.toy.corpus import generate_corpus
 
     cache_dir = Path(cache_dir)
-    corpus_path = cache_dir / f"corpus-{per_family}-{seed}.jsonl"
-    model_dir = cache_dir / f"model-{size}-{per_family}-{seed}"
+    tag = "" if variant == "standard" else f"{variant}-"
+    corpus_path = cache_dir / f"corpus-{tag}{per_family}-{seed}.jsonl"
+    shortened = f"-{steps}steps" if steps else ""
+    model_dir = cache_dir / f"model-{size}-{tag}{per_family}-{seed}{shortened}"
     recipe = {
         "seed": seed,
         "per_family": per_family,
         "size": size,
         "pretraining_seed": seed + PRETRAINING_SEED_OFFSET,
     }
+    if variant != "standard":
+        recipe["variant"] = variant
+    if steps:
+        recipe["steps"] = steps
     marker = cache_dir / f"{model_dir.name}.complete.json"
     if _complete(marker, corpus_path, model_dir, recipe):
         return corpus_path, model_dir
     cache_dir.mkdir(parents=True, exist_ok=True)
     marker.unlink(missing_ok=True)
-    write_jsonl(generate_corpus(seed=seed, per_family=per_family), corpus_path)
-    pretraining = generate_corpus(seed=seed + PRETRAINING_SEED_OFFSET, per_family=per_family)
+    write_jsonl(generate_corpus(seed=seed, per_family=per_family, variant=variant), corpus_path)
+    pretraining = generate_corpus(
+        seed=seed + PRETRAINING_SEED_OFFSET, per_family=per_family, variant=variant
+    )
     shutil.rmtree(model_dir, ignore_errors=True)
-    train_toy_model(pretraining, model_dir, seed=seed, size=size)
+    train_toy_model(pretraining, model_dir, seed=seed, size=size, steps=steps, progress=progress)
     atomic_write_json(marker, {"recipe": recipe, "corpus_sha256": sha256_file(corpus_path)})
     return corpus_path, model_dir
 

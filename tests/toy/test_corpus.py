@@ -152,3 +152,27 @@ def _form(answer: str) -> str:
     if answer.isalpha():
         return "lower" if answer.islower() else "upper"
     return "other"
+
+
+def test_the_hard_variant_writes_many_pool_examples_in_each_targets_wording():
+    """Targets use their skill's wording; a pool example in that wording teaches its skill
+    only one time in eight (every family is written in every wording, in turn)."""
+    from gradstore.toy.corpus import TARGET_WORDINGS
+
+    pool = generate_corpus(seed=0, per_family=48, variant="hard")
+    assert Counter(family_of(e) for e in pool) == dict.fromkeys(FAMILIES, 48)
+    targets = generate_targets(seed=1, per_family=4, exclude=pool, variant="hard")
+    for target in targets:
+        assert target.extra["meta"]["style"] == f"wording:{target.subtask}"
+        prefix = TARGET_WORDINGS[target.subtask].split("{x}")[0]
+        assert target.prompt.startswith(prefix)
+    for family in FAMILIES:
+        worded = [e for e in pool if e.extra["meta"]["style"] == f"wording:{family}"]
+        assert len(worded) == 24  # half of the pool is worded, evenly over 8 wordings
+        assert Counter(family_of(e) for e in worded) == dict.fromkeys(FAMILIES, 3)
+    generic = [e for e in pool if not e.extra["meta"]["style"].startswith("wording:")]
+    assert len(generic) == len(pool) // 2
+    standard = generate_corpus(seed=0, per_family=48)  # same draws: same inputs and answers
+    assert sorted(e.completion for e in standard) == sorted(e.completion for e in pool)
+    with pytest.raises(ValueError, match="unknown corpus variant"):
+        generate_corpus(seed=0, per_family=2, variant="harder")

@@ -93,7 +93,7 @@ def test_ensure_toy_assets_builds_once_and_rebuilds_when_incomplete(tmp_path, mo
 
     def counting(examples, out_dir, **kwargs):
         calls.append(out_dir)
-        return real(examples, out_dir, **kwargs, steps=2, progress=False)
+        return real(examples, out_dir, **(kwargs | {"steps": 2, "progress": False}))
 
     monkeypatch.setattr(toy_model, "train_toy_model", counting)
     corpus, model_dir = ensure_toy_assets(tmp_path, seed=0, per_family=3, size="tiny")
@@ -114,3 +114,11 @@ def test_ensure_toy_assets_builds_once_and_rebuilds_when_incomplete(tmp_path, mo
     assert describe(model_dir)["corpus_sha256"] != sha256_file(corpus)
     ensure_toy_assets(tmp_path, seed=1, per_family=3, size="tiny")  # another recipe
     assert len(calls) == 4
+    hard_corpus, hard_model = ensure_toy_assets(
+        tmp_path, seed=0, per_family=3, size="tiny", variant="hard"
+    )
+    assert len(calls) == 5 and hard_corpus != corpus and hard_model != model_dir
+    hard_pretraining = generate_corpus(seed=1000, per_family=3, variant="hard")
+    assert describe(hard_model)["corpus_sha256"] == corpus_sha256(hard_pretraining)
+    assert ensure_toy_assets(tmp_path, seed=0, per_family=3, size="tiny") == (corpus, model_dir)
+    assert len(calls) == 5  # the standard assets are still there
