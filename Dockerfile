@@ -49,9 +49,10 @@ COPY gradstore ./gradstore
 COPY service ./service
 COPY worker ./worker
 COPY migrations ./migrations
+COPY db ./db
 RUN pip install . \
     && if [ -n "$FAISS_PACKAGE" ]; then pip uninstall -y faiss-cpu && pip install "$FAISS_PACKAGE"; fi \
-    && python -c "import torch, faiss, gradstore.cli, service.app, worker.runner, migrations" \
+    && python -c "import torch, faiss, gradstore.cli, gradstore.service.app, gradstore.worker.runner, gradstore.migrations" \
     && cd / && rm -rf /src
 
 RUN useradd --create-home --uid 10001 --user-group gradstore \

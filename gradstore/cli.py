@@ -1,8 +1,13 @@
-"""The ``gradstore`` command line: toy assets, build, select, demo, and the service commands."""
+"""The ``gradstore`` command line: toy assets, build, select, demo, and the service commands.
+
+The service commands (serve, api, worker, db) come from the ``gradstore.cli`` entry point
+group, which the service and worker packages fill: the core never imports them.
+"""
 
 from __future__ import annotations
 
 import json
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated
 
@@ -10,10 +15,14 @@ import typer
 
 from gradstore.config import BuildConfig, LoraConfig, ProjectionConfig, WarmupConfig
 from gradstore.remote_cli import remote_app
-from service.commands import register as register_service_commands
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
-toy_app = typer.Typer(no_args_is_help=True, help="Offline toy corpus and model (DESIGN.md §5).")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Choose instruction-tuning data with a LESS gradient datastore: toy assets, build, "
+    "select, demo, and the service (serve, api, worker, db).",
+)
+toy_app = typer.Typer(no_args_is_help=True, help="Offline toy corpus and model (docs/toy.md).")
 app.add_typer(toy_app, name="toy")
 app.add_typer(remote_app, name="remote")
 
@@ -208,7 +217,12 @@ def demo(
         json_out.write_text(json.dumps(report, indent=2))
 
 
-register_service_commands(app)
+def _register_plugins(target: typer.Typer) -> None:
+    for entry in sorted(entry_points(group="gradstore.cli"), key=lambda e: e.name):
+        entry.load()(target)
+
+
+_register_plugins(app)
 
 if __name__ == "__main__":
     app()

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -104,3 +105,8 @@ def remove_stale_temporaries(root: str | Path) -> int:
             stale.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+def remove_tree(path: str | Path) -> None:
+    """Remove a directory and everything under it; a missing one is fine (idempotent)."""
+    shutil.rmtree(path, ignore_errors=True)

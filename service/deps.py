@@ -8,10 +8,9 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from gradstore.db.settings import Settings
+from gradstore.service.engines import EngineCache
 from sqlalchemy.orm import Session
-
-from service.engines import EngineCache
-from service.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False)
 

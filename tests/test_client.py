@@ -17,6 +17,14 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
+from gradstore.service.schemas import (
+    DatasetCreate,
+    DatasetPublic,
+    DatastoreCreate,
+    DatastorePublic,
+    SelectRequest,
+    SelectResponse,
+)
 
 from gradstore.client import (
     Datastore,
@@ -26,14 +34,6 @@ from gradstore.client import (
 )
 from gradstore.config import LoraConfig
 from gradstore.examples import Example
-from service.schemas import (
-    DatasetCreate,
-    DatasetPublic,
-    DatastoreCreate,
-    DatastorePublic,
-    SelectRequest,
-    SelectResponse,
-)
 
 PROBLEM = "application/problem+json"
 NOW = datetime(2024, 1, 1, tzinfo=UTC)
@@ -354,10 +354,9 @@ def test_wait_until_ready_times_out(fake):
 def live_api(tmp_path):
     """The real FastAPI app on a migrated SQLite database, served by uvicorn on a free port."""
     import uvicorn
-
-    from migrations import upgrade
-    from service.app import create_app
-    from service.settings import Settings
+    from gradstore.db.settings import Settings
+    from gradstore.migrations import upgrade
+    from gradstore.service.app import create_app
 
     settings = Settings(data_dir=tmp_path / "data", api_keys="k1,k2")
     settings.data_dir.mkdir(parents=True)

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import typer
 import yaml
+from gradstore.db.settings import Settings
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from gradstore.cli import app as cli_app
-from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRETS = {"GRADSTORE_API_KEYS": "key-one,key-two", "POSTGRES_PASSWORD": "pw0123"}
@@ -139,7 +139,7 @@ def test_api_serves_on_its_published_port_with_a_real_health_route(services):
     probe = " ".join(api["healthcheck"]["test"])
     assert f"http://127.0.0.1:{port}/healthz" in probe and "urllib" in probe
 
-    from service.app import create_app
+    from gradstore.service.app import create_app
 
     paths = create_app(Settings(data_dir=Path("unused"))).openapi()["paths"]
     assert "/healthz" in paths and "/readyz" in paths
@@ -220,8 +220,8 @@ def test_dockerfile_builds_one_non_root_image_for_every_role(raw):
 
     copied = {a.split()[0] for k, a in instructions if k == "COPY"}
     copied |= {p for k, a in instructions if k == "COPY" for p in a.split()[:-1]}
-    for pattern in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]:
-        assert pattern.rstrip("*") in copied, f"package {pattern} is not copied into the image"
+    for folder in ["gradstore", *pyproject["tool"]["setuptools"]["package-dir"].values()]:
+        assert folder in copied, f"source folder {folder} is not copied into the image"
     assert {"pyproject.toml", "README.md"} <= copied
 
 
@@ -232,5 +232,5 @@ def test_dockerignore_keeps_data_out_and_sources_in():
         if line.strip() and not line.startswith("#")
     }
     assert {".git", ".venv", "data", ".gradstore", ".pytest_cache", "**/__pycache__"} <= patterns
-    for needed in ("gradstore", "service", "worker", "migrations", "pyproject.toml", "README.md"):
+    for needed in ("gradstore", "service", "worker", "db", "migrations", "pyproject.toml"):
         assert needed not in patterns

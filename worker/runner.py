@@ -17,22 +17,22 @@ import time
 import traceback
 import uuid
 
-from sqlalchemy.orm import Session, sessionmaker
-from tqdm import tqdm
-
-from service.db import make_engine, make_sessionmaker, transaction
-from service.models import Datastore
-from service.settings import Settings
-from worker.queue import Claim, claim_next, fail_exhausted, release_for_retry, renew
-from worker.stages import (
+from gradstore.db.engine import make_engine, make_sessionmaker, transaction
+from gradstore.db.models import Datastore
+from gradstore.db.queue import Claim, claim_next, fail_exhausted, release_for_retry, renew
+from gradstore.db.settings import Settings
+from gradstore.worker.stages import (
     BuildGone,
     fail_build,
     finish_unit,
     is_active,
     mark_started,
-    remove_artifacts,
     run_unit,
 )
+from sqlalchemy.orm import Session, sessionmaker
+from tqdm import tqdm
+
+from gradstore.files import remove_tree
 
 log = logging.getLogger("gradstore.worker")
 
@@ -146,9 +146,9 @@ class Worker:
         with self.factory() as session:
             store = session.get(Datastore, claim.datastore_id)
             if store is None:
-                remove_artifacts(self.settings.datastores_dir / claim.datastore_id)
+                remove_tree(self.settings.datastores_dir / claim.datastore_id)
             elif store.cancel_requested:
-                remove_artifacts(store.path)
+                remove_tree(store.path)
 
     def _after_failure(self, claim: Claim, exc: Exception) -> None:
         detail = f"{claim.kind} unit failed: {type(exc).__name__}: {exc}"

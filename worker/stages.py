@@ -6,10 +6,11 @@ after it (mark done, add the next units, update progress) is one short transacti
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from gradstore.db.models import Dataset, Datastore, WorkUnit, utcnow
+from gradstore.db.queue import ACTIVE_BUILD, Claim, complete
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -19,8 +20,6 @@ from gradstore.config import BuildConfig
 from gradstore.files import read_json
 from gradstore.store import Datastore as GradstoreDatastore
 from gradstore.store import Shard
-from service.models import Dataset, Datastore, WorkUnit, utcnow
-from worker.queue import ACTIVE_BUILD, Claim, complete
 
 
 class BuildGone(Exception):
@@ -159,7 +158,3 @@ def fail_build(session: Session, datastore_id: str, error: str) -> None:
     if is_active(store):
         store.status = "failed"
         store.error = error
-
-
-def remove_artifacts(path: str | Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

@@ -7,16 +7,16 @@ import json
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from gradstore.db.models import Dataset
+from gradstore.service.deps import SessionDep, SettingsDep
+from gradstore.service.example_index import read_example
+from gradstore.service.problems import problem_responses
+from gradstore.service.schemas import DatasetCreate, DatasetPage, DatasetPublic
 from sqlalchemy import func, select
 
 from gradstore.errors import InvalidInputError, NotFoundError, PayloadTooLargeError
 from gradstore.examples import load_examples, parse_jsonl_lines
 from gradstore.files import atomic_write_bytes, sha256_bytes
-from service.deps import SessionDep, SettingsDep
-from service.example_index import read_example
-from service.models import Dataset
-from service.problems import problem_responses
-from service.schemas import DatasetCreate, DatasetPage, DatasetPublic
 
 router = APIRouter(
     prefix="/v1/datasets", tags=["datasets"], responses=problem_responses(401, 404, 413, 422)

@@ -5,6 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter, Query, Response
+from gradstore.db.models import ACTIVE_BUILD, Datastore, SelectionRecord, WorkUnit
+from gradstore.service.deps import EnginesDep, SessionDep, SettingsDep
+from gradstore.service.metrics import SELECT_SECONDS
+from gradstore.service.problems import problem_responses
+from gradstore.service.routes.datasets import get_dataset_or_404
+from gradstore.service.schemas import (
+    DatastoreCreate,
+    DatastorePage,
+    DatastorePublic,
+    SelectRequest,
+    SelectResponse,
+)
 from pydantic import ValidationError
 from sqlalchemy import delete, func, select
 
@@ -16,21 +28,8 @@ from gradstore.errors import (
     PayloadTooLargeError,
 )
 from gradstore.examples import load_examples
+from gradstore.files import remove_tree
 from gradstore.selection import get_method, run_selection
-from service.deps import EnginesDep, SessionDep, SettingsDep
-from service.metrics import SELECT_SECONDS
-from service.models import Datastore, SelectionRecord, WorkUnit
-from service.problems import problem_responses
-from service.routes.datasets import get_dataset_or_404
-from service.schemas import (
-    DatastoreCreate,
-    DatastorePage,
-    DatastorePublic,
-    SelectRequest,
-    SelectResponse,
-)
-from worker.queue import ACTIVE_BUILD
-from worker.stages import remove_artifacts
 
 ERRORS = problem_responses(401, 404, 409, 413, 422)
 router = APIRouter(prefix="/v1/datastores", tags=["datastores"], responses=ERRORS)
@@ -143,7 +142,7 @@ def delete_datastore(datastore_id: str, session: SessionDep, engines: EnginesDep
         session.execute(delete(WorkUnit).where(WorkUnit.datastore_id == store.id))
         session.delete(store)
         session.commit()
-    remove_artifacts(store.path)
+    remove_tree(store.path)
     return Response(status_code=204)
 
 

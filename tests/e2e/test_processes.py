@@ -19,11 +19,11 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from conftest import TINY_BUILD
+from gradstore.migrations import upgrade
 from processes import Process, free_port, manifest_files, wait_for_http, wait_ready, wait_until
 
 from gradstore.examples import write_jsonl
 from gradstore.toy.corpus import generate_corpus
-from migrations import upgrade
 
 pytestmark = pytest.mark.slow
 

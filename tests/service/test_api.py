@@ -12,15 +12,15 @@ import sqlalchemy as sa
 import torch
 from conftest import TINY_BUILD
 from fastapi.testclient import TestClient
+from gradstore.db.engine import make_engine
+from gradstore.db.models import SelectionRecord, WorkUnit
+from gradstore.db.settings import Settings
+from gradstore.migrations import upgrade
+from gradstore.service.app import create_app
+from gradstore.worker.runner import Worker
 from sqlalchemy.orm import Session
 
 from gradstore.examples import read_jsonl
-from migrations import upgrade
-from service.app import create_app
-from service.db import make_engine
-from service.models import SelectionRecord, WorkUnit
-from service.settings import Settings
-from worker.runner import Worker
 
 PROBLEM = "application/problem+json"
 

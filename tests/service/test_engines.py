@@ -7,11 +7,11 @@ import threading
 import pytest
 import torch
 from conftest import TINY_BUILD
+from gradstore.service.engines import EngineCache
 
 from gradstore.build import build_all
 from gradstore.config import BuildConfig
 from gradstore.errors import ManifestMismatchError, NotReadyError
-from service.engines import EngineCache
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,10 @@ import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from gradstore.db.engine import transaction
+from gradstore.db.models import ACTIVE_BUILD, Datastore, WorkUnit
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
-
-from service.db import transaction
-from service.models import ACTIVE_BUILD, Datastore, WorkUnit
 
 __all__ = [
     "ACTIVE_BUILD",
