@@ -15,10 +15,12 @@ import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from gradstore.db.engine import transaction
-from gradstore.db.models import ACTIVE_BUILD, Datastore, WorkUnit
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
+
+from gradstore.api_models import ACTIVE_BUILD, DatastoreStatus
+from gradstore.db.engine import transaction
+from gradstore.db.models import Datastore, UnitState, WorkUnit
 
 __all__ = [
     "ACTIVE_BUILD",
@@ -59,9 +61,9 @@ def claim_next(
                 Datastore.status.in_(ACTIVE_BUILD),
                 Datastore.cancel_requested.is_(False),
                 or_(
-                    WorkUnit.state == "pending",
+                    WorkUnit.state == UnitState.PENDING,
                     and_(
-                        WorkUnit.state == "running",
+                        WorkUnit.state == UnitState.RUNNING,
                         WorkUnit.lease_expires_at < now,
                         WorkUnit.attempts < max_attempts,
                     ),
@@ -76,7 +78,7 @@ def claim_next(
             update(WorkUnit)
             .where(WorkUnit.id == claimable.scalar_subquery())
             .values(
-                state="running",
+                state=UnitState.RUNNING,
                 lease_owner=owner,
                 lease_expires_at=now + timedelta(seconds=lease_seconds),
                 attempts=WorkUnit.attempts + 1,
@@ -102,7 +104,7 @@ def renew(factory: sessionmaker[Session], claim: Claim, owner: str, lease_second
             .where(
                 WorkUnit.id == claim.id,
                 WorkUnit.lease_owner == owner,
-                WorkUnit.state == "running",
+                WorkUnit.state == UnitState.RUNNING,
             )
             .values(lease_expires_at=_now() + timedelta(seconds=lease_seconds))
         )
@@ -114,8 +116,12 @@ def complete(session: Session, claim: Claim, owner: str, seconds: float) -> bool
     """Mark done if we still hold the lease (another holder would write the same bytes)."""
     result = session.execute(
         update(WorkUnit)
-        .where(WorkUnit.id == claim.id, WorkUnit.lease_owner == owner, WorkUnit.state == "running")
-        .values(state="done", seconds=seconds, lease_expires_at=None)
+        .where(
+            WorkUnit.id == claim.id,
+            WorkUnit.lease_owner == owner,
+            WorkUnit.state == UnitState.RUNNING,
+        )
+        .values(state=UnitState.DONE, seconds=seconds, lease_expires_at=None)
     )
     return result.rowcount == 1
 
@@ -124,7 +130,7 @@ def release_for_retry(session: Session, claim: Claim, owner: str, error: str) ->
     session.execute(
         update(WorkUnit)
         .where(WorkUnit.id == claim.id, WorkUnit.lease_owner == owner)
-        .values(state="pending", lease_owner=None, lease_expires_at=None, error=error)
+        .values(state=UnitState.PENDING, lease_owner=None, lease_expires_at=None, error=error)
     )
 
 
@@ -136,7 +142,7 @@ def fail_exhausted(factory: sessionmaker[Session], max_attempts: int) -> list[st
             .join(Datastore, Datastore.id == WorkUnit.datastore_id)
             .where(
                 Datastore.status.in_(ACTIVE_BUILD),
-                WorkUnit.state == "running",
+                WorkUnit.state == UnitState.RUNNING,
                 WorkUnit.lease_expires_at < _now(),
                 WorkUnit.attempts >= max_attempts,
             )
@@ -149,7 +155,7 @@ def fail_exhausted(factory: sessionmaker[Session], max_attempts: int) -> list[st
                 update(Datastore)
                 .where(Datastore.id == datastore_id, Datastore.status.in_(ACTIVE_BUILD))
                 .values(
-                    status="failed",
+                    status=DatastoreStatus.FAILED,
                     error=f"{kind} unit {unit_id} lost its worker {max_attempts} times "
                     f"(last {owner}); the worker dies on it (out of memory?)",
                 )
@@ -168,7 +174,7 @@ def release_dead_local_leases(factory: sessionmaker[Session], hostname: str) -> 
     released = 0
     with transaction(factory) as session:
         rows = session.execute(
-            select(WorkUnit.id, WorkUnit.lease_owner).where(WorkUnit.state == "running")
+            select(WorkUnit.id, WorkUnit.lease_owner).where(WorkUnit.state == UnitState.RUNNING)
         ).all()
         for unit_id, owner in rows:
             host, _, rest = (owner or "").partition(":")
@@ -177,7 +183,7 @@ def release_dead_local_leases(factory: sessionmaker[Session], hostname: str) -> 
                 session.execute(
                     update(WorkUnit)
                     .where(WorkUnit.id == unit_id, WorkUnit.lease_owner == owner)
-                    .values(state="pending", lease_owner=None, lease_expires_at=None)
+                    .values(state=UnitState.PENDING, lease_owner=None, lease_expires_at=None)
                 )
                 released += 1
     return released

@@ -13,7 +13,8 @@ from typing import Annotated
 
 import typer
 
-from gradstore.config import BuildConfig, LoraConfig, ProjectionConfig, WarmupConfig
+from gradstore.cli_config import with_build_config
+from gradstore.config import BuildConfig
 from gradstore.remote_cli import remote_app
 
 app = typer.Typer(
@@ -66,34 +67,11 @@ def toy_model(
 
 
 @app.command()
+@with_build_config
 def build(
     dataset: Annotated[Path, typer.Option(help="Pool of training examples (JSONL).")],
     model: Annotated[Path, typer.Option(help="Local Hugging Face causal-LM directory.")],
     out: Annotated[Path, typer.Option(help="Datastore directory to create.")],
-    projection_dim: Annotated[int, typer.Option(help="Projected dimension d.")] = 8192,
-    projection_seed: Annotated[int, typer.Option(help="Seed of the projection.")] = 0,
-    projection_kind: Annotated[
-        str, typer.Option(help="sjlt (sparse JL, O(P) per example) or rademacher (dense).")
-    ] = "sjlt",
-    lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 128,
-    lora_alpha: Annotated[float | None, typer.Option(help="LoRA alpha (default 4·r).")] = None,
-    lora_target: Annotated[
-        list[str] | None, typer.Option(help="LoRA target module (repeat; default per model).")
-    ] = None,
-    warmup_fraction: Annotated[float, typer.Option(help="Share of the pool to warm up on.")] = 0.05,
-    epochs: Annotated[int, typer.Option(help="Warmup epochs (one checkpoint each).")] = 4,
-    learning_rate: Annotated[float, typer.Option(help="Warmup peak learning rate.")] = 2e-5,
-    warmup_batch_size: Annotated[int, typer.Option(help="Warmup micro-batch size.")] = 8,
-    gradient_accumulation: Annotated[int, typer.Option(help="Micro-batches per step.")] = 16,
-    max_seq_len: Annotated[int, typer.Option(help="Truncate examples to this many tokens.")] = 2048,
-    batch_size: Annotated[int, typer.Option(help="Featurization batch size.")] = 16,
-    seed: Annotated[int, typer.Option(help="Warmup seed.")] = 0,
-    dtype: Annotated[str, typer.Option(help="Stored feature dtype: float16 or float32.")] = (
-        "float16"
-    ),
-    pool_features: Annotated[
-        list[str] | None, typer.Option(help="Pool feature kinds to keep: adam, sgd (repeat).")
-    ] = None,
     warmup_from: Annotated[
         list[Path] | None,
         typer.Option(help="Reuse an existing LESS warmup: a checkpoint dir (repeat per epoch)."),
@@ -101,33 +79,16 @@ def build(
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: auto).")] = (
         None
     ),
+    config: BuildConfig = BuildConfig(),
 ) -> None:
-    """Build a LESS datastore: warmup, per-example gradients at each checkpoint, FAISS index."""
+    """Build a LESS datastore: warmup, per-example gradients at each checkpoint, index.
+
+    Every field of the build configuration is a flag below (the API request has the same
+    fields and defaults); --config reads them from JSON first.
+    """
     from gradstore.build import build_all
     from gradstore.threads import threads_per_process, use_threads
 
-    config = BuildConfig(
-        lora=LoraConfig(
-            r=lora_r, alpha=lora_alpha or 4.0 * lora_r, target_modules=lora_target or None
-        ),
-        warmup=WarmupConfig(
-            fraction=warmup_fraction,
-            epochs=epochs,
-            learning_rate=learning_rate,
-            seed=seed,
-            batch_size=warmup_batch_size,
-            gradient_accumulation=gradient_accumulation,
-        ),
-        projection=ProjectionConfig(
-            dim=projection_dim,
-            seed=projection_seed,
-            kind=projection_kind,  # type: ignore[arg-type]
-        ),
-        max_seq_len=max_seq_len,
-        batch_size=batch_size,
-        dtype=dtype,  # type: ignore[arg-type]
-        pool_features=pool_features or ["adam"],  # type: ignore[arg-type]
-    )
     use_threads(threads_per_process(1))  # GRADSTORE_TORCH_THREADS, else every usable core
     summary, manifest = build_all(out, dataset, model, config, warmup_from or ())
     typer.echo(f"datastore ready at {out}")

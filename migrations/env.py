@@ -1,8 +1,9 @@
 """Alembic environment: the URL comes from the config the caller built."""
 
 from alembic import context
-from gradstore.db.models import Base
 from sqlalchemy import create_engine
+
+from gradstore.db.models import Base
 
 config = context.config
 target_metadata = Base.metadata

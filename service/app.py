@@ -6,6 +6,8 @@ import time
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
+
+from gradstore import __version__
 from gradstore.db.engine import make_engine, make_sessionmaker
 from gradstore.db.settings import Settings, apply_torch_threads, get_settings
 from gradstore.service import problems
@@ -13,8 +15,6 @@ from gradstore.service.deps import require_api_key
 from gradstore.service.engines import EngineCache
 from gradstore.service.metrics import REQUEST_SECONDS, REQUESTS
 from gradstore.service.routes import datasets, datastores, health, selections
-
-from gradstore import __version__
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -44,6 +44,7 @@ def api(
 ) -> None:
     """Run the HTTP API only (the Compose api service; workers run separately)."""
     import uvicorn
+
     from gradstore.service.app import create_app
 
     uvicorn.run(create_app(_settings()), host=host, port=port, log_level="info")
@@ -59,12 +60,12 @@ def serve(
 ) -> None:
     """Embedded mode: migrations, the API and worker processes, SQLite by default."""
     import uvicorn
+
     from gradstore.db.engine import make_engine, make_sessionmaker
     from gradstore.db.queue import release_dead_local_leases
     from gradstore.migrations import upgrade
     from gradstore.service.app import create_app
     from gradstore.service.embedded import WorkerProcesses
-
     from gradstore.threads import THREADS_ENV, threads_per_process
 
     settings = _settings(data_dir)

@@ -8,9 +8,10 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
 from gradstore.db.settings import Settings
 from gradstore.service.engines import EngineCache
-from sqlalchemy.orm import Session
 
 _bearer = HTTPBearer(auto_error=False)
 

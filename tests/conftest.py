@@ -34,7 +34,8 @@ TINY_BUILD = {
     },
     "projection": {"dim": 256, "seed": 0},
     "max_seq_len": 64,
-    "options": {"shard_size": 12, "batch_size": 4},
+    "shard_size": 12,
+    "batch_size": 4,
 }
 
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import typer
 import yaml
-from gradstore.db.settings import Settings
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from gradstore.cli import app as cli_app
+from gradstore.db.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRETS = {"GRADSTORE_API_KEYS": "key-one,key-two", "POSTGRES_PASSWORD": "pw0123"}
@@ -215,8 +215,12 @@ def test_dockerfile_builds_one_non_root_image_for_every_role(raw):
     user = [a for k, a in instructions if k == "USER"]
     assert user and user[-1] not in ("root", "0")
     assert ("EXPOSE", "8000") in instructions
-    runs = " ; ".join(a for k, a in instructions if k == "RUN")
-    assert "pip install ." in runs and '"torch==${TORCH_VERSION}"' in runs
+    runs = " ".join(" ; ".join(a for k, a in instructions if k == "RUN").split())
+    assert '"torch==${TORCH_VERSION}"' in runs
+    assert '--constraint constraints.txt ".[${GRADSTORE_EXTRAS}]"' in runs
+    extras = pyproject["project"]["optional-dependencies"]
+    assert set(args["GRADSTORE_EXTRAS"].split(",")) == {"service", "cpu"} <= set(extras)
+    assert ("COPY", "constraints.txt ./") in instructions
 
     copied = {a.split()[0] for k, a in instructions if k == "COPY"}
     copied |= {p for k, a in instructions if k == "COPY" for p in a.split()[:-1]}

@@ -17,10 +17,15 @@ import time
 import traceback
 import uuid
 
+from sqlalchemy.orm import Session, sessionmaker
+from tqdm import tqdm
+
+from gradstore.api_models import UnitKind
 from gradstore.db.engine import make_engine, make_sessionmaker, transaction
 from gradstore.db.models import Datastore
 from gradstore.db.queue import Claim, claim_next, fail_exhausted, release_for_retry, renew
 from gradstore.db.settings import Settings
+from gradstore.files import remove_tree
 from gradstore.worker.stages import (
     BuildGone,
     fail_build,
@@ -29,10 +34,6 @@ from gradstore.worker.stages import (
     mark_started,
     run_unit,
 )
-from sqlalchemy.orm import Session, sessionmaker
-from tqdm import tqdm
-
-from gradstore.files import remove_tree
 
 log = logging.getLogger("gradstore.worker")
 
@@ -129,9 +130,9 @@ class Worker:
             return not is_active(session.get(Datastore, claim.datastore_id))
 
     def _run_unit(self, claim: Claim, beat: Heartbeat) -> None:
-        total = claim.end - claim.start if claim.kind == "featurize" else None
+        total = claim.end - claim.start if claim.kind == UnitKind.FEATURIZE else None
         label = f"{claim.kind} {claim.datastore_id[:8]}"
-        if claim.kind == "featurize":
+        if claim.kind == UnitKind.FEATURIZE:
             label += f" ckpt {claim.checkpoint} [{claim.start}:{claim.end})"
         with tqdm(total=total, desc=label, unit="ex", disable=not self.show_progress) as bar:
 

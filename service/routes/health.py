@@ -5,10 +5,11 @@ from __future__ import annotations
 import tempfile
 
 from fastapi import APIRouter, Request, Response
-from gradstore.service.metrics import refresh_build_gauges
-from gradstore.service.problems import problem
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
+
+from gradstore.service.metrics import refresh_build_gauges
+from gradstore.service.problems import problem
 
 router = APIRouter(tags=["health"])
 

@@ -7,6 +7,7 @@ import signal
 import time
 
 import pytest
+
 from gradstore.db.settings import Settings
 from gradstore.migrations import upgrade
 from gradstore.service.embedded import WorkerProcesses

@@ -8,11 +8,11 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from gradstore.db.models import Base
-from gradstore.migrations import alembic_config, upgrade
 from typer.testing import CliRunner
 
 from gradstore.cli import app as cli_app
+from gradstore.db.models import Base
+from gradstore.migrations import alembic_config, upgrade
 
 
 def head() -> str:

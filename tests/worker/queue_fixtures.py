@@ -8,6 +8,7 @@ conftest.py would shadow.
 from __future__ import annotations
 
 import pytest
+
 from gradstore.db.engine import make_engine, make_sessionmaker, transaction
 from gradstore.db.models import Dataset, Datastore, WorkUnit
 from gradstore.migrations import upgrade

@@ -8,6 +8,7 @@ import threading
 import time
 
 import sqlalchemy as sa
+
 from gradstore.db.engine import transaction
 from gradstore.db.models import Datastore
 from gradstore.db.queue import (

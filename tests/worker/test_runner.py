@@ -7,6 +7,7 @@ import time
 
 import pytest
 import sqlalchemy as sa
+
 from gradstore.db.engine import transaction
 from gradstore.db.models import Dataset, Datastore, WorkUnit
 from gradstore.db.queue import claim_next
