@@ -61,8 +61,9 @@ COPY worker ./worker
 COPY migrations ./migrations
 RUN pip install ${WHEELS_URL:+--find-links "$WHEELS_URL"} --constraint constraints.txt \
         ".[${GRADSTORE_EXTRAS}]" \
-    && python -c "import torch, faiss, gradstore.cli, gradstore.service.app, gradstore.worker.runner, gradstore.migrations" \
-    && cd / && rm -rf /src
+    && cd / && rm -rf /src \
+    && python -c "import torch, faiss, gradstore.service.app, gradstore.worker.runner" \
+    && gradstore --help >/dev/null
 
 RUN useradd --create-home --uid 10001 --user-group gradstore \
     && mkdir -p /data /models \

@@ -44,6 +44,26 @@ def toy_corpus(
     typer.echo(f"wrote {len(examples)} examples to {out}")
 
 
+@toy_app.command("targets")
+def toy_targets(
+    out: Annotated[Path, typer.Option(help="JSONL file to write.")],
+    per_family: Annotated[int, typer.Option(help="Targets per skill family.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed; use another than the pool's.")] = 1,
+    exclude: Annotated[
+        Path | None, typer.Option(help="A pool (JSONL) whose examples no target may repeat.")
+    ] = None,
+) -> None:
+    """Write held-out targets, each with its family as ``subtask``, for select."""
+    from gradstore.examples import read_jsonl, write_jsonl
+    from gradstore.toy.corpus import generate_targets
+
+    pool = read_jsonl(exclude) if exclude else []
+    targets = generate_targets(seed=seed, per_family=per_family, exclude=pool)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl(targets, out)
+    typer.echo(f"wrote {len(targets)} targets to {out}")
+
+
 @toy_app.command("model")
 def toy_model(
     out: Annotated[Path, typer.Option(help="Directory to save the model and tokenizer in.")],
@@ -180,7 +200,12 @@ def demo(
 
 def _register_plugins(target: typer.Typer) -> None:
     for entry in sorted(entry_points(group="gradstore.cli"), key=lambda e: e.name):
-        entry.load()(target)
+        try:
+            register = entry.load()
+        except ModuleNotFoundError as exc:  # e.g. a source folder shadowing the install
+            typer.echo(f"warning: the {entry.name} commands are unavailable: {exc}", err=True)
+            continue
+        register(target)
 
 
 _register_plugins(app)

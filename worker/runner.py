@@ -166,6 +166,7 @@ class Worker:
         and tries again after a pause (its lease, if any, simply runs out meanwhile).
         """
         stop = stop or threading.Event()
+        log.info("worker %s started", self.owner)
         while not stop.is_set() and not self.orphaned():
             try:
                 worked = self.run_one()
