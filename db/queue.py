@@ -14,8 +14,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import CursorResult, and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from gradstore.api_models import ACTIVE_BUILD, DatastoreStatus
@@ -99,14 +100,17 @@ def claim_next(
 def renew(factory: sessionmaker[Session], claim: Claim, owner: str, lease_seconds: float) -> bool:
     """Extend the lease; False when it was lost (expired and taken) or the build was stopped."""
     with transaction(factory) as session:
-        result = session.execute(
-            update(WorkUnit)
-            .where(
-                WorkUnit.id == claim.id,
-                WorkUnit.lease_owner == owner,
-                WorkUnit.state == UnitState.RUNNING,
-            )
-            .values(lease_expires_at=_now() + timedelta(seconds=lease_seconds))
+        result = cast(
+            CursorResult,
+            session.execute(
+                update(WorkUnit)
+                .where(
+                    WorkUnit.id == claim.id,
+                    WorkUnit.lease_owner == owner,
+                    WorkUnit.state == UnitState.RUNNING,
+                )
+                .values(lease_expires_at=_now() + timedelta(seconds=lease_seconds)),
+            ),
         )
         store = session.get(Datastore, claim.datastore_id)
         return result.rowcount == 1 and store is not None and not store.cancel_requested
@@ -114,14 +118,17 @@ def renew(factory: sessionmaker[Session], claim: Claim, owner: str, lease_second
 
 def complete(session: Session, claim: Claim, owner: str, seconds: float) -> bool:
     """Mark done if we still hold the lease (another holder would write the same bytes)."""
-    result = session.execute(
-        update(WorkUnit)
-        .where(
-            WorkUnit.id == claim.id,
-            WorkUnit.lease_owner == owner,
-            WorkUnit.state == UnitState.RUNNING,
-        )
-        .values(state=UnitState.DONE, seconds=seconds, lease_expires_at=None)
+    result = cast(
+        CursorResult,
+        session.execute(
+            update(WorkUnit)
+            .where(
+                WorkUnit.id == claim.id,
+                WorkUnit.lease_owner == owner,
+                WorkUnit.state == UnitState.RUNNING,
+            )
+            .values(state=UnitState.DONE, seconds=seconds, lease_expires_at=None),
+        ),
     )
     return result.rowcount == 1
 

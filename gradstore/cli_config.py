@@ -167,7 +167,9 @@ def read_config_file(value: str | None) -> dict[str, Any]:
         raise typer.BadParameter("must be a JSON object", param_hint="--config")
     options = data.pop("options", None) or {}  # the API's old request shape
     if set(options) & set(data):
-        raise typer.BadParameter("a field is both in options and at the top level", "--config")
+        raise typer.BadParameter(
+            "a field is both in options and at the top level", param_hint="--config"
+        )
     return {**data, **options}
 
 

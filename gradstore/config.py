@@ -22,6 +22,11 @@ class _Config(BaseModel):
 ALPHA_PER_RANK = 4.0
 
 
+def _no_default_in_schema(schema: dict[str, Any]) -> None:
+    """A default filled in by a validator is not a constant: the schema names none."""
+    schema.pop("default", None)
+
+
 class LoraConfig(_Config):
     r: int = Field(128, ge=1, le=4096, description="LoRA rank.")
     alpha: float = Field(
@@ -29,7 +34,7 @@ class LoraConfig(_Config):
         gt=0,
         description="LoRA alpha; the update is scaled by alpha/r. Default 4·r "
         "(LESS: r=128, alpha=512).",
-        json_schema_extra=lambda schema: schema.pop("default", None),
+        json_schema_extra=_no_default_in_schema,
     )
     dropout: float = Field(0.1, ge=0, lt=1, description="LoRA dropout during warmup.")
     target_modules: list[str] | None = Field(

@@ -60,7 +60,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> str:
     return sha256_bytes(data)
 
 
-def atomic_write_file(path: str | Path, write: Callable[[Path], None]) -> None:
+def atomic_write_file(path: str | Path, write: Callable[[Path], object]) -> None:
     """Let ``write`` fill a temporary file beside ``path``, then publish it atomically.
 
     For writers that take a path (FAISS, numpy memmaps) and would otherwise need the whole

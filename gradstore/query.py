@@ -46,7 +46,9 @@ class QueryEngine:
                 f"the tokenizer at {manifest.model.path} is not the one of the datastore"
             )
         self.encoder = ExampleEncoder(
-            self.model.tokenizer, manifest.config.max_seq_len, manifest.template
+            self.model.tokenizer,
+            manifest.config.max_seq_len,
+            manifest.template,  # type: ignore[arg-type]
         )
         self._indexes: dict[str, object] = {}
         self._index_lock = threading.Lock()

@@ -12,6 +12,7 @@ from pathlib import Path
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from typing_extensions import TypeIs
 
 from gradstore import build
 from gradstore.api_models import ACTIVE_BUILD, DatastoreStatus, UnitKind
@@ -27,7 +28,7 @@ class BuildGone(Exception):
     """The build was cancelled, failed or deleted while its unit waited or ran."""
 
 
-def is_active(store: Datastore | None) -> bool:
+def is_active(store: Datastore | None) -> TypeIs[Datastore]:
     return store is not None and store.status in ACTIVE_BUILD and not store.cancel_requested
 
 

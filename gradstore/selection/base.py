@@ -60,7 +60,7 @@ class SelectionMethod:
         engine: QueryEngine,
         targets: list[Example],
         k: int,
-        options: MethodOptions,
+        options: Any,  # the method's own Options (a subclass narrows it)
         timings: dict[str, float],
     ) -> SelectionResult:
         raise NotImplementedError
