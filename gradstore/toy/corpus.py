@@ -1,4 +1,4 @@
-"""A toy instruction corpus where skill and wording disagree (DESIGN.md §5).
+"""A toy instruction corpus where skill and wording disagree (docs/toy.md).
 
 Eight skill families, each asked in the same five surface styles, so words shared between
 two examples say nothing about their skill. The skill is given by a symbol in the input
