@@ -98,7 +98,7 @@ def test_the_four_services_and_their_named_volumes(raw, services):
     assert set(services) == {"postgres", "migrate", "api", "worker"}
     assert set(raw["volumes"]) == {"pgdata", "artifacts"}
     postgres = services["postgres"]
-    assert postgres["image"] == "postgres:16"
+    assert postgres["image"] == "postgres:16"  # unless POSTGRES_IMAGE says otherwise
     assert "pgdata:/var/lib/postgresql/data" in postgres["volumes"]
     assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
 
@@ -236,5 +236,65 @@ def test_dockerignore_keeps_data_out_and_sources_in():
         if line.strip() and not line.startswith("#")
     }
     assert {".git", ".venv", "data", ".gradstore", ".pytest_cache", "**/__pycache__"} <= patterns
-    for needed in ("gradstore", "service", "worker", "db", "migrations", "pyproject.toml"):
+    for needed in ("gradstore", "service", "worker", "db", "migrations", "constraints.txt"):
         assert needed not in patterns
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    """PyYAML plus Compose's merge tags (!reset, !override), kept as markers."""
+
+
+_ComposeLoader.add_constructor("!reset", lambda loader, node: ("!reset", None))
+_ComposeLoader.add_constructor(
+    "!override", lambda loader, node: ("!override", loader.construct_sequence(node))
+)
+
+
+def test_host_network_override_puts_every_service_on_the_host_network():
+    override = yaml.load(
+        (ROOT / "deploy" / "compose.host-network.yml").read_text(), Loader=_ComposeLoader
+    )["services"]
+    assert set(override) == {"postgres", "migrate", "api", "worker"}
+    assert all(s["network_mode"] == "host" for s in override.values())
+    assert override["api"]["ports"] == ("!reset", None)  # host mode publishes nothing
+    assert override["worker"]["deploy"] == ("!reset", None)  # CPU workers: no GPU reserved
+    assert "listen_addresses=127.0.0.1" in override["postgres"]["command"]
+
+
+def test_addresses_ports_images_and_build_network_are_parameters(raw):
+    env = SECRETS | {
+        "POSTGRES_HOST": "127.0.0.1",
+        "POSTGRES_PORT": "55432",
+        "POSTGRES_IMAGE": "local/postgres:15",
+        "GRADSTORE_API_HOST": "127.0.0.1",
+        "GRADSTORE_API_PORT": "58000",
+        "GRADSTORE_BUILD_NETWORK": "host",
+        "TORCH_INDEX_URL": "",
+        "WHEELS_URL": "http://127.0.0.1:9/",
+    }
+    services = interpolate(raw, env)["services"]
+    url = make_url(services["worker"]["environment"]["GRADSTORE_DATABASE_URL"])
+    assert (url.host, url.port) == ("127.0.0.1", 55432)
+    assert services["postgres"]["image"] == "local/postgres:15"
+    assert services["postgres"]["environment"]["PGPORT"] == "55432"
+    api = services["api"]
+    assert api["command"] == ["api", "--host", "127.0.0.1", "--port", "58000"]
+    assert "http://127.0.0.1:58000/healthz" in " ".join(api["healthcheck"]["test"])
+    build = services["api"]["build"]
+    assert build["network"] == "host"
+    assert build["args"]["TORCH_INDEX_URL"] == ""  # `-`, not `:-`: empty stays empty
+    assert build["args"]["WHEELS_URL"] == "http://127.0.0.1:9/"
+    defaults = interpolate(raw, SECRETS)["services"]
+    assert defaults["api"]["build"]["args"]["TORCH_INDEX_URL"].endswith("/whl/cpu")
+    assert make_url(defaults["api"]["environment"]["GRADSTORE_DATABASE_URL"]).port == 5432
+
+
+def test_local_postgres_image_honours_the_variables_compose_sets(services):
+    entrypoint = (ROOT / "deploy" / "postgres" / "entrypoint.sh").read_text()
+    for name in services["postgres"]["environment"]:
+        if name.startswith("POSTGRES_"):
+            assert name in entrypoint, f"deploy/postgres ignores {name}"
+    dockerfile = (ROOT / "deploy" / "postgres" / "Dockerfile").read_text()
+    assert "PGDATA=/var/lib/postgresql/data" in dockerfile
+    assert "pgdata:/var/lib/postgresql/data" in services["postgres"]["volumes"]
+    assert (ROOT / "deploy" / "postgres" / "entrypoint.sh").stat().st_mode & 0o111
