@@ -15,6 +15,7 @@ import typer
 
 from gradstore.cli_config import with_build_config
 from gradstore.config import BuildConfig
+from gradstore.extras import needs_extra
 from gradstore.remote_cli import remote_app
 
 app = typer.Typer(
@@ -87,6 +88,7 @@ def toy_model(
 
 
 @app.command()
+@needs_extra("cpu or gpu")
 @with_build_config
 def build(
     dataset: Annotated[Path, typer.Option(help="Pool of training examples (JSONL).")],
@@ -137,6 +139,7 @@ def verify(
 
 
 @app.command()
+@needs_extra("cpu or gpu")
 def select(
     store: Annotated[Path, typer.Option(help="Datastore directory.")],
     targets: Annotated[Path, typer.Option(help="Target examples (JSONL, with 'subtask').")],
@@ -180,6 +183,7 @@ def select(
 
 
 @app.command()
+@needs_extra("cpu or gpu")
 def demo(
     work_dir: Annotated[Path, typer.Option(help="Where the toy assets and store go.")] = Path(
         ".gradstore/demo"

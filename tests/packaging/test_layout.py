@@ -170,3 +170,32 @@ def test_core_imports_and_cli_runs_without_the_service_stack(tmp_path):
         [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300
     )
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+
+
+def test_without_a_faiss_extra_the_commands_that_need_it_say_what_to_install(tmp_path):
+    script = textwrap.dedent(
+        """
+        import sys
+
+        class Blocker:
+            def find_spec(self, name, path=None, target=None):
+                if name.partition(".")[0] == "faiss":
+                    raise ModuleNotFoundError("No module named 'faiss' (blocked)")
+                return None
+
+        sys.meta_path.insert(0, Blocker())
+        from typer.testing import CliRunner
+        from gradstore.cli import app
+        for args in (["build", "--dataset", "p", "--model", "m", "--out", "o"],
+                     ["select", "--store", "s", "--targets", "t", "--top-k", "1"], ["demo"]):
+            result = CliRunner().invoke(app, args)
+            assert result.exit_code == 1, result.output
+            assert "pip install 'gradstore[cpu]'" in result.output, result.output
+        assert "faiss" not in sys.modules
+        print("ok")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
