@@ -126,7 +126,7 @@ def save_checkpoint(
         moments[name] = (state["exp_avg"], state["exp_avg_sq"])
 
     def fill(tmp: Path) -> None:
-        peft_model.save_pretrained(str(tmp), safe_serialization=True)
+        peft_model.save_pretrained(str(tmp), safe_serialization=True)  # type: ignore[operator]
         canonicalise_adapter_config(tmp / ADAPTER_CONFIG)
         _save_moments(tmp / MOMENTS, moments)
         _write_info(tmp, index, learning_rate)
@@ -225,7 +225,8 @@ def trainer_parameter_groups(model: nn.Module) -> tuple[list[str], list[str]]:
         for name, module in model.named_modules()
         if isinstance(module, nn.LayerNorm) or type(module).__name__.lower().endswith("norm")
     }
-    decay, no_decay = [], []
+    decay: list[str] = []
+    no_decay: list[str] = []
     for name in lora_parameter_names(model):
         parts = name.split(".")
         inside_norm = any(".".join(parts[:i]) in norm_modules for i in range(1, len(parts)))

@@ -1,19 +1,30 @@
-"""The ``gradstore`` command line: toy assets, build, select, demo, and the service commands."""
+"""The ``gradstore`` command line: toy assets, build, select, demo, and the service commands.
+
+The service commands (serve, api, worker, db) come from the ``gradstore.cli`` entry point
+group, which the service and worker packages fill: the core never imports them.
+"""
 
 from __future__ import annotations
 
 import json
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from gradstore.config import BuildConfig, LoraConfig, ProjectionConfig, WarmupConfig
+from gradstore.cli_config import with_build_config
+from gradstore.config import BuildConfig
+from gradstore.extras import needs_extra
 from gradstore.remote_cli import remote_app
-from service.commands import register as register_service_commands
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
-toy_app = typer.Typer(no_args_is_help=True, help="Offline toy corpus and model (DESIGN.md §5).")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Choose instruction-tuning data with a LESS gradient datastore: toy assets, build, "
+    "select, demo, and the service (serve, api, worker, db).",
+)
+toy_app = typer.Typer(no_args_is_help=True, help="Offline toy corpus and model (docs/toy.md).")
 app.add_typer(toy_app, name="toy")
 app.add_typer(remote_app, name="remote")
 
@@ -32,6 +43,26 @@ def toy_corpus(
     out.parent.mkdir(parents=True, exist_ok=True)
     write_jsonl(examples, out)
     typer.echo(f"wrote {len(examples)} examples to {out}")
+
+
+@toy_app.command("targets")
+def toy_targets(
+    out: Annotated[Path, typer.Option(help="JSONL file to write.")],
+    per_family: Annotated[int, typer.Option(help="Targets per skill family.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed; use another than the pool's.")] = 1,
+    exclude: Annotated[
+        Path | None, typer.Option(help="A pool (JSONL) whose examples no target may repeat.")
+    ] = None,
+) -> None:
+    """Write held-out targets, each with its family as ``subtask``, for select."""
+    from gradstore.examples import read_jsonl, write_jsonl
+    from gradstore.toy.corpus import generate_targets
+
+    pool = read_jsonl(exclude) if exclude else []
+    targets = generate_targets(seed=seed, per_family=per_family, exclude=pool)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl(targets, out)
+    typer.echo(f"wrote {len(targets)} targets to {out}")
 
 
 @toy_app.command("model")
@@ -57,34 +88,12 @@ def toy_model(
 
 
 @app.command()
+@needs_extra("cpu or gpu")
+@with_build_config
 def build(
     dataset: Annotated[Path, typer.Option(help="Pool of training examples (JSONL).")],
     model: Annotated[Path, typer.Option(help="Local Hugging Face causal-LM directory.")],
     out: Annotated[Path, typer.Option(help="Datastore directory to create.")],
-    projection_dim: Annotated[int, typer.Option(help="Projected dimension d.")] = 8192,
-    projection_seed: Annotated[int, typer.Option(help="Seed of the projection.")] = 0,
-    projection_kind: Annotated[
-        str, typer.Option(help="sjlt (sparse JL, O(P) per example) or rademacher (dense).")
-    ] = "sjlt",
-    lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 128,
-    lora_alpha: Annotated[float | None, typer.Option(help="LoRA alpha (default 4·r).")] = None,
-    lora_target: Annotated[
-        list[str] | None, typer.Option(help="LoRA target module (repeat; default per model).")
-    ] = None,
-    warmup_fraction: Annotated[float, typer.Option(help="Share of the pool to warm up on.")] = 0.05,
-    epochs: Annotated[int, typer.Option(help="Warmup epochs (one checkpoint each).")] = 4,
-    learning_rate: Annotated[float, typer.Option(help="Warmup peak learning rate.")] = 2e-5,
-    warmup_batch_size: Annotated[int, typer.Option(help="Warmup micro-batch size.")] = 8,
-    gradient_accumulation: Annotated[int, typer.Option(help="Micro-batches per step.")] = 16,
-    max_seq_len: Annotated[int, typer.Option(help="Truncate examples to this many tokens.")] = 2048,
-    batch_size: Annotated[int, typer.Option(help="Featurization batch size.")] = 16,
-    seed: Annotated[int, typer.Option(help="Warmup seed.")] = 0,
-    dtype: Annotated[str, typer.Option(help="Stored feature dtype: float16 or float32.")] = (
-        "float16"
-    ),
-    pool_features: Annotated[
-        list[str] | None, typer.Option(help="Pool feature kinds to keep: adam, sgd (repeat).")
-    ] = None,
     warmup_from: Annotated[
         list[Path] | None,
         typer.Option(help="Reuse an existing LESS warmup: a checkpoint dir (repeat per epoch)."),
@@ -92,33 +101,16 @@ def build(
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: auto).")] = (
         None
     ),
+    config: BuildConfig = BuildConfig(),
 ) -> None:
-    """Build a LESS datastore: warmup, per-example gradients at each checkpoint, FAISS index."""
+    """Build a LESS datastore: warmup, per-example gradients at each checkpoint, index.
+
+    Every field of the build configuration is a flag below (the API request has the same
+    fields and defaults); --config reads them from JSON first.
+    """
     from gradstore.build import build_all
     from gradstore.threads import threads_per_process, use_threads
 
-    config = BuildConfig(
-        lora=LoraConfig(
-            r=lora_r, alpha=lora_alpha or 4.0 * lora_r, target_modules=lora_target or None
-        ),
-        warmup=WarmupConfig(
-            fraction=warmup_fraction,
-            epochs=epochs,
-            learning_rate=learning_rate,
-            seed=seed,
-            batch_size=warmup_batch_size,
-            gradient_accumulation=gradient_accumulation,
-        ),
-        projection=ProjectionConfig(
-            dim=projection_dim,
-            seed=projection_seed,
-            kind=projection_kind,  # type: ignore[arg-type]
-        ),
-        max_seq_len=max_seq_len,
-        batch_size=batch_size,
-        dtype=dtype,  # type: ignore[arg-type]
-        pool_features=pool_features or ["adam"],  # type: ignore[arg-type]
-    )
     use_threads(threads_per_process(1))  # GRADSTORE_TORCH_THREADS, else every usable core
     summary, manifest = build_all(out, dataset, model, config, warmup_from or ())
     typer.echo(f"datastore ready at {out}")
@@ -147,6 +139,7 @@ def verify(
 
 
 @app.command()
+@needs_extra("cpu or gpu")
 def select(
     store: Annotated[Path, typer.Option(help="Datastore directory.")],
     targets: Annotated[Path, typer.Option(help="Target examples (JSONL, with 'subtask').")],
@@ -190,6 +183,7 @@ def select(
 
 
 @app.command()
+@needs_extra("cpu or gpu")
 def demo(
     work_dir: Annotated[Path, typer.Option(help="Where the toy assets and store go.")] = Path(
         ".gradstore/demo"
@@ -208,7 +202,17 @@ def demo(
         json_out.write_text(json.dumps(report, indent=2))
 
 
-register_service_commands(app)
+def _register_plugins(target: typer.Typer) -> None:
+    for entry in sorted(entry_points(group="gradstore.cli"), key=lambda e: e.name):
+        try:
+            register = entry.load()
+        except ModuleNotFoundError as exc:  # e.g. a source folder shadowing the install
+            typer.echo(f"warning: the {entry.name} commands are unavailable: {exc}", err=True)
+            continue
+        register(target)
+
+
+_register_plugins(app)
 
 if __name__ == "__main__":
     app()

@@ -1,8 +1,10 @@
-"""Typed Python client for the gradstore HTTP API v1 (DESIGN.md §2).
+"""Typed Python client for the gradstore HTTP API v1 (docs/api.md).
 
 It depends only on httpx, pydantic and tqdm, so a notebook or a training script can talk
-to a remote service without torch. Response models allow extra fields: a newer server may
-add fields without breaking an older client.
+to a remote service without torch. Requests and responses are the service's own models
+(``gradstore.api_models``), so a build request is checked here exactly as the server checks
+it, and response models allow extra fields: a newer server may add fields without breaking
+an older client.
 """
 
 from __future__ import annotations
@@ -10,94 +12,58 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ValidationError
 
 from gradstore import __version__
+from gradstore.api_models import (
+    FAILED_BUILD,
+    CheckpointPublic,
+    DatasetPage,
+    DatasetPublic,
+    DatastoreCreate,
+    DatastorePage,
+    DatastorePublic,
+    DatastoreStatus,
+    ExampleRecord,
+    HealthStatus,
+    Progress,
+    SelectedPublic,
+    SelectResponse,
+    Target,
+)
+from gradstore.config import BuildConfig
 
-TERMINAL_FAILURES = frozenset({"failed", "cancelled"})
-_TARGET_FIELDS = {"id", "subtask", "messages", "prompt", "completion"}
+__all__ = [
+    "Checkpoint",
+    "Dataset",
+    "DatasetPage",
+    "Datastore",
+    "DatastoreBuildError",
+    "DatastorePage",
+    "ExampleRecord",
+    "GradstoreAPIError",
+    "GradstoreClient",
+    "GradstoreClientError",
+    "HealthStatus",
+    "Progress",
+    "Selected",
+    "Selection",
+]
 
-
-class _Response(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
-class Dataset(_Response):
-    id: str
-    name: str
-    num_examples: int
-    sha256: str
-    created_at: datetime
-
-
-class DatasetPage(_Response):
-    data: list[Dataset]
-    count: int
-
-
-class ExampleRecord(_Response):
-    """A stored example: ``messages`` or ``prompt`` + ``completion``, plus its extra fields."""
-
-    id: str
-    messages: list[dict[str, Any]] | None = None
-    prompt: str | None = None
-    completion: str | None = None
-    subtask: str | None = None
-
-
-class Progress(_Response):
-    stage: str
-    done: int
-    total: int
-    examples_per_s: float | None = None
-    eta_s: float | None = None
-
-
-class Checkpoint(_Response):
-    index: int
-    learning_rate: float
-
-
-class Datastore(_Response):
-    id: str
-    status: str
-    progress: Progress
-    checkpoints: list[Checkpoint] = []
-    num_examples: int | None = None
-    dim: int | None = None
-    error: str | None = None
-    dataset_id: str | None = None
-    skipped: list[dict[str, Any]] = []
-    created_at: datetime | None = None
-
-
-class DatastorePage(_Response):
-    data: list[Datastore]
-    count: int
-
-
-class Selected(_Response):
-    id: str
-    score: float
-    subtask: str
-
-
-class Selection(_Response):
-    datastore_id: str
-    method: str
-    selected: list[Selected]
-    num_candidates: int
-    timings_ms: dict[str, float] = {}
-
-
-class HealthStatus(_Response):
-    status: str
+# The response models are the service's own (gradstore.api_models); these names are the
+# client's public vocabulary.
+Dataset = DatasetPublic
+Datastore = DatastorePublic
+Selection = SelectResponse
+Selected = SelectedPublic
+Checkpoint = CheckpointPublic
+TERMINAL_FAILURES = frozenset(FAILED_BUILD)
+_TARGET_FIELDS = set(Target.model_fields)
 
 
 class GradstoreClientError(Exception):
@@ -261,26 +227,39 @@ class GradstoreClient:
         self,
         dataset_id: str,
         model_path: str | Path,
+        config: BuildConfig | Mapping[str, Any] | None = None,
+        *,
         lora: Mapping[str, Any] | BaseModel | None = None,
         warmup: Mapping[str, Any] | BaseModel | None = None,
         projection: Mapping[str, Any] | BaseModel | None = None,
         max_seq_len: int | None = None,
         warmup_from: Sequence[str | Path] | None = None,
-        **options: Any,
+        **settings: Any,
     ) -> Datastore:
-        """Queue a build. Omitted settings take the server's LESS defaults; ``options`` are
-        the other build settings (``batch_size``, ``shard_size``, ``dtype``, ...)."""
-        body: dict[str, Any] = {"dataset_id": dataset_id, "model": {"path": str(model_path)}}
+        """Queue a build. ``config`` (a ``BuildConfig`` or its fields as a mapping) and the
+        keyword arguments are the fields of the build configuration (``lora``, ``warmup``,
+        ``projection``, ``max_seq_len``, ``batch_size``, ``shard_size``, ...); a keyword
+        replaces the same field of ``config``. Omitted fields take the defaults that
+        ``gradstore build`` uses. An invalid request raises ``ValueError`` before any call.
+        """
+        fields: dict[str, Any] = dict(_as_json(config) or {})
         for key, value in (("lora", lora), ("warmup", warmup), ("projection", projection)):
             if value is not None:
-                body[key] = _as_json(value)
+                fields[key] = _as_json(value)
         if max_seq_len is not None:
-            body["max_seq_len"] = max_seq_len
+            fields["max_seq_len"] = max_seq_len
+        fields |= {k: _as_json(v) if isinstance(v, BaseModel) else v for k, v in settings.items()}
+        body = {"dataset_id": dataset_id, "model": {"path": str(model_path)}, **fields}
         if warmup_from:
             body["warmup_from"] = [str(d) for d in warmup_from]
-        if options:
-            body["options"] = options
-        return Datastore.model_validate(self._request("POST", "/v1/datastores", json=body).json())
+        try:
+            request = DatastoreCreate.model_validate(body)
+        except ValidationError as exc:
+            raise ValueError(f"invalid build request: {exc}") from None
+        payload = request.model_dump(mode="json", exclude_unset=True, exclude={"options"})
+        return Datastore.model_validate(
+            self._request("POST", "/v1/datastores", json=payload).json()
+        )
 
     def list_datastores(self, limit: int = 100, offset: int = 0) -> DatastorePage:
         params = {"limit": limit, "offset": offset}
@@ -354,7 +333,7 @@ class GradstoreClient:
                 if store.progress.examples_per_s:
                     bar.set_postfix(ex_per_s=f"{store.progress.examples_per_s:.1f}", refresh=False)
                 bar.refresh()
-                if store.status == "ready":
+                if store.status == DatastoreStatus.READY:
                     return store
                 if store.status in TERMINAL_FAILURES:
                     raise DatastoreBuildError(store)

@@ -1,27 +1,54 @@
 """Typed, persisted configuration shared by the API, the CLI and the worker.
 
 One pydantic model per concern; the whole ``BuildConfig`` is saved beside every datastore
-so that a query can check it is meaningful for the store it reads.
+so that a query can check it is meaningful for the store it reads. It is the one source of
+every build setting: the API request embeds it (``gradstore.api_models``), the CLI flags of
+``gradstore build`` are generated from it (``gradstore.cli_config``), and every default is
+resolved here, so the same request gives the same stored config from any entry point.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# LESS's alpha/r: r = 128 with alpha = 512. A rank given without an alpha keeps the ratio.
+ALPHA_PER_RANK = 4.0
+
+
+def _no_default_in_schema(schema: dict[str, Any]) -> None:
+    """A default filled in by a validator is not a constant: the schema names none."""
+    schema.pop("default", None)
+
+
 class LoraConfig(_Config):
     r: int = Field(128, ge=1, le=4096, description="LoRA rank.")
-    alpha: float = Field(512, gt=0, description="LoRA alpha; the update is scaled by alpha/r.")
+    alpha: float = Field(
+        None,  # type: ignore[assignment]  # always filled in by _alpha_from_rank
+        gt=0,
+        description="LoRA alpha; the update is scaled by alpha/r. Default 4·r "
+        "(LESS: r=128, alpha=512).",
+        json_schema_extra=_no_default_in_schema,
+    )
     dropout: float = Field(0.1, ge=0, lt=1, description="LoRA dropout during warmup.")
     target_modules: list[str] | None = Field(
         None, description="Module names to adapt; chosen per architecture when omitted."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _alpha_from_rank(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("alpha") is None:
+            r = data.get("r", cls.model_fields["r"].default)
+            if isinstance(r, int | float) and not isinstance(r, bool):
+                data = {**data, "alpha": ALPHA_PER_RANK * r}
+        return data
 
 
 class WarmupConfig(_Config):
@@ -52,7 +79,9 @@ class BuildConfig(_Config):
     lora: LoraConfig = LoraConfig()
     warmup: WarmupConfig = WarmupConfig()
     projection: ProjectionConfig = ProjectionConfig()
-    max_seq_len: int = Field(2048, ge=8, le=65536)
+    max_seq_len: int = Field(
+        2048, ge=8, le=65536, description="Examples are truncated to this many tokens."
+    )
     template: Literal["auto", "tulu", "chat_template"] = Field(
         "auto", description="Prompt format: the tokenizer's chat template if it has one (auto)."
     )

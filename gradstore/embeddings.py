@@ -34,7 +34,10 @@ def decoder_of(model: torch.nn.Module) -> torch.nn.Module:
     """The transformer backbone (no LM head): its last hidden state is after the final norm."""
     if isinstance(model, PeftModel):
         model = model.get_base_model()
-    return getattr(model, model.base_model_prefix)
+    prefix = str(model.base_model_prefix)
+    backbone = getattr(model, prefix)
+    assert isinstance(backbone, torch.nn.Module), f"{prefix} is not the model's backbone"
+    return backbone
 
 
 class HiddenStateEncoder:
@@ -60,7 +63,7 @@ class HiddenStateEncoder:
         on_batch: Callable[[int], None] | None = None,
     ) -> np.ndarray:
         """(n, hidden) float32, L2-normalised, rows in the order of ``examples``."""
-        hidden = self.backbone.config.hidden_size
+        hidden = int(getattr(self.backbone, "config").hidden_size)  # noqa: B009
         out = np.empty((len(examples), hidden), dtype=np.float32)
         order = sorted(range(len(examples)), key=lambda i: (len(examples[i].input_ids), i))
         for start in range(0, len(order), self.batch_size):

@@ -59,7 +59,7 @@ class CheckpointFeaturizer:
         started = time.perf_counter()
         out = {}
         for kind in kinds:
-            rows = self.preconditioner(grads) if kind == "adam" else grads
+            rows = self.preconditioner(grads) if kind == "adam" else grads  # type: ignore[misc]
             out[kind] = _normalise(self.projector.project(rows))
         self.timings["projection_s"] += time.perf_counter() - started
         return out
@@ -82,7 +82,7 @@ class CheckpointFeaturizer:
                     outputs["sgd"], grads, offset, reuse_input="adam" not in kinds
                 )
             if "adam" in kinds:
-                adam = self.preconditioner.apply_(grads, offset)
+                adam = self.preconditioner.apply_(grads, offset)  # type: ignore[union-attr]
                 self.projector.accumulate(outputs["adam"], adam, offset, reuse_input=True)
             projection_s += time.perf_counter() - started
 

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -47,7 +48,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> str:
     return sha256_bytes(data)
 
 
-def atomic_write_file(path: str | Path, write: Callable[[Path], None]) -> None:
+def atomic_write_file(path: str | Path, write: Callable[[Path], object]) -> None:
     """Let ``write`` fill a temporary file beside ``path``, then publish it atomically.
 
     For writers that take a path (FAISS, numpy memmaps) and would otherwise need the whole
@@ -96,3 +97,8 @@ def remove_stale_temporaries(root: str | Path, skip: tuple[str, ...] = ()) -> in
             stale.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+def remove_tree(path: str | Path) -> None:
+    """Remove a directory and everything under it; a missing one is fine (idempotent)."""
+    shutil.rmtree(path, ignore_errors=True)

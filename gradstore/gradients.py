@@ -191,6 +191,6 @@ def iter_reference_gradients(
             with torch.enable_grad(), eval_mode(model):
                 logits = model(input_ids=batch["input_ids"]).logits
                 per_example_losses(logits, batch["labels"]).sum().backward()
-            yield torch.cat([params[n].grad.float().reshape(-1) for n in names])
+            yield torch.cat([params[n].grad.float().reshape(-1) for n in names])  # type: ignore[union-attr]
     finally:
         model.zero_grad(set_to_none=True)

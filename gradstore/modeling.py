@@ -93,7 +93,7 @@ def load_base_model(
         str(_local_dir(model_dir)), dtype=dtype, local_files_only=True
     )
     model.requires_grad_(False)
-    return model.to(device).eval()
+    return model.to(device).eval()  # type: ignore[arg-type]  # transformers' stub of .to
 
 
 def default_target_modules(model: nn.Module) -> list[str]:
@@ -133,7 +133,7 @@ def attach_new_lora(model: PreTrainedModel, lora: LoraConfig, seed: int) -> Peft
     )
     config = PeftLoraConfig(
         r=lora.r,
-        lora_alpha=lora.alpha,
+        lora_alpha=lora.alpha,  # type: ignore[arg-type]  # PEFT annotates int, scales alpha/r
         lora_dropout=lora.dropout,
         target_modules=targets,
         fan_in_fan_out=conv1d,  # GPT-2's Conv1D stores its weight transposed

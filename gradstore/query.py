@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from gradstore.search import FeatureScanner
 from gradstore.store import Datastore
 from gradstore.tokenization import ExampleEncoder, SkippedExample, TokenizedExample
 
+if TYPE_CHECKING:
+    from gradstore.checkpoint_model import CheckpointModel
+
 
 class QueryEngine:
     """A ready datastore and whatever its queries have loaded so far; thread-safe."""
@@ -35,8 +38,8 @@ class QueryEngine:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.scanner = FeatureScanner(datastore, self.device)
         self._load_lock = threading.RLock()
-        self._checkpoint_model = None
-        self._base_model = None
+        self._checkpoint_model: CheckpointModel | None = None
+        self._base_model: torch.nn.Module | None = None
         self._base_lock = threading.Lock()
         self._indexes: dict[str, object] = {}
         self._cache: dict[Any, Any] = {}

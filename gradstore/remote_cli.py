@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,7 +9,9 @@ from typing import Annotated
 
 import typer
 
+from gradstore.cli_config import with_build_config
 from gradstore.client import GradstoreAPIError, GradstoreClient
+from gradstore.config import BuildConfig
 
 remote_app = typer.Typer(no_args_is_help=True, help="Talk to a gradstore service over HTTP.")
 
@@ -42,21 +43,21 @@ def upload(
 
 
 @remote_app.command("build")
+@with_build_config
 def build(
     dataset_id: Annotated[str, typer.Option(help="Dataset to build from.")],
-    model: Annotated[str, typer.Option(help="Model directory, as the workers see it.")],
-    config: Annotated[
-        str | None, typer.Option(help="JSON with lora/warmup/projection/max_seq_len/options.")
-    ] = None,
+    model: Annotated[str, typer.Option(help="Model directory, as the service sees it.")],
     wait: Annotated[bool, typer.Option(help="Wait until ready, with a progress bar.")] = True,
     server: Server = "http://127.0.0.1:8000",
     api_key: ApiKey = None,
+    config: BuildConfig = BuildConfig(),
 ) -> None:
-    """Start a datastore build (and wait for it)."""
-    fields = json.loads(config) if config else {}
-    options = fields.pop("options", {})
+    """Start a datastore build (and wait for it); prints the datastore record.
+
+    The build flags are those of `gradstore build`, with the same defaults.
+    """
     with _session(server, api_key) as client:
-        store = client.create_datastore(dataset_id, model, **fields, **options)
+        store = client.create_datastore(dataset_id, model, config)
         if wait:
             store = client.wait_until_ready(store.id)
         typer.echo(store.model_dump_json())

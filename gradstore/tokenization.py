@@ -107,7 +107,10 @@ class ExampleEncoder:
         skipped: list[SkippedExample] = []
         for example in examples:
             result = self.encode(example, eos)
-            (kept if isinstance(result, TokenizedExample) else skipped).append(result)
+            if isinstance(result, TokenizedExample):
+                kept.append(result)
+            else:
+                skipped.append(result)
         return kept, skipped
 
     def _ids(self, text: str, special: bool = True) -> list[int]:

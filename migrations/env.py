@@ -3,7 +3,7 @@
 from alembic import context
 from sqlalchemy import create_engine
 
-from service.models import Base
+from gradstore.db.models import Base
 
 config = context.config
 target_metadata = Base.metadata
@@ -16,7 +16,10 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
-    engine = create_engine(config.get_main_option("sqlalchemy.url"))
+    url = config.get_main_option("sqlalchemy.url")
+    if not url:
+        raise RuntimeError("the Alembic config has no sqlalchemy.url (use gradstore db upgrade)")
+    engine = create_engine(url)
     with engine.connect() as connection:
         context.configure(connection=connection, target_metadata=target_metadata)
         with context.begin_transaction():

@@ -1,1 +1,1 @@
-"""The HTTP edge of gradstore: FastAPI app, database models and settings."""
+"""The HTTP edge of gradstore: the FastAPI app, its routes and the service commands."""

@@ -8,13 +8,13 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI, Request
 
 from gradstore import __version__
-from service import problems
-from service.db import make_engine, make_sessionmaker
-from service.deps import require_api_key
-from service.engines import EngineCache
-from service.metrics import REQUEST_SECONDS, REQUESTS
-from service.routes import datasets, datastores, health, selections
-from service.settings import Settings, apply_torch_threads, get_settings
+from gradstore.db.engine import make_engine, make_sessionmaker
+from gradstore.db.settings import Settings, apply_torch_threads, get_settings
+from gradstore.service import problems
+from gradstore.service.deps import require_api_key
+from gradstore.service.engines import EngineCache
+from gradstore.service.metrics import REQUEST_SECONDS, REQUESTS
+from gradstore.service.routes import datasets, datastores, health, selections
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

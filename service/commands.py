@@ -1,22 +1,25 @@
-"""Service commands of the ``gradstore`` CLI: serve (embedded), api, worker, db upgrade."""
+"""Service commands of the ``gradstore`` CLI: serve (embedded), api, db upgrade.
+
+Registered through the ``gradstore.cli`` entry point group, so the core CLI never imports
+the service; every command checks that the ``service`` extra is installed before it runs.
+"""
 
 from __future__ import annotations
 
-import logging
 import os
-import signal
 import socket
-import threading
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from gradstore.extras import needs_extra
+
 db_app = typer.Typer(no_args_is_help=True, help="Database schema (Alembic).")
 
 
 def _settings(data_dir: Path | None = None):
-    from service.settings import Settings
+    from gradstore.db.settings import Settings
 
     if data_dir is not None:
         os.environ["GRADSTORE_DATA_DIR"] = str(data_dir)
@@ -24,9 +27,10 @@ def _settings(data_dir: Path | None = None):
 
 
 @db_app.command("upgrade")
+@needs_extra("service")
 def db_upgrade(revision: str = "head") -> None:
     """Apply the migrations to GRADSTORE_DATABASE_URL (or the embedded SQLite file)."""
-    from migrations import upgrade
+    from gradstore.migrations import upgrade
 
     settings = _settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -41,33 +45,9 @@ def api(
     """Run the HTTP API only (the Compose api service; workers run separately)."""
     import uvicorn
 
-    from service.app import create_app
+    from gradstore.service.app import create_app
 
     uvicorn.run(create_app(_settings()), host=host, port=port, log_level="info")
-
-
-def worker(
-    once: Annotated[bool, typer.Option(help="Exit when no work is left.")] = False,
-    poll_interval: Annotated[
-        float | None,
-        typer.Option(help="Seconds between looks for work when idle (GRADSTORE_POLL_SECONDS)."),
-    ] = None,
-    parent_pid: Annotated[
-        int | None, typer.Option(hidden=True, help="Exit when this parent process is gone.")
-    ] = None,
-) -> None:
-    """Claim and run build units from the database until stopped (SIGTERM: after this unit)."""
-    from service.settings import apply_torch_threads
-    from worker.runner import Worker
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    settings = _settings()
-    apply_torch_threads(settings)
-    if poll_interval is not None:
-        settings = settings.model_copy(update={"poll_seconds": poll_interval})
-    Worker(settings, parent_pid=parent_pid).run(once=once, stop=stop)
 
 
 def serve(
@@ -81,12 +61,12 @@ def serve(
     """Embedded mode: migrations, the API and worker processes, SQLite by default."""
     import uvicorn
 
+    from gradstore.db.engine import make_engine, make_sessionmaker
+    from gradstore.db.queue import release_dead_local_leases
+    from gradstore.migrations import upgrade
+    from gradstore.service.app import create_app
+    from gradstore.service.embedded import WorkerProcesses
     from gradstore.threads import THREADS_ENV, threads_per_process
-    from migrations import upgrade
-    from service.app import create_app
-    from service.db import make_engine, make_sessionmaker
-    from service.embedded import WorkerProcesses
-    from worker.queue import release_dead_local_leases
 
     settings = _settings(data_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -108,7 +88,7 @@ def serve(
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(serve)
-    app.command()(api)
-    app.command()(worker)
+    """Add serve, api and db to the ``gradstore`` CLI (an entry point of group gradstore.cli)."""
+    app.command()(needs_extra("service")(serve))
+    app.command()(needs_extra("service")(api))
     app.add_typer(db_app, name="db")

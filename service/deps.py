@@ -10,8 +10,8 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from service.engines import EngineCache
-from service.settings import Settings
+from gradstore.db.settings import Settings
+from gradstore.service.engines import EngineCache
 
 _bearer = HTTPBearer(auto_error=False)
 

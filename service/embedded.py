@@ -27,7 +27,7 @@ class WorkerProcesses:
 
     def _spawn(self) -> subprocess.Popen:
         # --parent-pid: the worker exits by itself if this process is killed without cleanup
-        command = [sys.executable, "-m", "gradstore.cli", "worker"]
+        command = [sys.executable, "-m", "gradstore.worker"]
         return subprocess.Popen([*command, "--parent-pid", str(os.getpid())], env=os.environ.copy())
 
     def start(self) -> WorkerProcesses:

@@ -10,7 +10,8 @@ from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.models import ACTIVE_BUILD, Datastore, WorkUnit
+from gradstore.api_models import ACTIVE_BUILD
+from gradstore.db.models import Datastore, WorkUnit
 
 REQUESTS = Counter("gradstore_http_requests_total", "HTTP requests", ["method", "route", "status"])
 REQUEST_SECONDS = Histogram("gradstore_http_request_seconds", "HTTP latency", ["route"])

@@ -25,17 +25,13 @@ TINY_BUILD = {
     },
     "projection": {"dim": 256, "seed": 0},
     "max_seq_len": 64,
-    "options": {"shard_size": 12, "batch_size": 4},
+    "shard_size": 12,
+    "batch_size": 4,
 }
 
 # batch_size 1: every example is computed alone, so identical examples get identical bytes
 # in every artifact (the contract's tie test relies on it)
-CONTRACT_BUILD = BuildConfig(
-    **(
-        {k: v for k, v in TINY_BUILD.items() if k != "options"}
-        | {"shard_size": 10, "batch_size": 1}
-    )
-)
+CONTRACT_BUILD = BuildConfig(**(TINY_BUILD | {"shard_size": 10, "batch_size": 1}))
 DUPLICATES = ("dup-first", "dup-second")
 
 

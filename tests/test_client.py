@@ -18,6 +18,14 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
+from gradstore.api_models import (
+    DatasetCreate,
+    DatasetPublic,
+    DatastoreCreate,
+    DatastorePublic,
+    SelectRequest,
+    SelectResponse,
+)
 from gradstore.client import (
     Datastore,
     DatastoreBuildError,
@@ -26,14 +34,6 @@ from gradstore.client import (
 )
 from gradstore.config import LoraConfig
 from gradstore.examples import Example
-from service.schemas import (
-    DatasetCreate,
-    DatasetPublic,
-    DatastoreCreate,
-    DatastorePublic,
-    SelectRequest,
-    SelectResponse,
-)
 
 PROBLEM = "application/problem+json"
 NOW = datetime(2024, 1, 1, tzinfo=UTC)
@@ -241,7 +241,7 @@ def test_create_datastore_sends_only_what_was_given(client, fake):
     assert body["lora"] == {"r": 4, "alpha": 16.0, "dropout": 0.1, "target_modules": None}
     assert body["warmup"] == {"epochs": 2} and body["projection"] == {"dim": 256, "seed": 1}
     assert body["max_seq_len"] == 64 and body["warmup_from"] == ["/ckpt/1"]
-    assert body["options"] == {"shard_size": 12, "dtype": "float32"}
+    assert body["shard_size"] == 12 and body["dtype"] == "float32" and "options" not in body
 
 
 def test_datastore_get_list_delete(client, fake):
@@ -355,9 +355,9 @@ def live_api(tmp_path):
     """The real FastAPI app on a migrated SQLite database, served by uvicorn on a free port."""
     import uvicorn
 
-    from migrations import upgrade
-    from service.app import create_app
-    from service.settings import Settings
+    from gradstore.db.settings import Settings
+    from gradstore.migrations import upgrade
+    from gradstore.service.app import create_app
 
     settings = Settings(data_dir=tmp_path / "data", api_keys="k1,k2")
     settings.data_dir.mkdir(parents=True)

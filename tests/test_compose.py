@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from gradstore.cli import app as cli_app
-from service.settings import Settings
+from gradstore.db.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRETS = {"GRADSTORE_API_KEYS": "key-one,key-two", "POSTGRES_PASSWORD": "pw0123"}
@@ -98,7 +98,7 @@ def test_the_four_services_and_their_named_volumes(raw, services):
     assert set(services) == {"postgres", "migrate", "api", "worker"}
     assert set(raw["volumes"]) == {"pgdata", "artifacts"}
     postgres = services["postgres"]
-    assert postgres["image"] == "postgres:16"
+    assert postgres["image"] == "postgres:16"  # unless POSTGRES_IMAGE says otherwise
     assert "pgdata:/var/lib/postgresql/data" in postgres["volumes"]
     assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
 
@@ -139,7 +139,7 @@ def test_api_serves_on_its_published_port_with_a_real_health_route(services):
     probe = " ".join(api["healthcheck"]["test"])
     assert f"http://127.0.0.1:{port}/healthz" in probe and "urllib" in probe
 
-    from service.app import create_app
+    from gradstore.service.app import create_app
 
     paths = create_app(Settings(data_dir=Path("unused"))).openapi()["paths"]
     assert "/healthz" in paths and "/readyz" in paths
@@ -215,13 +215,17 @@ def test_dockerfile_builds_one_non_root_image_for_every_role(raw):
     user = [a for k, a in instructions if k == "USER"]
     assert user and user[-1] not in ("root", "0")
     assert ("EXPOSE", "8000") in instructions
-    runs = " ; ".join(a for k, a in instructions if k == "RUN")
-    assert "pip install ." in runs and '"torch==${TORCH_VERSION}"' in runs
+    runs = " ".join(" ; ".join(a for k, a in instructions if k == "RUN").split())
+    assert '"torch==${TORCH_VERSION}"' in runs
+    assert '--constraint constraints.txt ".[${GRADSTORE_EXTRAS}]"' in runs
+    extras = pyproject["project"]["optional-dependencies"]
+    assert set(args["GRADSTORE_EXTRAS"].split(",")) == {"service", "cpu"} <= set(extras)
+    assert ("COPY", "constraints.txt ./") in instructions
 
     copied = {a.split()[0] for k, a in instructions if k == "COPY"}
     copied |= {p for k, a in instructions if k == "COPY" for p in a.split()[:-1]}
-    for pattern in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]:
-        assert pattern.rstrip("*") in copied, f"package {pattern} is not copied into the image"
+    for folder in ["gradstore", *pyproject["tool"]["setuptools"]["package-dir"].values()]:
+        assert folder in copied, f"source folder {folder} is not copied into the image"
     assert {"pyproject.toml", "README.md"} <= copied
 
 
@@ -232,5 +236,65 @@ def test_dockerignore_keeps_data_out_and_sources_in():
         if line.strip() and not line.startswith("#")
     }
     assert {".git", ".venv", "data", ".gradstore", ".pytest_cache", "**/__pycache__"} <= patterns
-    for needed in ("gradstore", "service", "worker", "migrations", "pyproject.toml", "README.md"):
+    for needed in ("gradstore", "service", "worker", "db", "migrations", "constraints.txt"):
         assert needed not in patterns
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    """PyYAML plus Compose's merge tags (!reset, !override), kept as markers."""
+
+
+_ComposeLoader.add_constructor("!reset", lambda loader, node: ("!reset", None))
+_ComposeLoader.add_constructor(
+    "!override", lambda loader, node: ("!override", loader.construct_sequence(node))
+)
+
+
+def test_host_network_override_puts_every_service_on_the_host_network():
+    override = yaml.load(
+        (ROOT / "deploy" / "compose.host-network.yml").read_text(), Loader=_ComposeLoader
+    )["services"]
+    assert set(override) == {"postgres", "migrate", "api", "worker"}
+    assert all(s["network_mode"] == "host" for s in override.values())
+    assert override["api"]["ports"] == ("!reset", None)  # host mode publishes nothing
+    assert override["worker"]["deploy"] == ("!reset", None)  # CPU workers: no GPU reserved
+    assert "listen_addresses=127.0.0.1" in override["postgres"]["command"]
+
+
+def test_addresses_ports_images_and_build_network_are_parameters(raw):
+    env = SECRETS | {
+        "POSTGRES_HOST": "127.0.0.1",
+        "POSTGRES_PORT": "55432",
+        "POSTGRES_IMAGE": "local/postgres:15",
+        "GRADSTORE_API_HOST": "127.0.0.1",
+        "GRADSTORE_API_PORT": "58000",
+        "GRADSTORE_BUILD_NETWORK": "host",
+        "TORCH_INDEX_URL": "",
+        "WHEELS_URL": "http://127.0.0.1:9/",
+    }
+    services = interpolate(raw, env)["services"]
+    url = make_url(services["worker"]["environment"]["GRADSTORE_DATABASE_URL"])
+    assert (url.host, url.port) == ("127.0.0.1", 55432)
+    assert services["postgres"]["image"] == "local/postgres:15"
+    assert services["postgres"]["environment"]["PGPORT"] == "55432"
+    api = services["api"]
+    assert api["command"] == ["api", "--host", "127.0.0.1", "--port", "58000"]
+    assert "http://127.0.0.1:58000/healthz" in " ".join(api["healthcheck"]["test"])
+    build = services["api"]["build"]
+    assert build["network"] == "host"
+    assert build["args"]["TORCH_INDEX_URL"] == ""  # `-`, not `:-`: empty stays empty
+    assert build["args"]["WHEELS_URL"] == "http://127.0.0.1:9/"
+    defaults = interpolate(raw, SECRETS)["services"]
+    assert defaults["api"]["build"]["args"]["TORCH_INDEX_URL"].endswith("/whl/cpu")
+    assert make_url(defaults["api"]["environment"]["GRADSTORE_DATABASE_URL"]).port == 5432
+
+
+def test_local_postgres_image_honours_the_variables_compose_sets(services):
+    entrypoint = (ROOT / "deploy" / "postgres" / "entrypoint.sh").read_text()
+    for name in services["postgres"]["environment"]:
+        if name.startswith("POSTGRES_"):
+            assert name in entrypoint, f"deploy/postgres ignores {name}"
+    dockerfile = (ROOT / "deploy" / "postgres" / "Dockerfile").read_text()
+    assert "PGDATA=/var/lib/postgresql/data" in dockerfile
+    assert "pgdata:/var/lib/postgresql/data" in services["postgres"]["volumes"]
+    assert (ROOT / "deploy" / "postgres" / "entrypoint.sh").stat().st_mode & 0o111

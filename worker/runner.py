@@ -20,17 +20,18 @@ import uuid
 from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
-from service.db import make_engine, make_sessionmaker, transaction
-from service.models import Datastore
-from service.settings import Settings
-from worker.queue import Claim, claim_next, fail_exhausted, release_for_retry, renew
-from worker.stages import (
+from gradstore.api_models import UnitKind
+from gradstore.db.engine import make_engine, make_sessionmaker, transaction
+from gradstore.db.models import Datastore
+from gradstore.db.queue import Claim, claim_next, fail_exhausted, release_for_retry, renew
+from gradstore.db.settings import Settings
+from gradstore.files import remove_tree
+from gradstore.worker.stages import (
     BuildGone,
     fail_build,
     finish_unit,
     is_active,
     mark_started,
-    remove_artifacts,
     run_unit,
 )
 
@@ -129,9 +130,9 @@ class Worker:
             return not is_active(session.get(Datastore, claim.datastore_id))
 
     def _run_unit(self, claim: Claim, beat: Heartbeat) -> None:
-        total = claim.end - claim.start if claim.kind == "featurize" else None
+        total = claim.end - claim.start if claim.kind == UnitKind.FEATURIZE else None
         label = f"{claim.kind} {claim.datastore_id[:8]}"
-        if claim.kind == "featurize":
+        if claim.kind == UnitKind.FEATURIZE:
             label += f" ckpt {claim.checkpoint} [{claim.start}:{claim.end})"
         with tqdm(total=total, desc=label, unit="ex", disable=not self.show_progress) as bar:
 
@@ -146,9 +147,9 @@ class Worker:
         with self.factory() as session:
             store = session.get(Datastore, claim.datastore_id)
             if store is None:
-                remove_artifacts(self.settings.datastores_dir / claim.datastore_id)
+                remove_tree(self.settings.datastores_dir / claim.datastore_id)
             elif store.cancel_requested:
-                remove_artifacts(store.path)
+                remove_tree(store.path)
 
     def _after_failure(self, claim: Claim, exc: Exception) -> None:
         detail = f"{claim.kind} unit failed: {type(exc).__name__}: {exc}"
@@ -165,6 +166,7 @@ class Worker:
         and tries again after a pause (its lease, if any, simply runs out meanwhile).
         """
         stop = stop or threading.Event()
+        log.info("worker %s started", self.owner)
         while not stop.is_set() and not self.orphaned():
             try:
                 worked = self.run_one()

@@ -6,28 +6,29 @@ after it (mark done, add the next units, update progress) is one short transacti
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from typing_extensions import TypeIs
 
 from gradstore import build
+from gradstore.api_models import ACTIVE_BUILD, DatastoreStatus, UnitKind
 from gradstore.config import BuildConfig
+from gradstore.db.models import Dataset, Datastore, UnitState, WorkUnit, utcnow
+from gradstore.db.queue import Claim, complete
 from gradstore.files import read_json
 from gradstore.store import Datastore as GradstoreDatastore
 from gradstore.store import Shard
-from service.models import Dataset, Datastore, WorkUnit, utcnow
-from worker.queue import ACTIVE_BUILD, Claim, complete
 
 
 class BuildGone(Exception):
     """The build was cancelled, failed or deleted while its unit waited or ran."""
 
 
-def is_active(store: Datastore | None) -> bool:
+def is_active(store: Datastore | None) -> TypeIs[Datastore]:
     return store is not None and store.status in ACTIVE_BUILD and not store.cancel_requested
 
 
@@ -47,13 +48,13 @@ def run_unit(
         root, model_path = Path(store.path), store.model_path
         config = BuildConfig.model_validate(store.config)
         warmup_from = list(store.warmup_from or [])
-    if claim.kind == "warmup":
+    if claim.kind == UnitKind.WARMUP:
         build.prepare(root, dataset.path, model_path, config, warmup_from)
         build.run_warmup_stage(root, device=device, progress=progress)
-    elif claim.kind == "featurize":
+    elif claim.kind == UnitKind.FEATURIZE:
         shard = Shard(claim.checkpoint, claim.start, claim.end)
         build.featurize_shard(root, shard, device=device, on_batch=on_batch)
-    elif claim.kind == "index":
+    elif claim.kind == UnitKind.INDEX:
         build.build_index(root)
     else:
         raise ValueError(f"unknown unit kind {claim.kind!r}")
@@ -61,15 +62,15 @@ def run_unit(
 
 def mark_started(session: Session, claim: Claim) -> None:
     """queued → warmup, in one conditional statement so that it never undoes a cancel."""
-    if claim.kind == "warmup":
+    if claim.kind == UnitKind.WARMUP:
         session.execute(
             update(Datastore)
             .where(
                 Datastore.id == claim.datastore_id,
-                Datastore.status == "queued",
+                Datastore.status == DatastoreStatus.QUEUED,
                 Datastore.cancel_requested.is_(False),
             )
-            .values(status="warmup")
+            .values(status=DatastoreStatus.WARMUP)
         )
 
 
@@ -90,13 +91,13 @@ def finish_unit(session: Session, claim: Claim, owner: str, seconds: float) -> b
     if not is_active(store):
         return False
     root = Path(store.path)
-    if claim.kind == "warmup":
+    if claim.kind == UnitKind.WARMUP:
         _plan_featurize(session, store, root)
-    elif claim.kind == "featurize":
+    elif claim.kind == UnitKind.FEATURIZE:
         _featurize_progress(session, store)
-    elif claim.kind == "index":
+    elif claim.kind == UnitKind.INDEX:
         manifest = GradstoreDatastore.open(root, verify=False).manifest
-        store.status = "ready"
+        store.status = DatastoreStatus.READY
         store.dim = manifest.dim
         store.num_examples = manifest.num_examples
         store.checkpoints = [
@@ -113,13 +114,13 @@ def _plan_featurize(session: Session, store: Datastore, root: Path) -> None:
         session.add(
             WorkUnit(
                 datastore_id=store.id,
-                kind="featurize",
+                kind=UnitKind.FEATURIZE,
                 checkpoint=shard.checkpoint,
                 start=shard.start,
                 end=shard.end,
             )
         )
-    store.status = "featurize"
+    store.status = DatastoreStatus.FEATURIZE
     store.progress_total = sum(s.end - s.start for s in shards)
     store.progress_done = 0
     store.skipped = read_json(root / "skipped.json")
@@ -128,10 +129,10 @@ def _plan_featurize(session: Session, store: Datastore, root: Path) -> None:
 
 def _featurize_progress(session: Session, store: Datastore) -> None:
     """Rows done, and the rate of all workers together: rows over wall time since planning."""
-    shard_units = (WorkUnit.datastore_id == store.id, WorkUnit.kind == "featurize")
+    shard_units = (WorkUnit.datastore_id == store.id, WorkUnit.kind == UnitKind.FEATURIZE)
     done_rows = session.scalar(
         select(func.sum(WorkUnit.end - WorkUnit.start)).where(
-            *shard_units, WorkUnit.state == "done"
+            *shard_units, WorkUnit.state == UnitState.DONE
         )
     )
     planned_at = session.scalar(select(func.min(WorkUnit.created_at)).where(*shard_units))
@@ -139,7 +140,9 @@ def _featurize_progress(session: Session, store: Datastore) -> None:
     elapsed = (utcnow() - planned_at).total_seconds() if planned_at else 0.0
     if elapsed > 0:
         store.examples_per_s = round(store.progress_done / elapsed, 2)
-    remaining = session.scalar(select(func.count()).where(*shard_units, WorkUnit.state != "done"))
+    remaining = session.scalar(
+        select(func.count()).where(*shard_units, WorkUnit.state != UnitState.DONE)
+    )
     if remaining == 0:
         _add_index_unit(session, store)
 
@@ -147,19 +150,15 @@ def _featurize_progress(session: Session, store: Datastore) -> None:
 def _add_index_unit(session: Session, store: Datastore) -> None:
     try:
         with session.begin_nested():
-            session.add(WorkUnit(datastore_id=store.id, kind="index"))
+            session.add(WorkUnit(datastore_id=store.id, kind=UnitKind.INDEX))
     except IntegrityError:  # another worker finished the last shard at the same moment
         return
-    store.status = "index"
+    store.status = DatastoreStatus.INDEX
 
 
 def fail_build(session: Session, datastore_id: str, error: str) -> None:
     """Failed with the reason, unless it was cancelled or removed meanwhile."""
     store = session.get(Datastore, datastore_id, with_for_update=True)
     if is_active(store):
-        store.status = "failed"
+        store.status = DatastoreStatus.FAILED
         store.error = error
-
-
-def remove_artifacts(path: str | Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

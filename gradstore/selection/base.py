@@ -86,7 +86,7 @@ class SelectionMethod:
             )
             raise InvalidInputError(f"options for method {self.name!r}: {problems}") from None
 
-    def artifacts(self, options: MethodOptions) -> tuple[str, ...]:
+    def artifacts(self, options: Any) -> tuple[str, ...]:  # the method's own Options
         """Store artifacts this query reads (names in ``gradstore.artifacts.ARTIFACTS``)."""
         return ()
 

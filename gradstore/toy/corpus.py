@@ -1,4 +1,4 @@
-"""A toy instruction corpus where skill and wording disagree (DESIGN.md §5).
+"""A toy instruction corpus where skill and wording disagree (docs/toy.md).
 
 Eight skill families, each asked in the same five surface styles, so words shared between
 two examples say nothing about their skill. The skill is given by a symbol in the input
@@ -77,8 +77,8 @@ def _brackets(rng: random.Random) -> tuple[str, str]:
                 depth -= 1
         text.extend(")" * depth)
         return "".join(text), "yes"
-    text = "".join(rng.choice("()") for _ in range(rng.randint(3, 9)))
-    return text, "yes" if _balanced(text) else "no"
+    random_text = "".join(rng.choice("()") for _ in range(rng.randint(3, 9)))
+    return random_text, "yes" if _balanced(random_text) else "no"
 
 
 def _task(family: str, rng: random.Random, dictionary: dict[str, str]) -> tuple[str, str]:

@@ -9,14 +9,14 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import func, select
 
+from gradstore.api_models import DatasetCreate, DatasetPage, DatasetPublic, ExampleRecord
+from gradstore.db.models import Dataset
 from gradstore.errors import InvalidInputError, NotFoundError, PayloadTooLargeError
 from gradstore.examples import load_examples, parse_jsonl_lines
 from gradstore.files import atomic_write_bytes, sha256_bytes
-from service.deps import SessionDep, SettingsDep
-from service.example_index import read_example
-from service.models import Dataset
-from service.problems import problem_responses
-from service.schemas import DatasetCreate, DatasetPage, DatasetPublic
+from gradstore.service.deps import SessionDep, SettingsDep
+from gradstore.service.example_index import read_example
+from gradstore.service.problems import problem_responses
 
 router = APIRouter(
     prefix="/v1/datasets", tags=["datasets"], responses=problem_responses(401, 404, 413, 422)
@@ -143,7 +143,11 @@ def get_dataset(dataset_id: str, session: SessionDep):
     return get_dataset_or_404(session, dataset_id)
 
 
-@router.get("/{dataset_id}/examples/{example_id}")
+@router.get(
+    "/{dataset_id}/examples/{example_id}",
+    response_model=ExampleRecord,
+    response_model_exclude_unset=True,
+)
 def get_example(dataset_id: str, example_id: str, session: SessionDep) -> dict:
     """The stored example as it was uploaded (normalised to its JSON record)."""
     dataset = get_dataset_or_404(session, dataset_id)

@@ -5,10 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter, Query, Response
-from pydantic import ValidationError
 from sqlalchemy import delete, func, select
 
-from gradstore.config import BuildConfig
+from gradstore.api_models import (
+    ACTIVE_BUILD,
+    DatastoreCreate,
+    DatastorePage,
+    DatastorePublic,
+    DatastoreStatus,
+    SelectRequest,
+    SelectResponse,
+    UnitKind,
+)
+from gradstore.db.models import Datastore, SelectionRecord, UnitState, WorkUnit
 from gradstore.errors import (
     InvalidInputError,
     NotFoundError,
@@ -16,21 +25,12 @@ from gradstore.errors import (
     PayloadTooLargeError,
 )
 from gradstore.examples import load_examples
+from gradstore.files import remove_tree
 from gradstore.selection import get_method, run_selection
-from service.deps import EnginesDep, SessionDep, SettingsDep
-from service.metrics import SELECT_SECONDS
-from service.models import Datastore, SelectionRecord, WorkUnit
-from service.problems import problem_responses
-from service.routes.datasets import get_dataset_or_404
-from service.schemas import (
-    DatastoreCreate,
-    DatastorePage,
-    DatastorePublic,
-    SelectRequest,
-    SelectResponse,
-)
-from worker.queue import ACTIVE_BUILD
-from worker.stages import remove_artifacts
+from gradstore.service.deps import EnginesDep, SessionDep, SettingsDep
+from gradstore.service.metrics import SELECT_SECONDS
+from gradstore.service.problems import problem_responses
+from gradstore.service.routes.datasets import get_dataset_or_404
 
 ERRORS = problem_responses(401, 404, 409, 413, 422)
 router = APIRouter(prefix="/v1/datastores", tags=["datastores"], responses=ERRORS)
@@ -57,6 +57,7 @@ def public(store: Datastore) -> dict:
         "dim": store.dim,
         "error": store.error,
         "skipped": store.skipped or [],
+        "config": store.config,
         "created_at": store.created_at,
     }
 
@@ -79,16 +80,7 @@ def create_datastore(
     for directory in body.warmup_from:
         if not Path(directory).is_dir():
             raise InvalidInputError(f"warmup_from {directory!r} is not a local directory")
-    try:
-        config = BuildConfig(
-            lora=body.lora,
-            warmup=body.warmup,
-            projection=body.projection,
-            max_seq_len=body.max_seq_len,
-            **body.options,
-        )
-    except (ValidationError, TypeError) as exc:
-        raise InvalidInputError(f"options: {exc}") from None
+    config = body.build_config()
     if not (Path(body.model.path) / "config.json").is_file():
         raise InvalidInputError(
             f"model.path {body.model.path!r} has no config.json: give a directory saved with "
@@ -104,7 +96,7 @@ def create_datastore(
     session.add(store)
     session.flush()
     store.path = str((settings.datastores_dir / store.id).resolve())
-    session.add(WorkUnit(datastore_id=store.id, kind="warmup"))
+    session.add(WorkUnit(datastore_id=store.id, kind=UnitKind.WARMUP))
     session.commit()
     response.headers["Location"] = f"/v1/datastores/{store.id}"
     return public(store)
@@ -133,9 +125,11 @@ def delete_datastore(datastore_id: str, session: SessionDep, engines: EnginesDep
     engines.evict(store.id)
     if store.status in ACTIVE_BUILD:
         store.cancel_requested = True
-        store.status = "cancelled"
+        store.status = DatastoreStatus.CANCELLED
         session.execute(
-            delete(WorkUnit).where(WorkUnit.datastore_id == store.id, WorkUnit.state == "pending")
+            delete(WorkUnit).where(
+                WorkUnit.datastore_id == store.id, WorkUnit.state == UnitState.PENDING
+            )
         )
         session.commit()
     else:
@@ -143,7 +137,7 @@ def delete_datastore(datastore_id: str, session: SessionDep, engines: EnginesDep
         session.execute(delete(WorkUnit).where(WorkUnit.datastore_id == store.id))
         session.delete(store)
         session.commit()
-    remove_artifacts(store.path)
+    remove_tree(store.path)
     return Response(status_code=204)
 
 
@@ -172,7 +166,7 @@ def select_training_data(
         for i, t in enumerate(body.targets)
     ]
     targets = load_examples(records)
-    if store.status != "ready":
+    if store.status != DatastoreStatus.READY:
         raise NotReadyError(f"datastore {datastore_id} is {store.status}, not ready")
 
     with SELECT_SECONDS.labels(body.method).time():

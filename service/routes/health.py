@@ -8,8 +8,8 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from service.metrics import refresh_build_gauges
-from service.problems import problem
+from gradstore.service.metrics import refresh_build_gauges
+from gradstore.service.problems import problem
 
 router = APIRouter(tags=["health"])
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Query
 from sqlalchemy import func, select
 
-from service.deps import SessionDep
-from service.models import SelectionRecord
-from service.problems import problem_responses
-from service.routes.datastores import get_store_or_404
-from service.schemas import SelectionPage
+from gradstore.api_models import SelectionPage
+from gradstore.db.models import SelectionRecord
+from gradstore.service.deps import SessionDep
+from gradstore.service.problems import problem_responses
+from gradstore.service.routes.datastores import get_store_or_404
 
 router = APIRouter(
     prefix="/v1/datastores", tags=["datastores"], responses=problem_responses(401, 404, 422)

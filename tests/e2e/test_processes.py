@@ -22,8 +22,8 @@ from conftest import TINY_BUILD
 from processes import Process, free_port, manifest_files, wait_for_http, wait_ready, wait_until
 
 from gradstore.examples import write_jsonl
+from gradstore.migrations import upgrade
 from gradstore.toy.corpus import generate_corpus
-from migrations import upgrade
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ FAST_LEASES = {
     "GRADSTORE_TORCH_THREADS": "1",
 }
 # one example per batch and big shards: a shard takes long enough to be killed inside it
-SLOW_SHARDS = TINY_BUILD | {"options": {"shard_size": 24, "batch_size": 1}}
+SLOW_SHARDS = TINY_BUILD | {"shard_size": 24, "batch_size": 1}
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,13 @@ from conftest import TINY_BUILD
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
+from gradstore.db.engine import make_engine
+from gradstore.db.models import SelectionRecord, WorkUnit
+from gradstore.db.settings import Settings
 from gradstore.examples import read_jsonl
-from migrations import upgrade
-from service.app import create_app
-from service.db import make_engine
-from service.models import SelectionRecord, WorkUnit
-from service.settings import Settings
-from worker.runner import Worker
+from gradstore.migrations import upgrade
+from gradstore.service.app import create_app
+from gradstore.worker.runner import Worker
 
 PROBLEM = "application/problem+json"
 
@@ -187,7 +187,7 @@ def test_cancel_in_the_middle_of_a_shard(
 ):
     """DELETE during featurize: the worker stops at its next batch and leaves nothing."""
     dataset = upload(client, toy_pool_file)
-    slow = TINY_BUILD | {"options": {"shard_size": 48, "batch_size": 1}}
+    slow = TINY_BUILD | {"shard_size": 48, "batch_size": 1}
     body = {"dataset_id": dataset["id"], "model": {"path": str(tiny_model_dir)}} | slow
     store_id = client.post("/v1/datastores", json=body).json()["id"]
     fast = settings.model_copy(update={"heartbeat_seconds": 0.02})

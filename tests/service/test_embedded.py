@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from migrations import upgrade
-from service.embedded import WorkerProcesses
-from service.settings import Settings
+from gradstore.db.settings import Settings
+from gradstore.migrations import upgrade
+from gradstore.service.embedded import WorkerProcesses
 
 pytestmark = pytest.mark.slow
 

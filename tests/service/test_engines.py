@@ -11,16 +11,15 @@ from conftest import TINY_BUILD
 from gradstore.build import build_all
 from gradstore.config import BuildConfig
 from gradstore.errors import ManifestMismatchError, NotReadyError
-from service.engines import EngineCache
+from gradstore.service.engines import EngineCache
 
 
 @pytest.fixture(scope="module")
 def store_dir(tmp_path_factory, toy_pool_file, tiny_model_dir):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    options = {k: v for k, v in TINY_BUILD.items() if k != "options"} | TINY_BUILD["options"]
     root = tmp_path_factory.mktemp("engines") / "store"
-    build_all(root, toy_pool_file, tiny_model_dir, BuildConfig(**options), progress=False)
+    build_all(root, toy_pool_file, tiny_model_dir, BuildConfig(**TINY_BUILD), progress=False)
     torch.set_num_threads(threads)
     return root
 

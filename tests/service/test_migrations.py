@@ -11,8 +11,8 @@ from alembic.script import ScriptDirectory
 from typer.testing import CliRunner
 
 from gradstore.cli import app as cli_app
-from migrations import alembic_config, upgrade
-from service.models import Base
+from gradstore.db.models import Base
+from gradstore.migrations import alembic_config, upgrade
 
 
 def head() -> str:

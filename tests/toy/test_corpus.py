@@ -80,7 +80,7 @@ def test_answers_are_correct_for_each_skill():
 
 
 def test_answer_forms_mostly_differ_between_families():
-    """Distinct answer forms are what gradient features can separate (DESIGN.md §5)."""
+    """Distinct answer forms are what gradient features can separate (docs/toy.md)."""
     forms: dict[str, set[str]] = {f: set() for f in FAMILIES}
     for e in generate_corpus(seed=0, per_family=40):
         forms[family_of(e)].add(_form(e.completion))

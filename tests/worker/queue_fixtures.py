@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from migrations import upgrade
-from service.db import make_engine, make_sessionmaker, transaction
-from service.models import Dataset, Datastore, WorkUnit
+from gradstore.db.engine import make_engine, make_sessionmaker, transaction
+from gradstore.db.models import Dataset, Datastore, WorkUnit
+from gradstore.migrations import upgrade
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

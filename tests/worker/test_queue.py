@@ -9,9 +9,9 @@ import time
 
 import sqlalchemy as sa
 
-from service.db import transaction
-from service.models import Datastore
-from worker.queue import (
+from gradstore.db.engine import transaction
+from gradstore.db.models import Datastore
+from gradstore.db.queue import (
     claim_next,
     complete,
     fail_exhausted,

@@ -8,12 +8,12 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from service.db import transaction
-from service.models import Dataset, Datastore, WorkUnit
-from service.settings import Settings
-from worker.queue import claim_next
-from worker.runner import Heartbeat, UnitAborted, Worker
-from worker.stages import BuildGone, run_unit
+from gradstore.db.engine import transaction
+from gradstore.db.models import Dataset, Datastore, WorkUnit
+from gradstore.db.queue import claim_next
+from gradstore.db.settings import Settings
+from gradstore.worker.runner import Heartbeat, UnitAborted, Worker
+from gradstore.worker.stages import BuildGone, run_unit
 
 pytest_plugins = ["queue_fixtures"]  # factory, add_units, database_url
 

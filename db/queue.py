@@ -14,12 +14,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import CursorResult, and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db import transaction
-from service.models import ACTIVE_BUILD, Datastore, WorkUnit
+from gradstore.api_models import ACTIVE_BUILD, DatastoreStatus
+from gradstore.db.engine import transaction
+from gradstore.db.models import Datastore, UnitState, WorkUnit
 
 __all__ = [
     "ACTIVE_BUILD",
@@ -60,9 +62,9 @@ def claim_next(
                 Datastore.status.in_(ACTIVE_BUILD),
                 Datastore.cancel_requested.is_(False),
                 or_(
-                    WorkUnit.state == "pending",
+                    WorkUnit.state == UnitState.PENDING,
                     and_(
-                        WorkUnit.state == "running",
+                        WorkUnit.state == UnitState.RUNNING,
                         WorkUnit.lease_expires_at < now,
                         WorkUnit.attempts < max_attempts,
                     ),
@@ -77,7 +79,7 @@ def claim_next(
             update(WorkUnit)
             .where(WorkUnit.id == claimable.scalar_subquery())
             .values(
-                state="running",
+                state=UnitState.RUNNING,
                 lease_owner=owner,
                 lease_expires_at=now + timedelta(seconds=lease_seconds),
                 attempts=WorkUnit.attempts + 1,
@@ -98,14 +100,17 @@ def claim_next(
 def renew(factory: sessionmaker[Session], claim: Claim, owner: str, lease_seconds: float) -> bool:
     """Extend the lease; False when it was lost (expired and taken) or the build was stopped."""
     with transaction(factory) as session:
-        result = session.execute(
-            update(WorkUnit)
-            .where(
-                WorkUnit.id == claim.id,
-                WorkUnit.lease_owner == owner,
-                WorkUnit.state == "running",
-            )
-            .values(lease_expires_at=_now() + timedelta(seconds=lease_seconds))
+        result = cast(
+            CursorResult,
+            session.execute(
+                update(WorkUnit)
+                .where(
+                    WorkUnit.id == claim.id,
+                    WorkUnit.lease_owner == owner,
+                    WorkUnit.state == UnitState.RUNNING,
+                )
+                .values(lease_expires_at=_now() + timedelta(seconds=lease_seconds)),
+            ),
         )
         store = session.get(Datastore, claim.datastore_id)
         return result.rowcount == 1 and store is not None and not store.cancel_requested
@@ -113,10 +118,17 @@ def renew(factory: sessionmaker[Session], claim: Claim, owner: str, lease_second
 
 def complete(session: Session, claim: Claim, owner: str, seconds: float) -> bool:
     """Mark done if we still hold the lease (another holder would write the same bytes)."""
-    result = session.execute(
-        update(WorkUnit)
-        .where(WorkUnit.id == claim.id, WorkUnit.lease_owner == owner, WorkUnit.state == "running")
-        .values(state="done", seconds=seconds, lease_expires_at=None)
+    result = cast(
+        CursorResult,
+        session.execute(
+            update(WorkUnit)
+            .where(
+                WorkUnit.id == claim.id,
+                WorkUnit.lease_owner == owner,
+                WorkUnit.state == UnitState.RUNNING,
+            )
+            .values(state=UnitState.DONE, seconds=seconds, lease_expires_at=None),
+        ),
     )
     return result.rowcount == 1
 
@@ -125,7 +137,7 @@ def release_for_retry(session: Session, claim: Claim, owner: str, error: str) ->
     session.execute(
         update(WorkUnit)
         .where(WorkUnit.id == claim.id, WorkUnit.lease_owner == owner)
-        .values(state="pending", lease_owner=None, lease_expires_at=None, error=error)
+        .values(state=UnitState.PENDING, lease_owner=None, lease_expires_at=None, error=error)
     )
 
 
@@ -137,7 +149,7 @@ def fail_exhausted(factory: sessionmaker[Session], max_attempts: int) -> list[st
             .join(Datastore, Datastore.id == WorkUnit.datastore_id)
             .where(
                 Datastore.status.in_(ACTIVE_BUILD),
-                WorkUnit.state == "running",
+                WorkUnit.state == UnitState.RUNNING,
                 WorkUnit.lease_expires_at < _now(),
                 WorkUnit.attempts >= max_attempts,
             )
@@ -150,7 +162,7 @@ def fail_exhausted(factory: sessionmaker[Session], max_attempts: int) -> list[st
                 update(Datastore)
                 .where(Datastore.id == datastore_id, Datastore.status.in_(ACTIVE_BUILD))
                 .values(
-                    status="failed",
+                    status=DatastoreStatus.FAILED,
                     error=f"{kind} unit {unit_id} lost its worker {max_attempts} times "
                     f"(last {owner}); the worker dies on it (out of memory?)",
                 )
@@ -169,7 +181,7 @@ def release_dead_local_leases(factory: sessionmaker[Session], hostname: str) -> 
     released = 0
     with transaction(factory) as session:
         rows = session.execute(
-            select(WorkUnit.id, WorkUnit.lease_owner).where(WorkUnit.state == "running")
+            select(WorkUnit.id, WorkUnit.lease_owner).where(WorkUnit.state == UnitState.RUNNING)
         ).all()
         for unit_id, owner in rows:
             host, _, rest = (owner or "").partition(":")
@@ -178,7 +190,7 @@ def release_dead_local_leases(factory: sessionmaker[Session], hostname: str) -> 
                 session.execute(
                     update(WorkUnit)
                     .where(WorkUnit.id == unit_id, WorkUnit.lease_owner == owner)
-                    .values(state="pending", lease_owner=None, lease_expires_at=None)
+                    .values(state=UnitState.PENDING, lease_owner=None, lease_expires_at=None)
                 )
                 released += 1
     return released

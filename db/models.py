@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from enum import StrEnum
 
 from sqlalchemy import (
     JSON,
@@ -19,8 +20,17 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-# A build in one of these states is still running (or waiting for) its workers.
-ACTIVE_BUILD = ("queued", "warmup", "featurize", "index")
+from gradstore.api_models import ACTIVE_BUILD, DatastoreStatus
+
+__all__ = ["ACTIVE_BUILD", "Dataset", "Datastore", "SelectionRecord", "UnitState", "WorkUnit"]
+
+
+class UnitState(StrEnum):
+    """A work unit is pending until a worker leases it, running while leased, then done."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
 
 
 def new_id() -> str:
@@ -64,7 +74,7 @@ class Datastore(Base):
     __tablename__ = "datastores"
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
-    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    status: Mapped[str] = mapped_column(String(16), default=DatastoreStatus.QUEUED, index=True)
     model_path: Mapped[str] = mapped_column(Text)
     config: Mapped[dict] = mapped_column(JSON)
     warmup_from: Mapped[list] = mapped_column(JSON, default=list)
@@ -91,11 +101,11 @@ class WorkUnit(Base):
     datastore_id: Mapped[str] = mapped_column(
         ForeignKey("datastores.id", ondelete="CASCADE"), index=True
     )
-    kind: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(16))  # a UnitKind
     checkpoint: Mapped[int] = mapped_column(Integer, default=0)
     start: Mapped[int] = mapped_column(Integer, default=0)
     end: Mapped[int] = mapped_column(Integer, default=0)
-    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    state: Mapped[str] = mapped_column(String(16), default=UnitState.PENDING, index=True)
     lease_owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)

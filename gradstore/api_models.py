@@ -1,0 +1,268 @@
+"""The bodies of API v1, shared by the service (validation, OpenAPI) and the Python client.
+
+Torch-free (pydantic and the build configuration only), so a notebook can import the
+client without the numeric stack. Response models allow extra fields: a newer server may
+add fields without breaking an older client. Statuses and unit kinds are enums, the only
+place their values are spelled.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gradstore.config import BuildConfig
+from gradstore.examples import Message
+
+
+class DatastoreStatus(StrEnum):
+    """Where a datastore build stands; ``ready``, ``failed`` and ``cancelled`` are final."""
+
+    QUEUED = "queued"
+    WARMUP = "warmup"
+    FEATURIZE = "featurize"
+    INDEX = "index"
+    READY = "ready"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class UnitKind(StrEnum):
+    """The work units of a build, in stage order; featurize units are shards."""
+
+    WARMUP = "warmup"
+    FEATURIZE = "featurize"
+    INDEX = "index"
+
+
+# A build in one of these states is still running (or waiting for) its workers.
+ACTIVE_BUILD = (
+    DatastoreStatus.QUEUED,
+    DatastoreStatus.WARMUP,
+    DatastoreStatus.FEATURIZE,
+    DatastoreStatus.INDEX,
+)
+FAILED_BUILD = (DatastoreStatus.FAILED, DatastoreStatus.CANCELLED)
+
+
+class _Public(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+# datasets
+
+
+class DatasetCreate(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "pool-v1",
+                    "examples": [{"id": "ex-1", "prompt": "2+2=", "completion": "4"}],
+                }
+            ]
+        }
+    )
+    name: str = Field(min_length=1, max_length=200)
+    examples: list[dict[str, Any]] = Field(min_length=1)
+
+
+class DatasetPublic(_Public):
+    id: str
+    name: str
+    num_examples: int
+    sha256: str
+    created_at: datetime
+
+
+class DatasetPage(_Public):
+    data: list[DatasetPublic]
+    count: int
+
+
+class ExampleRecord(_Public):
+    """A stored example: ``messages`` or ``prompt`` + ``completion``, plus its extra fields."""
+
+    id: str
+    messages: list[dict[str, Any]] | None = None
+    prompt: str | None = None
+    completion: str | None = None
+    subtask: str | None = None
+
+
+# datastores
+
+
+class ModelRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field(description="A local directory that transformers can load.")
+
+
+_BUILD_FIELDS = frozenset(BuildConfig.model_fields)
+
+
+class DatastoreCreate(BuildConfig):
+    """A build request: the dataset, the model, and every field of ``BuildConfig``.
+
+    The build settings are the configuration model itself (same fields, defaults and
+    checks as ``gradstore build``), so one request gives one stored configuration.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "dataset_id": "3f2c…",
+                    "model": {"path": "/models/Llama-3.2-1B"},
+                    "lora": {"r": 128, "alpha": 512},
+                    "warmup": {"fraction": 0.05, "epochs": 4, "learning_rate": 2e-5},
+                    "projection": {"dim": 8192, "seed": 0},
+                    "max_seq_len": 2048,
+                }
+            ]
+        },
+    )
+    dataset_id: str
+    model: ModelRef
+    warmup_from: list[str] = Field(
+        default_factory=list, description="Checkpoint dirs of an existing LESS warmup to reuse."
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        deprecated=True,
+        description="Deprecated: the other build settings now sit at the top level. Still "
+        "accepted (merged into the top level; a field given in both places is an error).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_options(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not data.get("options"):
+            return data
+        options = data["options"]
+        if not isinstance(options, dict):
+            return data  # the field's own validation reports it
+        both = sorted(set(options) & set(data))
+        if both:
+            raise ValueError(f"{', '.join(both)} given both at the top level and in options")
+        unknown = sorted(set(options) - _BUILD_FIELDS)
+        if unknown:
+            raise ValueError(f"options: unknown build settings {', '.join(unknown)}")
+        return {**data, **options, "options": {}}
+
+    def build_config(self) -> BuildConfig:
+        """The configuration the datastore is built with (and stored with)."""
+        return BuildConfig.model_validate(self.model_dump(include=set(_BUILD_FIELDS)))
+
+
+class Progress(_Public):
+    stage: DatastoreStatus
+    done: int
+    total: int
+    examples_per_s: float | None = None
+    eta_s: float | None = None
+
+
+class CheckpointPublic(_Public):
+    index: int
+    learning_rate: float
+
+
+class DatastorePublic(_Public):
+    id: str
+    dataset_id: str
+    status: DatastoreStatus
+    progress: Progress
+    checkpoints: list[CheckpointPublic] = []
+    num_examples: int | None = None
+    dim: int | None = None
+    error: str | None = None
+    skipped: list[dict[str, str]] = []
+    config: BuildConfig | None = Field(
+        None, description="The resolved build configuration (every default filled in)."
+    )
+    created_at: datetime
+
+
+class DatastorePage(_Public):
+    data: list[DatastorePublic]
+    count: int
+
+
+# selection
+
+
+class Target(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    subtask: str | None = None
+    id: str | None = None
+    messages: list[Message] | None = None
+    prompt: str | None = None
+    completion: str | None = None
+
+
+class SelectRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "targets": [{"subtask": "math", "prompt": "3+4=", "completion": "7"}],
+                    "method": "less",
+                    "fraction": 0.05,
+                }
+            ]
+        },
+    )
+    targets: list[Target] = Field(min_length=1)
+    method: str = "less"
+    top_k: int | None = Field(None, ge=1, description="How many to select; or give fraction.")
+    fraction: float | None = Field(None, gt=0, le=1, description="Share of the pool to select.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Method options.")
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> SelectRequest:
+        if (self.top_k is None) == (self.fraction is None):
+            raise ValueError("give exactly one of 'top_k' or 'fraction'")
+        return self
+
+
+class SelectedPublic(_Public):
+    id: str
+    score: float
+    subtask: str
+
+
+class SelectResponse(_Public):
+    datastore_id: str
+    method: str
+    selected: list[SelectedPublic]
+    num_candidates: int
+    timings_ms: dict[str, float] = {}
+    details: dict[str, Any] = {}
+
+
+class SelectionPublic(_Public):
+    """One audit record: the request without target texts, the size and the timings."""
+
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    datastore_id: str
+    method: str
+    num_targets: int
+    num_selected: int
+    request: dict[str, Any]
+    timings_ms: dict[str, float]
+    created_at: datetime
+
+
+class SelectionPage(_Public):
+    data: list[SelectionPublic]
+    count: int
+
+
+class HealthStatus(_Public):
+    status: str
