@@ -57,6 +57,8 @@ def build(
     options = fields.pop("options", {})
     with _session(server, api_key) as client:
         store = client.create_datastore(dataset_id, model, **fields, **options)
+        for warning in store.warnings:
+            typer.echo(f"warning: {warning}", err=True)
         if wait:
             store = client.wait_until_ready(store.id)
         typer.echo(store.model_dump_json())

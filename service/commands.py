@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import socket
@@ -23,6 +22,19 @@ def _settings(data_dir: Path | None = None):
     return Settings()
 
 
+def _logging(settings) -> None:
+    from service.logs import configure_logging
+
+    configure_logging(settings.log_format, settings.log_level)
+
+
+def _run_api(app, host: str, port: int) -> None:
+    """uvicorn with our log lines only: its own access log would lack the request id."""
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
+
+
 @db_app.command("upgrade")
 def db_upgrade(revision: str = "head") -> None:
     """Apply the migrations to GRADSTORE_DATABASE_URL (or the embedded SQLite file)."""
@@ -39,11 +51,11 @@ def api(
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
 ) -> None:
     """Run the HTTP API only (the Compose api service; workers run separately)."""
-    import uvicorn
-
     from service.app import create_app
 
-    uvicorn.run(create_app(_settings()), host=host, port=port, log_level="info")
+    settings = _settings()
+    _logging(settings)
+    _run_api(create_app(settings), host, port)
 
 
 def worker(
@@ -60,10 +72,10 @@ def worker(
     from service.settings import apply_torch_threads
     from worker.runner import Worker
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     settings = _settings()
+    _logging(settings)
     apply_torch_threads(settings)
     if poll_interval is not None:
         settings = settings.model_copy(update={"poll_seconds": poll_interval})
@@ -79,8 +91,6 @@ def serve(
     ] = 1,
 ) -> None:
     """Embedded mode: migrations, the API and worker processes, SQLite by default."""
-    import uvicorn
-
     from gradstore.threads import THREADS_ENV, threads_per_process
     from migrations import upgrade
     from service.app import create_app
@@ -89,6 +99,7 @@ def serve(
     from worker.queue import release_dead_local_leases
 
     settings = _settings(data_dir)
+    _logging(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if not settings.torch_threads:  # the API and the workers divide this host's cores
         worker_threads = threads_per_process(max(1, workers))
@@ -102,7 +113,7 @@ def serve(
         typer.echo(f"released {freed} unit(s) leased by workers of a previous run")
     children = WorkerProcesses(workers).start()
     try:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+        _run_api(create_app(settings), host, port)
     finally:
         children.stop()
 

@@ -7,6 +7,10 @@ data. A unit is claimable when pending, or running with an expired lease (its wo
 A unit whose lease expired ``max_attempts`` times is not retried: its worker keeps dying
 (out of memory, a bad GPU), so ``fail_exhausted`` fails the build with that reason instead
 of letting workers die on it forever.
+
+Besides the units of builds, ``verify`` units re-read every byte of a ready store (or of
+one failed by an integrity check, whose files may have been restored); they are claimed
+after any build work.
 """
 
 from __future__ import annotations
@@ -15,20 +19,29 @@ import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import transaction
 from service.models import ACTIVE_BUILD, Datastore, WorkUnit
 
+# stores a verify unit may run on: a failed one only if it was verified once (its failure
+# was an integrity check, and restored files can make it ready again)
+VERIFIABLE = ("ready", "failed")
+
 __all__ = [
     "ACTIVE_BUILD",
+    "VERIFIABLE",
     "Claim",
     "claim_next",
     "complete",
     "fail_exhausted",
+    "queue_verification",
     "release_dead_local_leases",
     "renew",
+    "schedule_verifications",
+    "verifications_in_progress",
 ]
 
 
@@ -41,6 +54,7 @@ class Claim:
     start: int
     end: int
     attempts: int
+    request_id: str | None = None
 
 
 def _now() -> datetime:
@@ -57,8 +71,14 @@ def claim_next(
             select(WorkUnit.id)
             .join(Datastore, Datastore.id == WorkUnit.datastore_id)
             .where(
-                Datastore.status.in_(ACTIVE_BUILD),
-                Datastore.cancel_requested.is_(False),
+                or_(
+                    and_(
+                        WorkUnit.kind != "verify",
+                        Datastore.status.in_(ACTIVE_BUILD),
+                        Datastore.cancel_requested.is_(False),
+                    ),
+                    and_(WorkUnit.kind == "verify", Datastore.status.in_(VERIFIABLE)),
+                ),
                 or_(
                     WorkUnit.state == "pending",
                     and_(
@@ -68,7 +88,7 @@ def claim_next(
                     ),
                 ),
             )
-            .order_by(WorkUnit.id)
+            .order_by(WorkUnit.kind == "verify", WorkUnit.id)  # builds first
             .limit(1)
         )
         if session.get_bind().dialect.name == "postgresql":
@@ -90,6 +110,7 @@ def claim_next(
                 WorkUnit.start,
                 WorkUnit.end,
                 WorkUnit.attempts,
+                WorkUnit.request_id,
             )
         ).first()
     return Claim(*row) if row else None
@@ -192,3 +213,70 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # exists, owned by someone else
         return True
     return True
+
+
+def _unit_finished(unit: WorkUnit, max_attempts: int, now: datetime) -> bool:
+    if unit.state in ("done", "failed"):
+        return True
+    # a running unit whose lease ran out for the last time is never claimed again
+    expired = unit.lease_expires_at is not None and unit.lease_expires_at < now
+    return unit.state == "running" and expired and unit.attempts >= max_attempts
+
+
+def queue_verification(
+    session: Session, datastore_id: str, max_attempts: int, request_id: str | None = None
+) -> bool:
+    """Add a verify unit unless one is waiting or running; True when one was added.
+
+    The caller commits. Two callers racing add one unit: the second's insert breaks the
+    unique key (``IntegrityError``).
+    """
+    now = _now()
+    units = session.scalars(
+        select(WorkUnit).where(WorkUnit.datastore_id == datastore_id, WorkUnit.kind == "verify")
+    ).all()
+    if not all(_unit_finished(u, max_attempts, now) for u in units):
+        return False
+    session.execute(
+        delete(WorkUnit).where(WorkUnit.datastore_id == datastore_id, WorkUnit.kind == "verify")
+    )
+    session.add(WorkUnit(datastore_id=datastore_id, kind="verify", request_id=request_id))
+    session.flush()
+    return True
+
+
+def verifications_in_progress(session: Session, datastore_ids: list[str]) -> set[str]:
+    """Which of these stores have a verify unit waiting or running."""
+    if not datastore_ids:
+        return set()
+    rows = session.scalars(
+        select(WorkUnit.datastore_id).where(
+            WorkUnit.datastore_id.in_(datastore_ids),
+            WorkUnit.kind == "verify",
+            WorkUnit.state.in_(("pending", "running")),
+        )
+    )
+    return set(rows)
+
+
+def schedule_verifications(
+    factory: sessionmaker[Session], interval_seconds: float, max_attempts: int
+) -> list[str]:
+    """Queue a verification of every ready store never verified, or last verified more
+    than ``interval_seconds`` ago (0: never again after the first); their IDs."""
+    due = Datastore.verified_at.is_(None)
+    if interval_seconds > 0:
+        due = or_(due, Datastore.verified_at < _now() - timedelta(seconds=interval_seconds))
+    with factory() as session:
+        candidates = session.scalars(
+            select(Datastore.id).where(Datastore.status == "ready", due)
+        ).all()
+    queued = []
+    for datastore_id in candidates:
+        try:
+            with transaction(factory) as session:
+                if queue_verification(session, datastore_id, max_attempts):
+                    queued.append(datastore_id)
+        except IntegrityError:  # another worker queued it at the same moment
+            continue
+    return queued

@@ -1,27 +1,38 @@
-"""Datastores: start a build (202), watch it, cancel or remove it, and query it."""
+"""Datastores: start a build (202), watch it, verify it, remove it, and query it."""
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Response
 from pydantic import ValidationError
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 
 from gradstore.config import BuildConfig
 from gradstore.errors import (
+    ConflictError,
+    GradstoreError,
     InvalidInputError,
+    ManifestMismatchError,
     NotFoundError,
     NotReadyError,
     PayloadTooLargeError,
 )
 from gradstore.examples import load_examples
 from gradstore.selection import get_method, run_selection
+from gradstore.validation import BuildPlan, check_build_request
 from service.deps import EnginesDep, SessionDep, SettingsDep
-from service.metrics import SELECT_SECONDS
+from service.errors import DatastoreIntegrityError, ServiceUnavailableError
+from service.integrity import fingerprint, without_paths
+from service.logs import current
+from service.metrics import INTEGRITY_FAILURES, SELECT_SECONDS, observe_phases
+from service.model_roots import resolve_directory
 from service.models import Datastore, SelectionRecord, WorkUnit
-from service.problems import problem_responses
-from service.routes.datasets import get_dataset_or_404
+from service.problems import describe_validation_errors, problem_responses
+from service.routes.datasets import Limit, Offset, get_dataset_or_404, looks_like_id
 from service.schemas import (
     DatastoreCreate,
     DatastorePage,
@@ -29,14 +40,26 @@ from service.schemas import (
     SelectRequest,
     SelectResponse,
 )
-from worker.queue import ACTIVE_BUILD
+from worker.queue import ACTIVE_BUILD, VERIFIABLE, queue_verification, verifications_in_progress
 from worker.stages import remove_artifacts
 
-ERRORS = problem_responses(401, 404, 409, 413, 422)
+ERRORS = problem_responses(400, 401, 404, 409, 413, 422, 503)
 router = APIRouter(prefix="/v1/datastores", tags=["datastores"], responses=ERRORS)
+log = logging.getLogger("gradstore.api")
+
+# Integers of an index factory string, bounded before FAISS sees it: FAISS allocates some
+# structures when it parses the string (``IVF1000000000,Flat`` asks for 10^9 lists).
+_FACTORY_LIMITS = (
+    (re.compile(r"IVF(\d+)"), 1 << 20, "inverted lists"),
+    (re.compile(r"IMI\d+x(\d+)"), 12, "bits per multi-index level"),
+    (re.compile(r"x(\d+)"), 16, "bits per code"),
+    (re.compile(r"HNSW(\d+)"), 512, "HNSW links per node"),
+    (re.compile(r"NSG(\d+)"), 512, "NSG links per node"),
+    (re.compile(r"(\d+)"), 1 << 20, "any size"),
+)
 
 
-def public(store: Datastore) -> dict:
+def public(store: Datastore, verifying: bool = False) -> dict:
     rate = store.examples_per_s
     remaining = max(0, store.progress_total - store.progress_done)
     return {
@@ -57,94 +80,219 @@ def public(store: Datastore) -> dict:
         "dim": store.dim,
         "error": store.error,
         "skipped": store.skipped or [],
+        "warnings": store.warnings or [],
+        "verified_at": store.verified_at,
+        "verifying": verifying,
         "created_at": store.created_at,
     }
 
 
 def get_store_or_404(session, datastore_id: str) -> Datastore:
-    store = session.get(Datastore, datastore_id)
+    store = session.get(Datastore, datastore_id) if looks_like_id(datastore_id) else None
     if store is None:
-        raise NotFoundError(f"no datastore with id {datastore_id!r}")
+        raise NotFoundError(f"no datastore with id {datastore_id[:80]!r}")
     return store
 
 
-@router.post("", status_code=202, response_model=DatastorePublic)
-def create_datastore(
-    body: DatastoreCreate, response: Response, session: SessionDep, settings: SettingsDep
-):
-    """Queue a build; workers pick it up. Poll the ``Location`` until status is ready."""
-    get_dataset_or_404(session, body.dataset_id)
-    if not Path(body.model.path).is_dir():
-        raise InvalidInputError(f"model.path {body.model.path!r} is not a local directory")
-    for directory in body.warmup_from:
-        if not Path(directory).is_dir():
-            raise InvalidInputError(f"warmup_from {directory!r} is not a local directory")
+def _build_config(body: DatastoreCreate) -> BuildConfig:
     try:
-        config = BuildConfig(
+        return BuildConfig(
             lora=body.lora,
             warmup=body.warmup,
             projection=body.projection,
             max_seq_len=body.max_seq_len,
             **body.options,
         )
-    except (ValidationError, TypeError) as exc:
+    except ValidationError as exc:
+        raise InvalidInputError(f"options: {describe_validation_errors(exc.errors())}") from None
+    except TypeError as exc:  # an option given twice (e.g. options.lora beside lora)
         raise InvalidInputError(f"options: {exc}") from None
-    if not (Path(body.model.path) / "config.json").is_file():
+
+
+def _check_bounds(config: BuildConfig, num_examples: int) -> None:
+    """What FAISS and torch would only refuse (or exhaust memory on) much later."""
+    for name, seed in (
+        ("warmup.seed", config.warmup.seed),
+        ("projection.seed", config.projection.seed),
+    ):
+        if not 0 <= seed < 1 << 63:
+            raise InvalidInputError(f"{name} must be in [0, 2^63)")
+    factory = config.index_factory
+    if len(factory) > 200 or not factory.isascii() or not factory.isprintable():
+        raise InvalidInputError(
+            "options.index_factory must be at most 200 printable ASCII characters"
+        )
+    for pattern, limit, what in _FACTORY_LIMITS:
+        for match in pattern.finditer(factory):
+            if int(match.group(1)) > limit:
+                raise InvalidInputError(
+                    f"options.index_factory: {match.group(0)!r} exceeds {limit} {what}"
+                )
+    for match in re.finditer(r"IVF(\d+)", factory):
+        if int(match.group(1)) > num_examples:
+            raise InvalidInputError(
+                f"options.index_factory: {match.group(0)} needs at least {match.group(1)} "
+                f"training vectors; the dataset has {num_examples} examples"
+            )
+
+
+def _check_submission(
+    model_dir: Path, config: BuildConfig, warmup_dirs: list[Path], num_examples: int
+) -> BuildPlan:
+    _check_bounds(config, num_examples)
+    try:
+        return check_build_request(model_dir, config, warmup_dirs, num_examples)
+    except GradstoreError:
+        raise
+    except Exception as exc:  # whatever a user's model directory makes transformers raise
+        log.warning("build request refused: the model could not be inspected", exc_info=True)
+        raise InvalidInputError(
+            f"the model directory could not be loaded ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+@router.post("", status_code=202, response_model=DatastorePublic, responses=problem_responses(403))
+def create_datastore(
+    body: DatastoreCreate, response: Response, session: SessionDep, settings: SettingsDep
+):
+    """Queue a build; workers pick it up. Poll the ``Location`` until status is ready.
+
+    Everything that can be known now is checked now: the paths (inside the model roots),
+    the options, the index factory, the LoRA targets against the model, the template and
+    the warmup checkpoints. ``warnings`` says what will work but probably not as meant
+    (a warmup too short to move the adapter).
+    """
+    dataset = get_dataset_or_404(session, body.dataset_id)
+    model_dir = resolve_directory(body.model.path, settings.roots, "model.path")
+    warmup_dirs = [
+        resolve_directory(d, settings.roots, f"warmup_from[{i}]")
+        for i, d in enumerate(body.warmup_from)
+    ]
+    config = _build_config(body)
+    if not (model_dir / "config.json").is_file():
         raise InvalidInputError(
             f"model.path {body.model.path!r} has no config.json: give a directory saved with "
             "save_pretrained (nothing is downloaded from a hub)"
         )
+    plan = _check_submission(model_dir, config, warmup_dirs, dataset.num_examples)
+    request_id = current("request_id")
     store = Datastore(
-        dataset_id=body.dataset_id,
-        model_path=str(Path(body.model.path).resolve()),
+        dataset_id=dataset.id,
+        model_path=str(model_dir),
         config=config.model_dump(mode="json"),
-        warmup_from=[str(Path(d).resolve()) for d in body.warmup_from],
+        warmup_from=[str(d) for d in warmup_dirs],
         path="",
+        warnings=plan.warnings,
+        request_id=request_id,
     )
     session.add(store)
     session.flush()
     store.path = str((settings.datastores_dir / store.id).resolve())
-    session.add(WorkUnit(datastore_id=store.id, kind="warmup"))
+    session.add(WorkUnit(datastore_id=store.id, kind="warmup", request_id=request_id))
     session.commit()
+    log.info("build queued", extra={"datastore_id": store.id, "warnings": len(plan.warnings)})
+    for warning in plan.warnings:
+        log.warning("build %s: %s", store.id, warning, extra={"datastore_id": store.id})
     response.headers["Location"] = f"/v1/datastores/{store.id}"
     return public(store)
 
 
 @router.get("", response_model=DatastorePage)
-def list_datastores(
-    session: SessionDep, limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)
-):
+def list_datastores(session: SessionDep, limit: Limit = 100, offset: Offset = 0):
     rows = session.scalars(
         select(Datastore).order_by(Datastore.created_at, Datastore.id).offset(offset).limit(limit)
     ).all()
     count = session.scalar(select(func.count()).select_from(Datastore))
-    return {"data": [public(r) for r in rows], "count": count}
+    verifying = verifications_in_progress(session, [r.id for r in rows])
+    return {"data": [public(r, r.id in verifying) for r in rows], "count": count}
 
 
 @router.get("/{datastore_id}", response_model=DatastorePublic)
 def get_datastore(datastore_id: str, session: SessionDep):
-    return public(get_store_or_404(session, datastore_id))
+    store = get_store_or_404(session, datastore_id)
+    return public(store, store.id in verifications_in_progress(session, [store.id]))
 
 
 @router.delete("/{datastore_id}", status_code=204, response_class=Response)
 def delete_datastore(datastore_id: str, session: SessionDep, engines: EnginesDep):
-    """Cancel a build in progress, or remove a finished datastore; artifacts are deleted."""
+    """Remove a datastore and its artifacts; a build in progress is cancelled.
+
+    The record is gone when this answers (a GET is a 404): the workers of a cancelled build
+    see it at their next batch, stop, and remove whatever they wrote meanwhile.
+    """
     store = get_store_or_404(session, datastore_id)
     engines.evict(store.id)
-    if store.status in ACTIVE_BUILD:
-        store.cancel_requested = True
-        store.status = "cancelled"
-        session.execute(
-            delete(WorkUnit).where(WorkUnit.datastore_id == store.id, WorkUnit.state == "pending")
-        )
-        session.commit()
-    else:
-        session.execute(delete(SelectionRecord).where(SelectionRecord.datastore_id == store.id))
-        session.execute(delete(WorkUnit).where(WorkUnit.datastore_id == store.id))
-        session.delete(store)
-        session.commit()
+    was_building = store.status in ACTIVE_BUILD
+    session.execute(delete(SelectionRecord).where(SelectionRecord.datastore_id == store.id))
+    session.execute(delete(WorkUnit).where(WorkUnit.datastore_id == store.id))
+    session.delete(store)
+    session.commit()
     remove_artifacts(store.path)
+    log.info(
+        "datastore removed" + (" (build cancelled)" if was_building else ""),
+        extra={"datastore_id": store.id},
+    )
     return Response(status_code=204)
+
+
+@router.post("/{datastore_id}/verify", status_code=202, response_model=DatastorePublic)
+def verify_datastore(datastore_id: str, session: SessionDep, settings: SettingsDep):
+    """Queue a full check of every file's sha256 (and the model's) by a worker.
+
+    A ready store keeps answering meanwhile; one that fails the check is marked failed. A
+    store failed by an integrity check whose files were restored is ready again once they
+    pass.
+    """
+    store = get_store_or_404(session, datastore_id)
+    if store.status not in VERIFIABLE or (
+        store.status == "failed" and store.verified_fingerprint is None
+    ):
+        raise ConflictError(
+            f"datastore {store.id} is {store.status}: only a ready datastore, or one failed by "
+            "an integrity check, can be verified"
+        )
+    try:
+        queue_verification(session, store.id, settings.max_attempts, current("request_id"))
+        session.commit()
+    except IntegrityError:  # queued by someone else at the same moment
+        session.rollback()
+    log.info("verification queued", extra={"datastore_id": store.id})
+    return public(store, verifying=True)
+
+
+def _integrity_failure(
+    session, store: Datastore, engines, settings, exc: GradstoreError
+) -> DatastoreIntegrityError:
+    """Fail the store for good (until verified again), drop its engine, say why."""
+    reason = without_paths(exc.detail, store.path, settings.data_dir.resolve())
+    session.execute(
+        update(Datastore)
+        .where(Datastore.id == store.id, Datastore.status == "ready")
+        .values(status="failed", error=f"integrity check failed: {reason}")
+    )
+    session.commit()
+    engines.evict(store.id)
+    INTEGRITY_FAILURES.inc()
+    log.error("datastore failed its integrity check: %s", reason, extra={"datastore_id": store.id})
+    return DatastoreIntegrityError(
+        f"datastore {store.id} failed its integrity check and is now marked failed: {reason}"
+    )
+
+
+def _load(store: Datastore, session, engines, settings):
+    try:
+        return engines.get(store.id, store.path, store.verified_fingerprint)
+    except (ManifestMismatchError, NotReadyError) as exc:  # NotReady: its manifest is gone
+        raise _integrity_failure(session, store, engines, settings, exc) from None
+    except GradstoreError:
+        raise
+    except (OSError, ValueError) as exc:  # e.g. the model directory is not mounted
+        log.error("datastore could not be loaded", exc_info=True, extra={"datastore_id": store.id})
+        raise ServiceUnavailableError(
+            f"datastore {store.id} could not be loaded ({type(exc).__name__}); the operator "
+            "can find why in the logs by the request id",
+            settings.retry_after_seconds,
+        ) from None
 
 
 @router.post("/{datastore_id}/select", response_model=SelectResponse)
@@ -157,6 +305,10 @@ def select_training_data(
 ):
     """Rank the pool for the targets (best first), with per-phase timings.
 
+    A ranking is returned only if every file it read still has the fingerprint of the
+    store's last full verification, before and after the search; otherwise the store is
+    marked failed and the answer is a 409.
+
     A plain ``def``: FastAPI runs it in its threadpool, so loading a store and computing
     target gradients never block the event loop; each engine serialises its own GPU work.
     """
@@ -166,20 +318,36 @@ def select_training_data(
         raise PayloadTooLargeError(
             f"{len(body.targets)} targets; at most {settings.max_targets} per query"
         )
-    get_method(body.method)
+    get_method(body.method).parse_options(body.options)
     records = [
         t.model_dump(exclude_none=True) | {"id": t.id or f"target-{i}"}
         for i, t in enumerate(body.targets)
     ]
     targets = load_examples(records)
     if store.status != "ready":
-        raise NotReadyError(f"datastore {datastore_id} is {store.status}, not ready")
+        engines.evict(store.id)
+        reason = f": {store.error}" if store.error else ""
+        raise NotReadyError(f"datastore {store.id} is {store.status}, not ready{reason}")
+    if store.verified_fingerprint is None:
+        raise ServiceUnavailableError(
+            f"datastore {store.id} awaits its first full verification (a worker runs it); "
+            "retry later",
+            settings.retry_after_seconds,
+        )
 
     with SELECT_SECONDS.labels(body.method).time():
-        engine = engines.get(store.id, store.path)
-        result = run_selection(
-            engine, targets, body.method, body.top_k, body.fraction, body.options
-        )
+        engine = _load(store, session, engines, settings)
+        try:
+            result = run_selection(
+                engine, targets, body.method, body.top_k, body.fraction, body.options
+            )
+            if fingerprint(engine.datastore) != store.verified_fingerprint:
+                raise ManifestMismatchError(
+                    "files of the datastore changed on disk since it was verified"
+                )
+        except ManifestMismatchError as exc:
+            raise _integrity_failure(session, store, engines, settings, exc) from None
+    observe_phases(result.method, result.timings_ms)
     session.add(
         SelectionRecord(
             datastore_id=store.id,
