@@ -1,0 +1,60 @@
+"""An app on a migrated SQLite or (when configured) PostgreSQL database, for hostile requests.
+
+Loaded with ``pytest_plugins`` (a second conftest.py would shadow ``import conftest``). The
+test client does not re-raise server errors: a 500 is an answer to count, like any other.
+"""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from migrations import upgrade
+from service.app import create_app
+from service.settings import Settings
+
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'api.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    upgrade(url)
+    return url
+
+
+@pytest.fixture
+def model_root(tmp_path, tiny_model_dir):
+    """A model root holding a link to the tiny model (links inside a root may point in)."""
+    root = tmp_path / "models"
+    root.mkdir()
+    (root / "tiny").symlink_to(tiny_model_dir, target_is_directory=True)
+    return root
+
+
+@pytest.fixture
+def hostile_settings(tmp_path, backend_url, model_root, tiny_model_dir) -> Settings:
+    roots = f"{model_root}:{tiny_model_dir}"
+    settings = Settings(data_dir=tmp_path / "data", database_url=backend_url, model_roots=roots)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return settings
+
+
+@pytest.fixture
+def api(hostile_settings):
+    with TestClient(create_app(hostile_settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+def assert_problem(response, status: int, fragment: str = "", slug: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM), response.headers
+    body = response.json()
+    assert body["status"] == status and fragment in body["detail"], body
+    assert body["request_id"] == response.headers["x-request-id"]
+    if slug is not None:
+        assert body["type"] == f"/problems/{slug}", body
+    return body
