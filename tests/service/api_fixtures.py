@@ -6,6 +6,8 @@ test client does not re-raise server errors: a 500 is an answer to count, like a
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -28,16 +30,15 @@ def backend_url(request, tmp_path) -> str:
 
 @pytest.fixture
 def model_root(tmp_path, tiny_model_dir):
-    """A model root holding a link to the tiny model (links inside a root may point in)."""
+    """A model root holding a copy of the tiny model at ``tiny``."""
     root = tmp_path / "models"
-    root.mkdir()
-    (root / "tiny").symlink_to(tiny_model_dir, target_is_directory=True)
+    shutil.copytree(tiny_model_dir, root / "tiny")
     return root
 
 
 @pytest.fixture
-def hostile_settings(tmp_path, backend_url, model_root, tiny_model_dir) -> Settings:
-    roots = f"{model_root}:{tiny_model_dir}"
+def hostile_settings(tmp_path, backend_url, model_root) -> Settings:
+    roots = str(model_root)
     settings = Settings(data_dir=tmp_path / "data", database_url=backend_url, model_roots=roots)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return settings
