@@ -190,8 +190,7 @@ class Worker:
         claim = claim_next(self.factory, self.owner, settings.lease_seconds, settings.max_attempts)
         if claim is None:
             self._idle_beat()
-            self._schedule_verifications()
-            return False
+            return self._schedule_verifications()  # new work, if any was due
         context = {
             "datastore_id": claim.datastore_id,
             "unit_id": claim.id,
@@ -281,15 +280,17 @@ class Worker:
             if claim.attempts >= self.settings.max_attempts and claim.kind != "verify":
                 fail_build(session, claim.datastore_id, detail)
 
-    def _schedule_verifications(self) -> None:
+    def _schedule_verifications(self) -> bool:
         """When idle, at most every 30 s: queue the periodic re-verification of stores."""
-        if time.monotonic() - self._last_schedule < 30:
-            return
+        if self._last_schedule and time.monotonic() - self._last_schedule < 30:
+            return False
         self._last_schedule = time.monotonic()
-        for store_id in schedule_verifications(
+        queued = schedule_verifications(
             self.factory, self.settings.verify_interval_seconds, self.settings.max_attempts
-        ):
+        )
+        for store_id in queued:
             log.info("verification queued", extra={"datastore_id": store_id})
+        return bool(queued)
 
     def _backoff(self, failures: int) -> float:
         return min(MAX_BACKOFF_SECONDS, max(1.0, 5 * self.settings.poll_seconds) * failures)
