@@ -315,7 +315,8 @@ def install(app: FastAPI) -> None:
 
         @app.exception_handler(error)
         async def _database_down(request: Request, exc: Exception):
-            log.error("database unavailable: %s", exc, exc_info=exc)
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            log.warning("database unavailable: %s: %s", type(exc).__name__, first_line[:300])
             retry = str(request.app.state.settings.retry_after_seconds)
             return problem(
                 503,

@@ -138,28 +138,31 @@ async def create_dataset(request: Request, session: SessionDep, settings: Settin
 
 
 def _store(session, settings, name: str, data: bytes, count: int) -> Dataset:
-    """Write the bytes once under their hash (immutable), then record the dataset.
+    """Record the dataset, write its bytes once under their hash (immutable), commit.
 
-    A file already there under that hash is used only if its bytes still hash to it (a
-    damaged one is replaced); a file this upload wrote is removed again if the record
-    cannot be made, so no orphan is left behind.
+    The row is inserted (flushed) before any file is written, so a database that refuses
+    it (down, or a value it cannot store) leaves no file behind. A file already there under
+    that hash is used only if its bytes still hash to it (a damaged one is replaced); one
+    this upload wrote is removed again if the commit fails.
     """
     digest = sha256_bytes(data)
     path = (settings.datasets_dir / f"{digest}.jsonl").resolve()
+    dataset = Dataset(name=name, num_examples=count, sha256=digest, path=str(path))
+    session.add(dataset)
+    session.flush()
     wrote = False
     try:
-        if not path.exists() or sha256_file(path) != digest:
-            atomic_write_bytes(path, data)
-            wrote = True
-    except OSError as exc:
-        log.error("dataset file could not be written: %s", exc)
-        raise ServiceUnavailableError(
-            f"the artifact root cannot be written ({errno.errorcode.get(exc.errno or 0, 'error')})",
-            settings.retry_after_seconds,
-        ) from None
-    dataset = Dataset(name=name, num_examples=count, sha256=digest, path=str(path))
-    try:
-        session.add(dataset)
+        try:
+            if not path.exists() or sha256_file(path) != digest:
+                atomic_write_bytes(path, data)
+                wrote = True
+        except OSError as exc:
+            log.error("dataset file could not be written: %s", exc)
+            raise ServiceUnavailableError(
+                "the artifact root cannot be written "
+                f"({errno.errorcode.get(exc.errno or 0, 'error')})",
+                settings.retry_after_seconds,
+            ) from None
         session.commit()
     except BaseException:
         session.rollback()
