@@ -23,7 +23,11 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _context: ContextVar[Mapping[str, Any]] = ContextVar("gradstore_log_context", default=_EMPTY)
 
 # attributes every LogRecord has; anything else on a record came from ``extra=``
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+    "color_message",  # uvicorn's message with terminal colours
+}
 
 
 def current(name: str) -> Any:
@@ -60,7 +64,7 @@ class JsonFormatter(logging.Formatter):
         entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        return json.dumps(entry, default=str)  # ASCII: one line per record, whatever the text
 
 
 class TextFormatter(logging.Formatter):

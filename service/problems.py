@@ -9,6 +9,7 @@ it, goes to the log only. An unreachable database is a 503 with ``Retry-After``.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import asdict, dataclass
 
 from fastapi import APIRouter, FastAPI, Request
@@ -309,6 +310,8 @@ def install(app: FastAPI) -> None:
         response = problem(exc.status_code, title, str(exc.detail), request.url.path, slug)
         if exc.headers:
             response.headers.update(exc.headers)
+        if exc.status_code == 405:  # every method of the path, not just its first route's
+            response.headers["Allow"] = ", ".join(_allowed_methods(request))
         return response
 
     for error in DATABASE_DOWN:
@@ -326,6 +329,22 @@ def install(app: FastAPI) -> None:
                 "database-unavailable",
                 {"Retry-After": retry},
             )
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods the API documents for this path (its OpenAPI path item's keys)."""
+    app = request.app
+    templates = getattr(app.state, "path_methods", None)
+    if templates is None:
+        templates = [
+            (re.compile("^" + re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(path)) + "$"), item)
+            for path, item in app.openapi()["paths"].items()
+        ]
+        app.state.path_methods = templates
+    for pattern, item in templates:
+        if pattern.match(request.url.path):
+            return sorted(method.upper() for method in item)
+    return []
 
 
 router = APIRouter(tags=["problems"])

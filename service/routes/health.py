@@ -57,7 +57,13 @@ def readyz(request: Request):
     return {"status": "ready"}
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}
+    },
+)
 def metrics(request: Request) -> Response:
     """Prometheus text format: the API's requests and selections, builds, queue and workers.
 

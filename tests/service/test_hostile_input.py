@@ -195,6 +195,11 @@ def test_headers_and_framing(api):
         422,
     )
     assert_problem(api.put("/v1/datasets"), 405, slug="method-not-allowed")
+    # Allow lists every method of the path (GET and POST are separate routes)
+    assert api.request("OPTIONS", "/v1/datasets").headers["allow"] == "GET, POST"
+    assert api.request("PUT", f"/v1/datastores/{'0' * 32}").headers["allow"] == "DELETE, GET"
+    metrics = api.get("/openapi.json").json()["paths"]["/metrics"]["get"]["responses"]["200"]
+    assert list(metrics["content"]) == ["text/plain"]
     assert_problem(api.get("/v1/nothing-here"), 404, slug="not-found")
 
 
