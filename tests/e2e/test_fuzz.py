@@ -13,66 +13,26 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import TINY_BUILD
-from fastapi.testclient import TestClient
+from deployments import prepare
 from processes import Process, free_port, wait_for_http
-
-from migrations import upgrade
-from service.app import create_app
-from service.settings import Settings
-from worker.runner import Worker
 
 pytestmark = pytest.mark.slow
 
 # fixed in the suite; set them to explore further (docs/reliability.md has the figures)
 SEED = int(os.environ.get("GRADSTORE_FUZZ_SEED", "0"))
 MAX_EXAMPLES = int(os.environ.get("GRADSTORE_FUZZ_EXAMPLES", "100"))  # per operation, phase
-API_KEY = "fuzz-key"
 HERE = Path(__file__).parent
 
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory, toy_pool_file, tiny_model_dir):
-    """A data directory with a dataset and a ready store, and the env of a server over it."""
-    base = tmp_path_factory.mktemp("fuzz")
-    models = base / "models"
-    shutil.copytree(tiny_model_dir, models / "tiny")
-    settings = Settings(data_dir=base / "data", model_roots=str(models), api_keys=API_KEY)
-    settings.data_dir.mkdir()
-    upgrade(settings.database_url)
-    auth = {"Authorization": f"Bearer {API_KEY}"}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with TestClient(create_app(settings), headers=auth) as client:
-        with open(toy_pool_file, "rb") as handle:
-            dataset = client.post("/v1/datasets", data={"name": "pool"}, files={"file": handle})
-        body = {"dataset_id": dataset.json()["id"], "model": {"path": str(models / "tiny")}}
-        store = client.post("/v1/datastores", json=body | TINY_BUILD).json()
-        Worker(settings).run(once=True)
-        assert client.get(f"/v1/datastores/{store['id']}").json()["status"] == "ready"
-    torch.set_num_threads(threads)
-    env = {
-        "GRADSTORE_DATA_DIR": str(settings.data_dir),
-        "GRADSTORE_API_KEYS": API_KEY,
-        "GRADSTORE_MODEL_ROOTS": str(models),
-        "GRADSTORE_TORCH_THREADS": "1",
-        "GRADSTORE_LOG_FORMAT": "json",
-    }
-    ids = {
-        "dataset_id": dataset.json()["id"],
-        "datastore_id": store["id"],
-        "model_path": str(models / "tiny"),
-        "example_id": "add-00000",
-    }
-    return base, env, ids
+    return prepare(tmp_path_factory.mktemp("fuzz"), toy_pool_file, tiny_model_dir)
 
 
 def access_lines(log: Path) -> list[dict]:
@@ -84,7 +44,13 @@ def access_lines(log: Path) -> list[dict]:
 
 
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(deployment):
-    base, env, ids = deployment
+    base, env = deployment.base, deployment.env
+    ids = {
+        "dataset_id": deployment.dataset_id,
+        "datastore_id": deployment.datastore_id,
+        "model_path": deployment.model_path,
+        "example_id": "add-00000",
+    }
     port = free_port()
     log = base / "api.log"
     server = Process(["api", "--port", str(port)], env, log)
@@ -103,7 +69,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(deployment):
             "--exclude-checks", "positive_data_acceptance",
             "--continue-on-failure",
             "--request-timeout", "60",
-            "--header", f"Authorization: Bearer {API_KEY}",
+            "--header", f"Authorization: {deployment.headers['Authorization']}",
             "--report", "json",
             "--report-json-path", str(report),
         ]  # fmt: skip
