@@ -9,7 +9,7 @@ from fastapi import Depends, FastAPI
 from sqlalchemy import text
 
 from gradstore import __version__
-from service import problems
+from service import problem_types, problems
 from service.db import describe_url, make_engine, make_sessionmaker
 from service.deps import require_api_key
 from service.engines import EngineCache
@@ -48,7 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(datastores.router, dependencies=auth)
     app.include_router(selections.router, dependencies=auth)
     app.include_router(health.router)
-    app.include_router(problems.router)
+    app.include_router(problem_types.router)
     return app
 
 

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import logging
-import re
-from pathlib import Path
 
 from fastapi import APIRouter, Response
-from pydantic import ValidationError
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from gradstore.config import BuildConfig
 from gradstore.errors import (
     ConflictError,
     GradstoreError,
@@ -23,7 +19,6 @@ from gradstore.errors import (
 )
 from gradstore.examples import load_examples
 from gradstore.selection import get_method, run_selection
-from gradstore.validation import BuildPlan, check_build_request
 from service.deps import EnginesDep, SessionDep, SettingsDep
 from service.errors import DatastoreIntegrityError, ServiceUnavailableError
 from service.integrity import fingerprint, without_paths
@@ -31,7 +26,7 @@ from service.logs import current
 from service.metrics import INTEGRITY_FAILURES, SELECT_SECONDS, observe_phases
 from service.model_roots import resolve_directory
 from service.models import Datastore, SelectionRecord, WorkUnit
-from service.problems import describe_validation_errors, problem_responses
+from service.problems import problem_responses
 from service.routes.datasets import Limit, Offset, get_dataset_or_404, looks_like_id
 from service.schemas import (
     DatastoreCreate,
@@ -40,23 +35,13 @@ from service.schemas import (
     SelectRequest,
     SelectResponse,
 )
+from service.submission import build_config, check_submission
 from worker.queue import ACTIVE_BUILD, VERIFIABLE, queue_verification, verifications_in_progress
 from worker.stages import remove_artifacts
 
 ERRORS = problem_responses(400, 401, 404, 409, 413, 422, 503)
 router = APIRouter(prefix="/v1/datastores", tags=["datastores"], responses=ERRORS)
 log = logging.getLogger("gradstore.api")
-
-# Integers of an index factory string, bounded before FAISS sees it: FAISS allocates some
-# structures when it parses the string (``IVF1000000000,Flat`` asks for 10^9 lists).
-_FACTORY_LIMITS = (
-    (re.compile(r"IVF(\d+)"), 1 << 20, "inverted lists"),
-    (re.compile(r"IMI\d+x(\d+)"), 12, "bits per multi-index level"),
-    (re.compile(r"x(\d+)"), 16, "bits per code"),
-    (re.compile(r"HNSW(\d+)"), 512, "HNSW links per node"),
-    (re.compile(r"NSG(\d+)"), 512, "NSG links per node"),
-    (re.compile(r"(\d+)"), 1 << 20, "any size"),
-)
 
 
 def public(store: Datastore, verifying: bool = False) -> dict:
@@ -94,63 +79,6 @@ def get_store_or_404(session, datastore_id: str) -> Datastore:
     return store
 
 
-def _build_config(body: DatastoreCreate) -> BuildConfig:
-    try:
-        return BuildConfig(
-            lora=body.lora,
-            warmup=body.warmup,
-            projection=body.projection,
-            max_seq_len=body.max_seq_len,
-            **body.options,
-        )
-    except ValidationError as exc:
-        raise InvalidInputError(f"options: {describe_validation_errors(exc.errors())}") from None
-    except TypeError as exc:  # an option given twice (e.g. options.lora beside lora)
-        raise InvalidInputError(f"options: {exc}") from None
-
-
-def _check_bounds(config: BuildConfig, num_examples: int) -> None:
-    """What FAISS and torch would only refuse (or exhaust memory on) much later."""
-    for name, seed in (
-        ("warmup.seed", config.warmup.seed),
-        ("projection.seed", config.projection.seed),
-    ):
-        if not 0 <= seed < 1 << 63:
-            raise InvalidInputError(f"{name} must be in [0, 2^63)")
-    factory = config.index_factory
-    if len(factory) > 200 or not factory.isascii() or not factory.isprintable():
-        raise InvalidInputError(
-            "options.index_factory must be at most 200 printable ASCII characters"
-        )
-    for pattern, limit, what in _FACTORY_LIMITS:
-        for match in pattern.finditer(factory):
-            if int(match.group(1)) > limit:
-                raise InvalidInputError(
-                    f"options.index_factory: {match.group(0)!r} exceeds {limit} {what}"
-                )
-    for match in re.finditer(r"IVF(\d+)", factory):
-        if int(match.group(1)) > num_examples:
-            raise InvalidInputError(
-                f"options.index_factory: {match.group(0)} needs at least {match.group(1)} "
-                f"training vectors; the dataset has {num_examples} examples"
-            )
-
-
-def _check_submission(
-    model_dir: Path, config: BuildConfig, warmup_dirs: list[Path], num_examples: int
-) -> BuildPlan:
-    _check_bounds(config, num_examples)
-    try:
-        return check_build_request(model_dir, config, warmup_dirs, num_examples)
-    except GradstoreError:
-        raise
-    except Exception as exc:  # whatever a user's model directory makes transformers raise
-        log.warning("build request refused: the model could not be inspected", exc_info=True)
-        raise InvalidInputError(
-            f"the model directory could not be loaded ({type(exc).__name__}: {exc})"
-        ) from None
-
-
 @router.post("", status_code=202, response_model=DatastorePublic, responses=problem_responses(403))
 def create_datastore(
     body: DatastoreCreate, response: Response, session: SessionDep, settings: SettingsDep
@@ -168,13 +96,13 @@ def create_datastore(
         resolve_directory(d, settings.roots, f"warmup_from[{i}]")
         for i, d in enumerate(body.warmup_from)
     ]
-    config = _build_config(body)
+    config = build_config(body)
     if not (model_dir / "config.json").is_file():
         raise InvalidInputError(
             f"model.path {body.model.path!r} has no config.json: give a directory saved with "
             "save_pretrained (nothing is downloaded from a hub)"
         )
-    plan = _check_submission(model_dir, config, warmup_dirs, dataset.num_examples)
+    plan = check_submission(model_dir, config, warmup_dirs, dataset.num_examples)
     request_id = current("request_id")
     store = Datastore(
         dataset_id=dataset.id,

@@ -20,7 +20,7 @@ from tcp_proxy import free_port, wait_until
 from migrations import upgrade
 from service.app import create_app
 from service.logs import JsonFormatter
-from service.problems import TYPES
+from service.problem_types import TYPES
 from service.settings import Settings
 from worker.runner import Worker
 
