@@ -78,6 +78,11 @@ class RequestMiddleware:
         REQUESTS.labels(method, route, str(status)).inc()
         REQUEST_SECONDS.labels(method, route).observe(seconds)
         level = logging.DEBUG if scope["path"] in _QUIET and status < 500 else logging.INFO
+        ids = {  # the resource ids of the route, so the line is found by datastore or dataset
+            name: str(value)[:64]
+            for name, value in (scope.get("path_params") or {}).items()
+            if name.endswith("_id")
+        }
         access_log.log(
             level,
             "%s %s %s",
@@ -91,5 +96,6 @@ class RequestMiddleware:
                 "status": status,
                 "duration_ms": round(seconds * 1000, 2),
                 "client": (scope.get("client") or ("", 0))[0],
+                **ids,
             },
         )

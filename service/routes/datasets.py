@@ -19,6 +19,7 @@ from gradstore.files import atomic_write_bytes, sha256_bytes, sha256_file
 from service.deps import SessionDep, SettingsDep
 from service.errors import ServiceUnavailableError
 from service.example_index import read_example
+from service.logs import bind
 from service.models import Dataset
 from service.problems import problem_responses
 from service.schemas import DatasetCreate, DatasetPage, DatasetPublic, dataset_name
@@ -201,6 +202,7 @@ def get_dataset_or_404(session, dataset_id: str) -> Dataset:
     dataset = session.get(Dataset, dataset_id) if looks_like_id(dataset_id) else None
     if dataset is None:
         raise NotFoundError(f"no dataset with id {dataset_id[:80]!r}")
+    bind(dataset_id=dataset.id)  # on every log line of this request from here on
     return dataset
 
 

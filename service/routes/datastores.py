@@ -22,7 +22,7 @@ from gradstore.selection import get_method, run_selection
 from service.deps import EnginesDep, SessionDep, SettingsDep
 from service.errors import DatastoreIntegrityError, ServiceUnavailableError
 from service.integrity import fingerprint, without_paths
-from service.logs import current
+from service.logs import bind, current
 from service.metrics import INTEGRITY_FAILURES, SELECT_SECONDS, observe_phases
 from service.model_roots import resolve_directory
 from service.models import Datastore, SelectionRecord, WorkUnit
@@ -76,6 +76,7 @@ def get_store_or_404(session, datastore_id: str) -> Datastore:
     store = session.get(Datastore, datastore_id) if looks_like_id(datastore_id) else None
     if store is None:
         raise NotFoundError(f"no datastore with id {datastore_id[:80]!r}")
+    bind(datastore_id=store.id)  # on every log line of this request from here on
     return store
 
 

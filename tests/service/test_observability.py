@@ -160,6 +160,8 @@ def test_one_request_followed_through_api_and_worker_logs(
     traced = [r for r in records if r.get("request_id") == "build-42"]
     api = [r for r in traced if r["logger"].startswith("gradstore.a")]
     assert {"gradstore.access", "gradstore.api"} <= {r["logger"] for r in api}
+    selects = [r for r in records if r.get("route") == "/v1/datastores/{datastore_id}/select"]
+    assert selects and all(r["datastore_id"] == store_id for r in selects)  # found by store
     worker = [r for r in traced if r["logger"] == "gradstore.worker"]
     kinds = {r.get("unit_kind") for r in worker}
     assert {"warmup", "featurize", "index"} <= kinds, kinds
