@@ -8,6 +8,7 @@ from enum import StrEnum
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -31,6 +32,7 @@ class UnitState(StrEnum):
     PENDING = "pending"
     RUNNING = "running"
     DONE = "done"
+    FAILED = "failed"  # verify units only: the store did not match its manifest
 
 
 def new_id() -> str:
@@ -88,6 +90,14 @@ class Datastore(Base):
     skipped: Mapped[list] = mapped_column(JSON, default=list)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # what the submission checks found worth telling (e.g. a warmup too short to matter)
+    warnings: Mapped[list] = mapped_column(JSON, default=list)
+    # the request that created the build: its id is on every log line of the build
+    request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # when every file's sha256 last matched the manifest, and the stat fingerprint
+    # (inode, size, mtime, ctime of every file) the files had then; see db/integrity.py
+    verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    verified_fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -111,7 +121,29 @@ class WorkUnit(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class WorkerRecord(Base):
+    """A worker process as it last reported itself: heartbeat and monotonic counters.
+
+    Workers run in other processes and on other machines; the API exports these rows at
+    scrape time, so one /metrics shows every worker's heartbeat and throughput.
+    """
+
+    __tablename__ = "workers"
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)  # host:pid:token
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default="idle")  # idle, busy, stopped
+    current_unit_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    units_completed: Mapped[int] = mapped_column(Integer, default=0)
+    units_failed: Mapped[int] = mapped_column(Integer, default=0)
+    examples_featurized: Mapped[int] = mapped_column(BigInteger, default=0)
+    busy_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
 
 class SelectionRecord(Base):

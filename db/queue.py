@@ -7,6 +7,10 @@ data. A unit is claimable when pending, or running with an expired lease (its wo
 A unit whose lease expired ``max_attempts`` times is not retried: its worker keeps dying
 (out of memory, a bad GPU), so ``fail_exhausted`` fails the build with that reason instead
 of letting workers die on it forever.
+
+Besides the units of builds, ``verify`` units re-read every byte of a ready store (or of
+one failed by an integrity check, whose files may have been restored); they are claimed
+after any build work.
 """
 
 from __future__ import annotations
@@ -16,21 +20,31 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
-from sqlalchemy import CursorResult, and_, or_, select, update
+from sqlalchemy import CursorResult, and_, delete, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.elements import ColumnElement
 
-from gradstore.api_models import ACTIVE_BUILD, DatastoreStatus
+from gradstore.api_models import ACTIVE_BUILD, DatastoreStatus, UnitKind
 from gradstore.db.engine import transaction
 from gradstore.db.models import Datastore, UnitState, WorkUnit
 
+# stores a verify unit may run on: a failed one only if it was verified once (its failure
+# was an integrity check, and restored files can make it ready again)
+VERIFIABLE = (DatastoreStatus.READY, DatastoreStatus.FAILED)
+
 __all__ = [
     "ACTIVE_BUILD",
+    "VERIFIABLE",
     "Claim",
     "claim_next",
     "complete",
     "fail_exhausted",
+    "queue_verification",
     "release_dead_local_leases",
     "renew",
+    "schedule_verifications",
+    "verifications_in_progress",
 ]
 
 
@@ -43,6 +57,7 @@ class Claim:
     start: int
     end: int
     attempts: int
+    request_id: str | None = None
 
 
 def _now() -> datetime:
@@ -59,8 +74,14 @@ def claim_next(
             select(WorkUnit.id)
             .join(Datastore, Datastore.id == WorkUnit.datastore_id)
             .where(
-                Datastore.status.in_(ACTIVE_BUILD),
-                Datastore.cancel_requested.is_(False),
+                or_(
+                    and_(
+                        WorkUnit.kind != UnitKind.VERIFY,
+                        Datastore.status.in_(ACTIVE_BUILD),
+                        Datastore.cancel_requested.is_(False),
+                    ),
+                    and_(WorkUnit.kind == UnitKind.VERIFY, Datastore.status.in_(VERIFIABLE)),
+                ),
                 or_(
                     WorkUnit.state == UnitState.PENDING,
                     and_(
@@ -70,7 +91,7 @@ def claim_next(
                     ),
                 ),
             )
-            .order_by(WorkUnit.id)
+            .order_by(WorkUnit.kind == UnitKind.VERIFY, WorkUnit.id)  # builds first
             .limit(1)
         )
         if session.get_bind().dialect.name == "postgresql":
@@ -92,9 +113,10 @@ def claim_next(
                 WorkUnit.start,
                 WorkUnit.end,
                 WorkUnit.attempts,
+                WorkUnit.request_id,
             )
         ).first()
-    return Claim(*row) if row else None
+    return Claim(**row._asdict()) if row else None
 
 
 def renew(factory: sessionmaker[Session], claim: Claim, owner: str, lease_seconds: float) -> bool:
@@ -204,3 +226,74 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # exists, owned by someone else
         return True
     return True
+
+
+def _unit_finished(unit: WorkUnit, max_attempts: int, now: datetime) -> bool:
+    if unit.state in (UnitState.DONE, UnitState.FAILED):
+        return True
+    # a running unit whose lease ran out for the last time is never claimed again
+    expired = unit.lease_expires_at is not None and unit.lease_expires_at < now
+    return unit.state == UnitState.RUNNING and expired and unit.attempts >= max_attempts
+
+
+def queue_verification(
+    session: Session, datastore_id: str, max_attempts: int, request_id: str | None = None
+) -> bool:
+    """Add a verify unit unless one is waiting or running; True when one was added.
+
+    The caller commits. Two callers racing add one unit: the second's insert breaks the
+    unique key (``IntegrityError``).
+    """
+    now = _now()
+    units = session.scalars(
+        select(WorkUnit).where(
+            WorkUnit.datastore_id == datastore_id, WorkUnit.kind == UnitKind.VERIFY
+        )
+    ).all()
+    if not all(_unit_finished(u, max_attempts, now) for u in units):
+        return False
+    session.execute(
+        delete(WorkUnit).where(
+            WorkUnit.datastore_id == datastore_id, WorkUnit.kind == UnitKind.VERIFY
+        )
+    )
+    session.add(WorkUnit(datastore_id=datastore_id, kind=UnitKind.VERIFY, request_id=request_id))
+    session.flush()
+    return True
+
+
+def verifications_in_progress(session: Session, datastore_ids: list[str]) -> set[str]:
+    """Which of these stores have a verify unit waiting or running."""
+    if not datastore_ids:
+        return set()
+    rows = session.scalars(
+        select(WorkUnit.datastore_id).where(
+            WorkUnit.datastore_id.in_(datastore_ids),
+            WorkUnit.kind == UnitKind.VERIFY,
+            WorkUnit.state.in_((UnitState.PENDING, UnitState.RUNNING)),
+        )
+    )
+    return set(rows)
+
+
+def schedule_verifications(
+    factory: sessionmaker[Session], interval_seconds: float, max_attempts: int
+) -> list[str]:
+    """Queue a verification of every ready store never verified, or last verified more
+    than ``interval_seconds`` ago (0: never again after the first); their IDs."""
+    due: ColumnElement[bool] = Datastore.verified_at.is_(None)
+    if interval_seconds > 0:
+        due = or_(due, Datastore.verified_at < _now() - timedelta(seconds=interval_seconds))
+    with factory() as session:
+        candidates = session.scalars(
+            select(Datastore.id).where(Datastore.status == DatastoreStatus.READY, due)
+        ).all()
+    queued = []
+    for datastore_id in candidates:
+        try:
+            with transaction(factory) as session:
+                if queue_verification(session, datastore_id, max_attempts):
+                    queued.append(datastore_id)
+        except IntegrityError:  # another worker queued it at the same moment
+            continue
+    return queued

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -33,6 +34,23 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(15.0, description="How often a live worker renews it.")
     poll_seconds: float = Field(1.0, description="How often an idle worker looks for work.")
     max_attempts: int = Field(3, description="Attempts of a unit before its build fails.")
+    model_roots: str = Field(
+        "",
+        description="Directories (separated by ':') that model.path and warmup_from must "
+        "resolve inside, symlinks followed; required in production. Empty: any directory.",
+    )
+    verify_interval_seconds: float = Field(
+        7 * 24 * 3600.0,
+        ge=0,
+        description="Re-read every byte of each ready datastore this often (a worker does it "
+        "in the background); 0: only after the build and when asked.",
+    )
+    retry_after_seconds: int = Field(5, ge=1, description="Retry-After of a 503 answer.")
+    database_connect_timeout: int = Field(
+        5, ge=1, description="Seconds to wait for a database connection before a 503."
+    )
+    log_format: Literal["json", "text"] = Field("json", description="Log lines as JSON or text.")
+    log_level: str = Field("INFO", description="Level of the service's and workers' logs.")
 
     @model_validator(mode="after")
     def _defaults(self) -> Settings:
@@ -45,7 +63,21 @@ class Settings(BaseSettings):
             )
         if self.environment == "production" and not self.keys:
             raise ValueError("GRADSTORE_API_KEYS must be set in production")
+        if self.environment == "production" and not self.roots:
+            raise ValueError(
+                "GRADSTORE_MODEL_ROOTS must be set in production: the directories model "
+                "paths may name (e.g. /models)"
+            )
+        for root in self.roots:
+            if not root.is_absolute():
+                raise ValueError(f"GRADSTORE_MODEL_ROOTS entries must be absolute: {root}")
         return self
+
+    @property
+    def roots(self) -> list[Path]:
+        """The model roots with their symlinks resolved, as the paths they are compared to."""
+        parts = [p.strip() for p in self.model_roots.split(os.pathsep) if p.strip()]
+        return [Path(os.path.realpath(p)) if Path(p).is_absolute() else Path(p) for p in parts]
 
     @property
     def keys(self) -> set[str]:

@@ -8,11 +8,12 @@ place their values are spelled.
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from gradstore.config import BuildConfig
 from gradstore.examples import Message
@@ -31,11 +32,16 @@ class DatastoreStatus(StrEnum):
 
 
 class UnitKind(StrEnum):
-    """The work units of a build, in stage order; featurize units are shards."""
+    """The work units of a build, in stage order; featurize units are shards.
+
+    ``verify`` is no build stage: a full check of a ready (or integrity-failed) store
+    against its manifest, queued on demand and on a schedule.
+    """
 
     WARMUP = "warmup"
     FEATURIZE = "featurize"
     INDEX = "index"
+    VERIFY = "verify"
 
 
 # A build in one of these states is still running (or waiting for) its workers.
@@ -52,6 +58,31 @@ class _Public(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+def valid_unicode(value: str) -> str:
+    """JSON can spell lone UTF-16 surrogates (``"\\ud800"``); no file or database stores them."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("is not valid Unicode (it has a lone UTF-16 surrogate)") from None
+    return value
+
+
+def dataset_name(value: str) -> str:
+    """Names are shown and stored as given, less surrounding whitespace: printable, 1-200."""
+    value = valid_unicode(value).strip()
+    if not value:
+        raise ValueError("the name is empty (or only whitespace)")
+    if len(value) > 200:
+        raise ValueError("the name is longer than 200 characters")
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        raise ValueError("the name has control characters")
+    return value
+
+
+UnicodeStr = Annotated[str, AfterValidator(valid_unicode)]
+Name = Annotated[str, AfterValidator(dataset_name)]
+
+
 # datasets
 
 
@@ -66,7 +97,7 @@ class DatasetCreate(BaseModel):
             ]
         }
     )
-    name: str = Field(min_length=1, max_length=200)
+    name: Name = Field(min_length=1, max_length=1000)
     examples: list[dict[str, Any]] = Field(min_length=1)
 
 
@@ -97,8 +128,12 @@ class ExampleRecord(_Public):
 
 
 class ModelRef(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    path: str = Field(description="A local directory that transformers can load.")
+    model_config = ConfigDict(extra="forbid", strict=True)
+    path: UnicodeStr = Field(
+        max_length=4096,
+        description="An absolute local directory that transformers can load, inside one of "
+        "the service's model roots (GRADSTORE_MODEL_ROOTS).",
+    )
 
 
 _BUILD_FIELDS = frozenset(BuildConfig.model_fields)
@@ -112,6 +147,7 @@ class DatastoreCreate(BuildConfig):
     """
 
     model_config = ConfigDict(
+        strict=True,
         json_schema_extra={
             "examples": [
                 {
@@ -125,10 +161,12 @@ class DatastoreCreate(BuildConfig):
             ]
         },
     )
-    dataset_id: str
+    dataset_id: UnicodeStr = Field(max_length=64)
     model: ModelRef
-    warmup_from: list[str] = Field(
-        default_factory=list, description="Checkpoint dirs of an existing LESS warmup to reuse."
+    warmup_from: list[Annotated[UnicodeStr, Field(max_length=4096)]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Checkpoint dirs of an existing LESS warmup to reuse (inside the model roots).",
     )
     options: dict[str, Any] = Field(
         default_factory=dict,
@@ -181,6 +219,15 @@ class DatastorePublic(_Public):
     dim: int | None = None
     error: str | None = None
     skipped: list[dict[str, str]] = []
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What the submission checks found will work, but probably not as meant "
+        "(e.g. a warmup with too few optimizer steps to move the adapter), with what to change.",
+    )
+    verified_at: datetime | None = Field(
+        None, description="When every file last matched its sha256 (a worker checks it)."
+    )
+    verifying: bool = Field(False, description="A full verification is queued or running.")
     config: BuildConfig | None = Field(
         None, description="The resolved build configuration (every default filled in)."
     )
@@ -196,17 +243,18 @@ class DatastorePage(_Public):
 
 
 class Target(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    subtask: str | None = None
-    id: str | None = None
+    model_config = ConfigDict(extra="forbid", strict=True)
+    subtask: UnicodeStr | None = None
+    id: UnicodeStr | None = None
     messages: list[Message] | None = None
-    prompt: str | None = None
-    completion: str | None = None
+    prompt: UnicodeStr | None = None
+    completion: UnicodeStr | None = None
 
 
 class SelectRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={
             "examples": [
                 {
@@ -214,13 +262,31 @@ class SelectRequest(BaseModel):
                     "method": "less",
                     "fraction": 0.05,
                 }
-            ]
+            ],
+            # exactly one budget: top_k (an integer) or fraction (a number), never both
+            "oneOf": [
+                {
+                    "required": ["top_k"],
+                    "properties": {"top_k": {"type": "integer"}, "fraction": {"type": "null"}},
+                },
+                {
+                    "required": ["fraction"],
+                    "properties": {"fraction": {"type": "number"}, "top_k": {"type": "null"}},
+                },
+            ],
         },
     )
     targets: list[Target] = Field(min_length=1)
-    method: str = "less"
-    top_k: int | None = Field(None, ge=1, description="How many to select; or give fraction.")
-    fraction: float | None = Field(None, gt=0, le=1, description="Share of the pool to select.")
+    method: str = Field("less", max_length=64)
+    top_k: int | None = Field(
+        None, ge=1, description="How many to select. Exactly one of top_k and fraction."
+    )
+    fraction: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Share of the pool to select. Exactly one of top_k and fraction.",
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="Method options.")
 
     @model_validator(mode="after")

@@ -271,8 +271,13 @@ class GradstoreClient:
         return Datastore.model_validate(response.json())
 
     def delete_datastore(self, datastore_id: str) -> None:
-        """Cancel a build in progress, or remove a datastore and its artifacts."""
+        """Remove a datastore and its artifacts (a build in progress is cancelled)."""
         self._request("DELETE", f"/v1/datastores/{_segment(datastore_id)}")
+
+    def verify_datastore(self, datastore_id: str) -> Datastore:
+        """Queue a full checksum verification of the store's files by a worker."""
+        path = f"/v1/datastores/{_segment(datastore_id)}/verify"
+        return Datastore.model_validate(self._request("POST", path).json())
 
     def select(
         self,

@@ -70,12 +70,35 @@ class Example(BaseModel):
 
 
 _KNOWN = {"id", "messages", "prompt", "completion", "subtask"}
+MAX_DEPTH = 32  # nesting of one example's JSON, metadata included
+
+
+def _check_json_value(value: Any, line: int, depth: int = 0) -> None:
+    """Refuse what parses as JSON but cannot be stored or served back: deep nesting (the
+    encoder's recursion limit) and lone UTF-16 surrogates (``"\\ud800"``, not UTF-8)."""
+    if depth > MAX_DEPTH:
+        raise InvalidExampleError(f"nested deeper than {MAX_DEPTH} levels", line)
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidExampleError(
+                "text is not valid Unicode (a lone UTF-16 surrogate)", line
+            ) from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_json_value(key, line, depth + 1)
+            _check_json_value(item, line, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_json_value(item, line, depth + 1)
 
 
 def example_from_record(record: Any, line: int) -> Example:
     """Validate one decoded JSON value; ``line`` (0-based) names it in errors and default IDs."""
     if not isinstance(record, dict):
         raise InvalidExampleError(f"expected a JSON object, got {type(record).__name__}", line)
+    _check_json_value(record, line)
     raw_id = record.get("id", line)
     if isinstance(raw_id, bool) or not isinstance(raw_id, str | int):
         raise InvalidExampleError("'id' must be a string or an integer", line)
@@ -101,6 +124,10 @@ def parse_jsonl_lines(lines: Iterable[str]) -> Iterator[Example]:
             record = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise InvalidExampleError(f"not valid JSON ({exc.msg})", line_no) from None
+        except RecursionError:
+            raise InvalidExampleError("nested too deeply to parse", line_no) from None
+        except ValueError as exc:  # e.g. an integer of more than 4300 digits
+            raise InvalidExampleError(f"not usable JSON ({exc})", line_no) from None
         yield example_from_record(record, line_no)
 
 

@@ -58,6 +58,8 @@ def build(
     """
     with _session(server, api_key) as client:
         store = client.create_datastore(dataset_id, model, config)
+        for warning in store.warnings:
+            typer.echo(f"warning: {warning}", err=True)
         if wait:
             store = client.wait_until_ready(store.id)
         typer.echo(store.model_dump_json())

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-import time
+import logging
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI
+from sqlalchemy import text
 
 from gradstore import __version__
-from gradstore.db.engine import make_engine, make_sessionmaker
+from gradstore.db.engine import describe_url, make_engine, make_sessionmaker
 from gradstore.db.settings import Settings, apply_torch_threads, get_settings
-from gradstore.service import problems
+from gradstore.service import problem_types, problems
 from gradstore.service.deps import require_api_key
 from gradstore.service.engines import EngineCache
-from gradstore.service.metrics import REQUEST_SECONDS, REQUESTS
+from gradstore.service.middleware import RequestMiddleware
 from gradstore.service.routes import datasets, datastores, health, selections
+
+log = logging.getLogger("gradstore.api")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -22,12 +25,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        engine = make_engine(settings.database_url)
+        engine = make_engine(settings.database_url, settings.database_connect_timeout)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         apply_torch_threads(settings)
         app.state.settings = settings
         app.state.sessions = make_sessionmaker(engine)
         app.state.engines = EngineCache(settings.engine_cache_size, settings.device)
+        _log_startup(engine, settings)
         yield
         engine.dispose()
 
@@ -38,20 +42,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     problems.install(app)
+    app.add_middleware(RequestMiddleware)
     auth = [Depends(require_api_key)]
     app.include_router(datasets.router, dependencies=auth)
     app.include_router(datastores.router, dependencies=auth)
     app.include_router(selections.router, dependencies=auth)
     app.include_router(health.router)
-
-    @app.middleware("http")
-    async def _metrics(request: Request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        REQUESTS.labels(request.method, path, str(response.status_code)).inc()
-        REQUEST_SECONDS.labels(path).observe(time.perf_counter() - started)
-        return response
-
+    app.include_router(problem_types.router)
     return app
+
+
+def _log_startup(engine, settings: Settings) -> None:
+    """Start whatever the database's state: requests answer 503 until it is back."""
+    where = describe_url(settings.database_url)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        log.info("api started; database %s reachable", where)
+    except Exception as exc:
+        log.error(
+            "api started, but database %s is unreachable (%s): requests answer 503 "
+            "until it is back",
+            where,
+            type(exc).__name__,
+        )
+    if not settings.roots:
+        log.warning(
+            "GRADSTORE_MODEL_ROOTS is not set: builds may name any directory of this "
+            "host as a model"
+        )

@@ -26,6 +26,19 @@ def _settings(data_dir: Path | None = None):
     return Settings()
 
 
+def _logging(settings) -> None:
+    from gradstore.db.logs import configure_logging
+
+    configure_logging(settings.log_format, settings.log_level)
+
+
+def _run_api(app, host: str, port: int) -> None:
+    """uvicorn with our log lines only: its own access log would lack the request id."""
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
+
+
 @db_app.command("upgrade")
 @needs_extra("service")
 def db_upgrade(revision: str = "head") -> None:
@@ -43,11 +56,11 @@ def api(
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
 ) -> None:
     """Run the HTTP API only (the Compose api service; workers run separately)."""
-    import uvicorn
-
     from gradstore.service.app import create_app
 
-    uvicorn.run(create_app(_settings()), host=host, port=port, log_level="info")
+    settings = _settings()
+    _logging(settings)
+    _run_api(create_app(settings), host, port)
 
 
 def serve(
@@ -59,8 +72,6 @@ def serve(
     ] = 1,
 ) -> None:
     """Embedded mode: migrations, the API and worker processes, SQLite by default."""
-    import uvicorn
-
     from gradstore.db.engine import make_engine, make_sessionmaker
     from gradstore.db.queue import release_dead_local_leases
     from gradstore.migrations import upgrade
@@ -69,6 +80,7 @@ def serve(
     from gradstore.threads import THREADS_ENV, threads_per_process
 
     settings = _settings(data_dir)
+    _logging(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if not settings.torch_threads:  # the API and the workers divide this host's cores
         worker_threads = threads_per_process(max(1, workers))
@@ -82,7 +94,7 @@ def serve(
         typer.echo(f"released {freed} unit(s) leased by workers of a previous run")
     children = WorkerProcesses(workers).start()
     try:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+        _run_api(create_app(settings), host, port)
     finally:
         children.stop()
 

@@ -1,8 +1,10 @@
 """Loaded datastores (model + adapters + index), kept in a small LRU cache.
 
-Loading a store costs seconds (model weights, checksums, FAISS index); a query costs
-milliseconds once it is loaded. Each engine serialises its own gradient work with its
-lock; different datastores run in parallel.
+Loading a store costs seconds (model weights, FAISS index); a query costs milliseconds once
+it is loaded. Each engine serialises its own gradient work with its lock; different
+datastores run in parallel. A store is loaded only when its files still have the
+fingerprint its last verification recorded (db/integrity.py), and an engine loaded for
+another fingerprint (files restored and verified again) is loaded anew.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
+from gradstore.db.integrity import fingerprint as stat_fingerprint
+from gradstore.errors import ManifestMismatchError
 from gradstore.query import QueryEngine
 from gradstore.store import Datastore
 
@@ -18,26 +22,45 @@ class EngineCache:
     def __init__(self, capacity: int, device: str | None = None):
         self.capacity = max(1, capacity)
         self.device = device
-        self._engines: OrderedDict[str, QueryEngine] = OrderedDict()
+        self._engines: OrderedDict[str, tuple[QueryEngine, str | None]] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
 
-    def get(self, datastore_id: str, path: str) -> QueryEngine:
+    def _cached(self, datastore_id: str, fingerprint: str | None) -> QueryEngine | None:
+        entry = self._engines.get(datastore_id)
+        if entry is None:
+            return None
+        if entry[1] != fingerprint:
+            del self._engines[datastore_id]
+            return None
+        self._engines.move_to_end(datastore_id)
+        return entry[0]
+
+    def get(self, datastore_id: str, path: str, fingerprint: str | None = None) -> QueryEngine:
+        """The loaded store; ``fingerprint``: refuse it unless its files still have this one."""
         with self._lock:
-            if datastore_id in self._engines:
-                self._engines.move_to_end(datastore_id)
-                return self._engines[datastore_id]
+            if (engine := self._cached(datastore_id, fingerprint)) is not None:
+                return engine
             loading = self._loading.setdefault(datastore_id, threading.Lock())
         with loading:  # one load per store even when queries arrive together
             with self._lock:
-                if datastore_id in self._engines:
-                    return self._engines[datastore_id]
-            engine = QueryEngine(Datastore.open(path), device=self.device)
+                if (engine := self._cached(datastore_id, fingerprint)) is not None:
+                    return engine
+            try:
+                store = Datastore.open(path)
+                if fingerprint is not None and stat_fingerprint(store) != fingerprint:
+                    raise ManifestMismatchError(
+                        "files of the datastore (or of its model) changed on disk since it was "
+                        "verified"
+                    )
+                engine = QueryEngine(store, device=self.device)
+            finally:
+                with self._lock:
+                    self._loading.pop(datastore_id, None)
             with self._lock:
-                self._engines[datastore_id] = engine
+                self._engines[datastore_id] = (engine, fingerprint)
                 while len(self._engines) > self.capacity:
                     self._engines.popitem(last=False)
-                self._loading.pop(datastore_id, None)
             return engine
 
     def evict(self, datastore_id: str) -> None:

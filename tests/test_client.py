@@ -399,7 +399,9 @@ def test_client_against_the_real_service(live_api, toy_pool_file, tiny_model_dir
             client.select(store.id, [{"subtask": "m", "prompt": "1", "completion": "2"}], top_k=1)
         assert caught.value.status == 409
         client.delete_datastore(store.id)
-        assert client.get_datastore(store.id).status == "cancelled"
+        with pytest.raises(GradstoreAPIError) as caught:  # removed at once, build cancelled
+            client.get_datastore(store.id)
+        assert caught.value.status == 404
     with GradstoreClient(live_api) as anonymous, pytest.raises(GradstoreAPIError) as caught:
         anonymous.list_datastores()
     assert caught.value.status == 401 and "API key" in caught.value.detail

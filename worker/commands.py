@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 import threading
 from typing import Annotated
@@ -24,13 +23,14 @@ def worker(
     ] = None,
 ) -> None:
     """Claim and run build units from the database until stopped (SIGTERM: after this unit)."""
+    from gradstore.db.logs import configure_logging
     from gradstore.db.settings import Settings, apply_torch_threads
     from gradstore.worker.runner import Worker
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     settings = Settings()
+    configure_logging(settings.log_format, settings.log_level)
     apply_torch_threads(settings)
     if poll_interval is not None:
         settings = settings.model_copy(update={"poll_seconds": poll_interval})

@@ -1,13 +1,16 @@
 """What each kind of unit does, and how finishing it moves its build to the next stage.
 
 The heavy work (gradstore.build) happens outside any database transaction; the transition
-after it (mark done, add the next units, update progress) is one short transaction.
+after it (mark done, add the next units, update progress) is one short transaction. The
+index unit ends with a full verification of the store (db/integrity.py): a store is
+ready only once every byte matched its manifest, and its fingerprint is recorded then.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeGuard
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -17,11 +20,14 @@ from typing_extensions import TypeIs
 from gradstore import build
 from gradstore.api_models import ACTIVE_BUILD, DatastoreStatus, UnitKind
 from gradstore.config import BuildConfig
+from gradstore.db import integrity
+from gradstore.db.model_roots import resolve_directory
 from gradstore.db.models import Dataset, Datastore, UnitState, WorkUnit, utcnow
-from gradstore.db.queue import Claim, complete
+from gradstore.db.queue import VERIFIABLE, Claim, complete
+from gradstore.errors import ManifestMismatchError
 from gradstore.files import read_json
 from gradstore.store import Datastore as GradstoreDatastore
-from gradstore.store import Shard
+from gradstore.store import Shard, load_build_spec
 
 
 class BuildGone(Exception):
@@ -32,32 +38,55 @@ def is_active(store: Datastore | None) -> TypeIs[Datastore]:
     return store is not None and store.status in ACTIVE_BUILD and not store.cancel_requested
 
 
+def still_wanted(store: Datastore | None, claim: Claim) -> TypeGuard[Datastore]:
+    """The unit's store is still there, in a state this kind of unit works on."""
+    if claim.kind == UnitKind.VERIFY:
+        return store is not None and store.status in VERIFIABLE
+    return is_active(store)
+
+
 def run_unit(
     session_factory,
     claim: Claim,
     device: str | None,
     on_batch: Callable[[int], None],
     progress: bool = False,
-) -> None:
-    """The unit's artifacts, written atomically; no database writes here."""
+    model_roots: list[Path] | None = None,
+) -> str | None:
+    """The unit's artifacts, written atomically; no database writes here.
+
+    Returns the store's fingerprint after a verification (index and verify units).
+    """
     with session_factory() as session:
         store = session.get(Datastore, claim.datastore_id)
-        if not is_active(store):
+        if not still_wanted(store, claim):
             raise BuildGone(f"datastore {claim.datastore_id} is no longer being built")
         dataset = session.get(Dataset, store.dataset_id)
         root, model_path = Path(store.path), store.model_path
         config = BuildConfig.model_validate(store.config)
         warmup_from = list(store.warmup_from or [])
     if claim.kind == UnitKind.WARMUP:
+        if model_roots:  # rows written before the roots were set are held to them too
+            resolve_directory(model_path, model_roots, "model.path")
+            for directory in warmup_from:
+                resolve_directory(directory, model_roots, "warmup_from")
         build.prepare(root, dataset.path, model_path, config, warmup_from)
+        if load_build_spec(root).dataset_sha256 != dataset.sha256:
+            raise ManifestMismatchError(
+                "the dataset's stored file no longer matches the sha256 recorded at upload"
+            )
         build.run_warmup_stage(root, device=device, progress=progress)
     elif claim.kind == UnitKind.FEATURIZE:
         shard = Shard(claim.checkpoint, claim.start, claim.end)
         build.featurize_shard(root, shard, device=device, on_batch=on_batch)
     elif claim.kind == UnitKind.INDEX:
         build.build_index(root)
+        return integrity.verify(root)
+    elif claim.kind == UnitKind.VERIFY:
+        return integrity.verify(root)
     else:
         raise ValueError(f"unknown unit kind {claim.kind!r}")
+    return None
 
 
 def mark_started(session: Session, claim: Claim) -> None:
@@ -74,7 +103,9 @@ def mark_started(session: Session, claim: Claim) -> None:
         )
 
 
-def finish_unit(session: Session, claim: Claim, owner: str, seconds: float) -> bool:
+def finish_unit(
+    session: Session, claim: Claim, owner: str, seconds: float, fingerprint: str | None = None
+) -> bool:
     """Mark the unit done and advance its build, in the caller's transaction.
 
     False when the build is no longer active (cancelled, failed or deleted meanwhile): then
@@ -83,13 +114,16 @@ def finish_unit(session: Session, claim: Claim, owner: str, seconds: float) -> b
     last two shards at once cannot both see the other's shard as unfinished.
     """
     store = session.get(Datastore, claim.datastore_id, with_for_update=True)
-    if not is_active(store):
+    if not still_wanted(store, claim):
         return False
     if not complete(session, claim, owner, seconds):
         return True  # the lease was lost; its new holder writes the same bytes and advances
     session.refresh(store)  # SQLite: under the write lock now, so a racing cancel shows
-    if not is_active(store):
+    if not still_wanted(store, claim):
         return False
+    if claim.kind == UnitKind.VERIFY:
+        _verified(store, fingerprint)
+        return True
     root = Path(store.path)
     if claim.kind == UnitKind.WARMUP:
         _plan_featurize(session, store, root)
@@ -104,8 +138,32 @@ def finish_unit(session: Session, claim: Claim, owner: str, seconds: float) -> b
             {"index": c.index, "learning_rate": c.learning_rate, "weight": c.weight}
             for c in manifest.checkpoints
         ]
-        store.error = None
+        _verified(store, fingerprint)
     return True
+
+
+def _verified(store: Datastore, fingerprint: str | None) -> None:
+    """Every byte matched: serve the store while its files keep this fingerprint."""
+    if fingerprint is None:
+        raise ValueError("a verification must record the fingerprint it found")
+    store.verified_fingerprint = fingerprint
+    store.verified_at = utcnow()
+    store.status = DatastoreStatus.READY
+    store.error = None
+
+
+def fail_verification(session: Session, claim: Claim, owner: str, reason: str) -> None:
+    """The bytes do not match: the store is failed (until verified again), the unit ends."""
+    session.execute(
+        update(WorkUnit)
+        .where(WorkUnit.id == claim.id, WorkUnit.lease_owner == owner)
+        .values(state=UnitState.FAILED, error=reason, lease_expires_at=None)
+    )
+    session.execute(
+        update(Datastore)
+        .where(Datastore.id == claim.datastore_id, Datastore.status.in_(VERIFIABLE))
+        .values(status=DatastoreStatus.FAILED, error=f"integrity check failed: {reason}")
+    )
 
 
 def _plan_featurize(session: Session, store: Datastore, root: Path) -> None:
@@ -118,6 +176,7 @@ def _plan_featurize(session: Session, store: Datastore, root: Path) -> None:
                 checkpoint=shard.checkpoint,
                 start=shard.start,
                 end=shard.end,
+                request_id=store.request_id,
             )
         )
     store.status = DatastoreStatus.FEATURIZE
@@ -150,7 +209,9 @@ def _featurize_progress(session: Session, store: Datastore) -> None:
 def _add_index_unit(session: Session, store: Datastore) -> None:
     try:
         with session.begin_nested():
-            session.add(WorkUnit(datastore_id=store.id, kind=UnitKind.INDEX))
+            session.add(
+                WorkUnit(datastore_id=store.id, kind=UnitKind.INDEX, request_id=store.request_id)
+            )
     except IntegrityError:  # another worker finished the last shard at the same moment
         return
     store.status = DatastoreStatus.INDEX

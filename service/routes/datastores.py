@@ -1,11 +1,12 @@
-"""Datastores: start a build (202), watch it, cancel or remove it, and query it."""
+"""Datastores: start a build (202), watch it, verify it, remove it, and query it."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import logging
 
-from fastapi import APIRouter, Query, Response
-from sqlalchemy import delete, func, select
+from fastapi import APIRouter, Response
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 
 from gradstore.api_models import (
     ACTIVE_BUILD,
@@ -17,9 +18,16 @@ from gradstore.api_models import (
     SelectResponse,
     UnitKind,
 )
-from gradstore.db.models import Datastore, SelectionRecord, UnitState, WorkUnit
+from gradstore.db.integrity import fingerprint, without_paths
+from gradstore.db.logs import bind, current
+from gradstore.db.model_roots import resolve_directory
+from gradstore.db.models import Datastore, SelectionRecord, WorkUnit
+from gradstore.db.queue import VERIFIABLE, queue_verification, verifications_in_progress
 from gradstore.errors import (
+    ConflictError,
+    GradstoreError,
     InvalidInputError,
+    ManifestMismatchError,
     NotFoundError,
     NotReadyError,
     PayloadTooLargeError,
@@ -28,15 +36,18 @@ from gradstore.examples import load_examples
 from gradstore.files import remove_tree
 from gradstore.selection import get_method, run_selection
 from gradstore.service.deps import EnginesDep, SessionDep, SettingsDep
-from gradstore.service.metrics import SELECT_SECONDS
+from gradstore.service.errors import DatastoreIntegrityError, ServiceUnavailableError
+from gradstore.service.metrics import INTEGRITY_FAILURES, SELECT_SECONDS, observe_phases
 from gradstore.service.problems import problem_responses
-from gradstore.service.routes.datasets import get_dataset_or_404
+from gradstore.service.routes.datasets import Limit, Offset, get_dataset_or_404, looks_like_id
+from gradstore.service.submission import build_config, check_submission
 
-ERRORS = problem_responses(401, 404, 409, 413, 422)
+ERRORS = problem_responses(400, 401, 404, 409, 413, 422, 503)
 router = APIRouter(prefix="/v1/datastores", tags=["datastores"], responses=ERRORS)
+log = logging.getLogger("gradstore.api")
 
 
-def public(store: Datastore) -> dict:
+def public(store: Datastore, verifying: bool = False) -> dict:
     rate = store.examples_per_s
     remaining = max(0, store.progress_total - store.progress_done)
     return {
@@ -57,88 +68,164 @@ def public(store: Datastore) -> dict:
         "dim": store.dim,
         "error": store.error,
         "skipped": store.skipped or [],
+        "warnings": store.warnings or [],
+        "verified_at": store.verified_at,
+        "verifying": verifying,
         "config": store.config,
         "created_at": store.created_at,
     }
 
 
 def get_store_or_404(session, datastore_id: str) -> Datastore:
-    store = session.get(Datastore, datastore_id)
+    store = session.get(Datastore, datastore_id) if looks_like_id(datastore_id) else None
     if store is None:
-        raise NotFoundError(f"no datastore with id {datastore_id!r}")
+        raise NotFoundError(f"no datastore with id {datastore_id[:80]!r}")
+    bind(datastore_id=store.id)  # on every log line of this request from here on
     return store
 
 
-@router.post("", status_code=202, response_model=DatastorePublic)
+@router.post("", status_code=202, response_model=DatastorePublic, responses=problem_responses(403))
 def create_datastore(
     body: DatastoreCreate, response: Response, session: SessionDep, settings: SettingsDep
 ):
-    """Queue a build; workers pick it up. Poll the ``Location`` until status is ready."""
-    get_dataset_or_404(session, body.dataset_id)
-    if not Path(body.model.path).is_dir():
-        raise InvalidInputError(f"model.path {body.model.path!r} is not a local directory")
-    for directory in body.warmup_from:
-        if not Path(directory).is_dir():
-            raise InvalidInputError(f"warmup_from {directory!r} is not a local directory")
-    config = body.build_config()
-    if not (Path(body.model.path) / "config.json").is_file():
+    """Queue a build; workers pick it up. Poll the ``Location`` until status is ready.
+
+    Everything that can be known now is checked now: the paths (inside the model roots),
+    the options, the index factory, the LoRA targets against the model, the template and
+    the warmup checkpoints. ``warnings`` says what will work but probably not as meant
+    (a warmup too short to move the adapter).
+    """
+    dataset = get_dataset_or_404(session, body.dataset_id)
+    model_dir = resolve_directory(body.model.path, settings.roots, "model.path")
+    warmup_dirs = [
+        resolve_directory(d, settings.roots, f"warmup_from[{i}]")
+        for i, d in enumerate(body.warmup_from)
+    ]
+    config = build_config(body)
+    if not (model_dir / "config.json").is_file():
         raise InvalidInputError(
             f"model.path {body.model.path!r} has no config.json: give a directory saved with "
             "save_pretrained (nothing is downloaded from a hub)"
         )
+    plan = check_submission(model_dir, config, warmup_dirs, dataset.num_examples)
+    request_id = current("request_id")
     store = Datastore(
-        dataset_id=body.dataset_id,
-        model_path=str(Path(body.model.path).resolve()),
+        dataset_id=dataset.id,
+        model_path=str(model_dir),
         config=config.model_dump(mode="json"),
-        warmup_from=[str(Path(d).resolve()) for d in body.warmup_from],
+        warmup_from=[str(d) for d in warmup_dirs],
         path="",
+        warnings=plan.warnings,
+        request_id=request_id,
     )
     session.add(store)
     session.flush()
     store.path = str((settings.datastores_dir / store.id).resolve())
-    session.add(WorkUnit(datastore_id=store.id, kind=UnitKind.WARMUP))
+    session.add(WorkUnit(datastore_id=store.id, kind=UnitKind.WARMUP, request_id=request_id))
     session.commit()
+    log.info("build queued", extra={"datastore_id": store.id, "warnings": len(plan.warnings)})
+    for warning in plan.warnings:
+        log.warning("build %s: %s", store.id, warning, extra={"datastore_id": store.id})
     response.headers["Location"] = f"/v1/datastores/{store.id}"
     return public(store)
 
 
 @router.get("", response_model=DatastorePage)
-def list_datastores(
-    session: SessionDep, limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)
-):
+def list_datastores(session: SessionDep, limit: Limit = 100, offset: Offset = 0):
     rows = session.scalars(
         select(Datastore).order_by(Datastore.created_at, Datastore.id).offset(offset).limit(limit)
     ).all()
     count = session.scalar(select(func.count()).select_from(Datastore))
-    return {"data": [public(r) for r in rows], "count": count}
+    verifying = verifications_in_progress(session, [r.id for r in rows])
+    return {"data": [public(r, r.id in verifying) for r in rows], "count": count}
 
 
 @router.get("/{datastore_id}", response_model=DatastorePublic)
 def get_datastore(datastore_id: str, session: SessionDep):
-    return public(get_store_or_404(session, datastore_id))
+    store = get_store_or_404(session, datastore_id)
+    return public(store, store.id in verifications_in_progress(session, [store.id]))
 
 
 @router.delete("/{datastore_id}", status_code=204, response_class=Response)
 def delete_datastore(datastore_id: str, session: SessionDep, engines: EnginesDep):
-    """Cancel a build in progress, or remove a finished datastore; artifacts are deleted."""
+    """Remove a datastore and its artifacts; a build in progress is cancelled.
+
+    The record is gone when this answers (a GET is a 404): the workers of a cancelled build
+    see it at their next batch, stop, and remove whatever they wrote meanwhile.
+    """
     store = get_store_or_404(session, datastore_id)
     engines.evict(store.id)
-    if store.status in ACTIVE_BUILD:
-        store.cancel_requested = True
-        store.status = DatastoreStatus.CANCELLED
-        session.execute(
-            delete(WorkUnit).where(
-                WorkUnit.datastore_id == store.id, WorkUnit.state == UnitState.PENDING
-            )
-        )
-        session.commit()
-    else:
-        session.execute(delete(SelectionRecord).where(SelectionRecord.datastore_id == store.id))
-        session.execute(delete(WorkUnit).where(WorkUnit.datastore_id == store.id))
-        session.delete(store)
-        session.commit()
+    was_building = store.status in ACTIVE_BUILD
+    session.execute(delete(SelectionRecord).where(SelectionRecord.datastore_id == store.id))
+    session.execute(delete(WorkUnit).where(WorkUnit.datastore_id == store.id))
+    session.delete(store)
+    session.commit()
     remove_tree(store.path)
+    log.info(
+        "datastore removed" + (" (build cancelled)" if was_building else ""),
+        extra={"datastore_id": store.id},
+    )
     return Response(status_code=204)
+
+
+@router.post("/{datastore_id}/verify", status_code=202, response_model=DatastorePublic)
+def verify_datastore(datastore_id: str, session: SessionDep, settings: SettingsDep):
+    """Queue a full check of every file's sha256 (and the model's) by a worker.
+
+    A ready store keeps answering meanwhile; one that fails the check is marked failed. A
+    store failed by an integrity check whose files were restored is ready again once they
+    pass.
+    """
+    store = get_store_or_404(session, datastore_id)
+    if store.status not in VERIFIABLE or (
+        store.status == DatastoreStatus.FAILED and store.verified_fingerprint is None
+    ):
+        raise ConflictError(
+            f"datastore {store.id} is {store.status}: only a ready datastore, or one failed by "
+            "an integrity check, can be verified"
+        )
+    try:
+        queue_verification(session, store.id, settings.max_attempts, current("request_id"))
+        session.commit()
+    except IntegrityError:  # queued by someone else at the same moment
+        session.rollback()
+    log.info("verification queued", extra={"datastore_id": store.id})
+    return public(store, verifying=True)
+
+
+def _integrity_failure(
+    session, store: Datastore, engines, settings, exc: GradstoreError
+) -> DatastoreIntegrityError:
+    """Fail the store for good (until verified again), drop its engine, say why."""
+    reason = without_paths(exc.detail, store.path, settings.data_dir.resolve())
+    session.execute(
+        update(Datastore)
+        .where(Datastore.id == store.id, Datastore.status == DatastoreStatus.READY)
+        .values(status=DatastoreStatus.FAILED, error=f"integrity check failed: {reason}")
+    )
+    session.commit()
+    engines.evict(store.id)
+    INTEGRITY_FAILURES.inc()
+    log.error("datastore failed its integrity check: %s", reason, extra={"datastore_id": store.id})
+    return DatastoreIntegrityError(
+        f"datastore {store.id} failed its integrity check and is now marked failed: {reason}"
+    )
+
+
+def _load(store: Datastore, session, engines, settings):
+    try:
+        return engines.get(store.id, store.path, store.verified_fingerprint)
+    except (ManifestMismatchError, NotReadyError) as exc:  # NotReady: its manifest is gone
+        raise _integrity_failure(session, store, engines, settings, exc) from None
+    except GradstoreError:
+        raise
+    except (OSError, ValueError) as exc:  # e.g. the model directory is not mounted
+        log.error("datastore could not be loaded", exc_info=True, extra={"datastore_id": store.id})
+        raise ServiceUnavailableError(
+            f"datastore {store.id} could not be loaded ({type(exc).__name__}); the operator "
+            "can find why in the logs by the request id",
+            settings.retry_after_seconds,
+        ) from None
 
 
 @router.post("/{datastore_id}/select", response_model=SelectResponse)
@@ -151,6 +238,10 @@ def select_training_data(
 ):
     """Rank the pool for the targets (best first), with per-phase timings.
 
+    A ranking is returned only if every file it read still has the fingerprint of the
+    store's last full verification, before and after the search; otherwise the store is
+    marked failed and the answer is a 409.
+
     A plain ``def``: FastAPI runs it in its threadpool, so loading a store and computing
     target gradients never block the event loop; each engine serialises its own GPU work.
     """
@@ -160,20 +251,36 @@ def select_training_data(
         raise PayloadTooLargeError(
             f"{len(body.targets)} targets; at most {settings.max_targets} per query"
         )
-    get_method(body.method)
+    get_method(body.method).parse_options(body.options)
     records = [
         t.model_dump(exclude_none=True) | {"id": t.id or f"target-{i}"}
         for i, t in enumerate(body.targets)
     ]
     targets = load_examples(records)
     if store.status != DatastoreStatus.READY:
-        raise NotReadyError(f"datastore {datastore_id} is {store.status}, not ready")
+        engines.evict(store.id)
+        reason = f": {store.error}" if store.error else ""
+        raise NotReadyError(f"datastore {store.id} is {store.status}, not ready{reason}")
+    if store.verified_fingerprint is None:
+        raise ServiceUnavailableError(
+            f"datastore {store.id} awaits its first full verification (a worker runs it); "
+            "retry later",
+            settings.retry_after_seconds,
+        )
 
     with SELECT_SECONDS.labels(body.method).time():
-        engine = engines.get(store.id, store.path)
-        result = run_selection(
-            engine, targets, body.method, body.top_k, body.fraction, body.options
-        )
+        engine = _load(store, session, engines, settings)
+        try:
+            result = run_selection(
+                engine, targets, body.method, body.top_k, body.fraction, body.options
+            )
+            if fingerprint(engine.datastore) != store.verified_fingerprint:
+                raise ManifestMismatchError(
+                    "files of the datastore changed on disk since it was verified"
+                )
+        except ManifestMismatchError as exc:
+            raise _integrity_failure(session, store, engines, settings, exc) from None
+    observe_phases(result.method, result.timings_ms)
     session.add(
         SelectionRecord(
             datastore_id=store.id,

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 from sqlalchemy import func, select
 
 from gradstore.api_models import SelectionPage
 from gradstore.db.models import SelectionRecord
 from gradstore.service.deps import SessionDep
 from gradstore.service.problems import problem_responses
+from gradstore.service.routes.datasets import Limit, Offset
 from gradstore.service.routes.datastores import get_store_or_404
 
 router = APIRouter(
-    prefix="/v1/datastores", tags=["datastores"], responses=problem_responses(401, 404, 422)
+    prefix="/v1/datastores", tags=["datastores"], responses=problem_responses(401, 404, 422, 503)
 )
 
 
@@ -20,8 +21,8 @@ router = APIRouter(
 def list_selections(
     datastore_id: str,
     session: SessionDep,
-    limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    limit: Limit = 100,
+    offset: Offset = 0,
 ):
     """Past selections on this datastore, newest first (targets are kept by id only)."""
     get_store_or_404(session, datastore_id)
