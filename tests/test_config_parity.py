@@ -133,7 +133,7 @@ def test_one_request_one_stored_config_from_every_entry_point(
         ],
     )
     assert remote.exit_code == 0, remote.output
-    from_remote = json.loads(remote.output)
+    from_remote = json.loads(remote.stdout)  # warnings go to stderr
 
     expected = BuildConfig.model_validate(fields).model_dump(mode="json")
     assert from_cli == from_file == expected

@@ -99,6 +99,11 @@ def test_api_and_worker_recover_when_postgres_returns(tmp_path, postgres_url, ca
                 return connection.execute(sa.select(WorkerRecord.id)).first()
 
         assert wait_until(registered, 30, 0.2)
+
+        def recovered():  # the worker finished a loop since (a busy host may take a while)
+            return any("database reachable again" in r.getMessage() for r in caplog.records)
+
+        assert wait_until(recovered, 60, 0.2)
         proxy.stop()  # it goes away again, with the pools' connections open
         assert_problem(client.get("/v1/datasets"), 503, slug="database-unavailable")
         proxy.start()
