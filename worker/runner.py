@@ -306,7 +306,7 @@ class Worker:
         stop = stop or threading.Event()
         failures = 0
         with log_context(worker=self.owner):
-            log.info("worker started")
+            log.info("worker %s started", self.owner)  # deploy/test-compose looks for it
             while not stop.is_set() and not self.orphaned():
                 try:
                     worked = self.run_one()
