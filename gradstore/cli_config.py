@@ -54,15 +54,9 @@ class ConfigOption:
 
 def _flag(path: tuple[str, ...]) -> str:
     *sections, name = path
-    words = (
-        [*sections, name]
-        if not sections or not name.startswith(sections[-1] + "_")
-        else [
-            *sections[:-1],
-            name,
-        ]
-    )
-    return "--" + "-".join(w.replace("_", "-") for w in words)
+    if sections and name.startswith(sections[-1] + "_"):
+        sections = sections[:-1]  # warmup.warmup_ratio is --warmup-ratio
+    return "--" + "-".join(w.replace("_", "-") for w in (*sections, name))
 
 
 def _unwrap_optional(annotation: Any) -> Any:
