@@ -19,7 +19,7 @@ from typing import cast
 from sqlalchemy import CursorResult, and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from gradstore.api_models import ACTIVE_BUILD, DatastoreStatus
+from gradstore.api_models import ACTIVE_BUILD, DatastoreStatus, UnitKind
 from gradstore.db.engine import transaction
 from gradstore.db.models import Datastore, UnitState, WorkUnit
 
@@ -59,7 +59,13 @@ def claim_next(
             select(WorkUnit.id)
             .join(Datastore, Datastore.id == WorkUnit.datastore_id)
             .where(
-                Datastore.status.in_(ACTIVE_BUILD),
+                or_(
+                    Datastore.status.in_(ACTIVE_BUILD),
+                    and_(
+                        Datastore.status == DatastoreStatus.READY,
+                        WorkUnit.kind == UnitKind.EXTEND,
+                    ),
+                ),
                 Datastore.cancel_requested.is_(False),
                 or_(
                     WorkUnit.state == UnitState.PENDING,
@@ -149,6 +155,7 @@ def fail_exhausted(factory: sessionmaker[Session], max_attempts: int) -> list[st
             .join(Datastore, Datastore.id == WorkUnit.datastore_id)
             .where(
                 Datastore.status.in_(ACTIVE_BUILD),
+                WorkUnit.kind != UnitKind.EXTEND,
                 WorkUnit.state == UnitState.RUNNING,
                 WorkUnit.lease_expires_at < _now(),
                 WorkUnit.attempts >= max_attempts,
@@ -168,6 +175,22 @@ def fail_exhausted(factory: sessionmaker[Session], max_attempts: int) -> list[st
                 )
             )
             failed.append(datastore_id)
+        # an extension of a ready store fails alone: the store keeps serving what it had
+        session.execute(
+            update(WorkUnit)
+            .where(
+                WorkUnit.kind == UnitKind.EXTEND,
+                WorkUnit.state == UnitState.RUNNING,
+                WorkUnit.lease_expires_at < _now(),
+                WorkUnit.attempts >= max_attempts,
+            )
+            .values(
+                state=UnitState.FAILED,
+                error=f"extend unit lost its worker {max_attempts} times",
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+        )
     return failed
 
 

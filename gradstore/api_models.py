@@ -25,6 +25,7 @@ class DatastoreStatus(StrEnum):
     WARMUP = "warmup"
     FEATURIZE = "featurize"
     INDEX = "index"
+    EXTEND = "extend"  # artifacts for more methods, added to a ready store
     READY = "ready"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -36,6 +37,7 @@ class UnitKind(StrEnum):
     WARMUP = "warmup"
     FEATURIZE = "featurize"
     INDEX = "index"
+    EXTEND = "extend"  # artifacts for more methods, added to a ready store
 
 
 # A build in one of these states is still running (or waiting for) its workers.
@@ -184,6 +186,12 @@ class DatastorePublic(_Public):
     config: BuildConfig | None = Field(
         None, description="The resolved build configuration (every default filled in)."
     )
+    methods: list[str] = Field(
+        [], description="Selection methods whose artifacts this store holds (or will hold)."
+    )
+    pending_methods: list[str] = Field(
+        [], description="Methods being added to a ready store (POST .../methods)."
+    )
     created_at: datetime
 
 
@@ -228,6 +236,26 @@ class SelectRequest(BaseModel):
         if (self.top_k is None) == (self.fraction is None):
             raise ValueError("give exactly one of 'top_k' or 'fraction'")
         return self
+
+
+class MethodsRequest(BaseModel):
+    """Selection methods a ready datastore should also serve."""
+
+    model_config = ConfigDict(extra="forbid")
+    methods: list[str] = Field(min_length=1, max_length=32, examples=[["rds", "dsir"]])
+
+
+class MethodInfo(_Public):
+    name: str
+    default: bool = Field(description="Served by a store created without a method list.")
+    model: str = Field(description="What the query loads: none, base or checkpoints.")
+    artifacts: list[str] = Field(description="Store artifacts its default options read.")
+    options: dict[str, Any] = Field(description="JSON schema of the method's options.")
+
+
+class MethodPage(_Public):
+    data: list[MethodInfo]
+    count: int
 
 
 class SelectedPublic(_Public):

@@ -261,6 +261,26 @@ class GradstoreClient:
             self._request("POST", "/v1/datastores", json=payload).json()
         )
 
+    def add_methods(self, datastore_id: str, methods: Sequence[str]) -> Datastore:
+        """Make a ready datastore serve more methods (their artifacts are computed by the
+        workers; ``pending_methods`` lists them until they answer)."""
+        path = f"/v1/datastores/{_segment(datastore_id)}/methods"
+        response = self._request("POST", path, json={"methods": list(methods)})
+        return Datastore.model_validate(response.json())
+
+    def wait_until_methods(
+        self, datastore_id: str, timeout: float | None = None, poll: float = 1.0
+    ) -> Datastore:
+        """Poll until no method is pending on the datastore."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            store = self.get_datastore(datastore_id)
+            if not store.pending_methods:
+                return store
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"methods {store.pending_methods} still pending")
+            time.sleep(poll)
+
     def list_datastores(self, limit: int = 100, offset: int = 0) -> DatastorePage:
         params = {"limit": limit, "offset": offset}
         response = self._request("GET", "/v1/datastores", params=params)

@@ -14,7 +14,7 @@ from gradstore.service import problems
 from gradstore.service.deps import require_api_key
 from gradstore.service.engines import EngineCache
 from gradstore.service.metrics import REQUEST_SECONDS, REQUESTS
-from gradstore.service.routes import datasets, datastores, health, selections
+from gradstore.service.routes import datasets, datastores, health, methods, selections
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(datasets.router, dependencies=auth)
     app.include_router(datastores.router, dependencies=auth)
     app.include_router(selections.router, dependencies=auth)
+    app.include_router(methods.router, dependencies=auth)
     app.include_router(health.router)
 
     @app.middleware("http")

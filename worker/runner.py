@@ -29,8 +29,9 @@ from gradstore.files import remove_tree
 from gradstore.worker.stages import (
     BuildGone,
     fail_build,
+    fail_extension,
     finish_unit,
-    is_active,
+    is_live,
     mark_started,
     run_unit,
 )
@@ -127,7 +128,7 @@ class Worker:
 
     def _build_gone(self, claim: Claim) -> bool:
         with self.factory() as session:
-            return not is_active(session.get(Datastore, claim.datastore_id))
+            return not is_live(session.get(Datastore, claim.datastore_id), claim.kind)
 
     def _run_unit(self, claim: Claim, beat: Heartbeat) -> None:
         total = claim.end - claim.start if claim.kind == UnitKind.FEATURIZE else None
@@ -157,7 +158,10 @@ class Worker:
         with transaction(self.factory) as session:
             release_for_retry(session, claim, self.owner, detail)  # first: takes SQLite's lock
             if claim.attempts >= self.settings.max_attempts:
-                fail_build(session, claim.datastore_id, detail)
+                if claim.kind == UnitKind.EXTEND:
+                    fail_extension(session, claim, detail)
+                else:
+                    fail_build(session, claim.datastore_id, detail)
 
     def run(self, once: bool = False, stop: threading.Event | None = None) -> None:
         """Work until stopped (or, with ``once``, until nothing is left to claim).

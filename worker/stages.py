@@ -32,6 +32,24 @@ def is_active(store: Datastore | None) -> TypeIs[Datastore]:
     return store is not None and store.status in ACTIVE_BUILD and not store.cancel_requested
 
 
+def is_live(store: Datastore | None, kind: str) -> TypeIs[Datastore]:
+    """Should a unit of ``kind`` still run: its build is active, or it extends a ready store."""
+    if kind == UnitKind.EXTEND:
+        return (
+            store is not None
+            and store.status == DatastoreStatus.READY
+            and not store.cancel_requested
+        )
+    return is_active(store)
+
+
+def store_methods(config: BuildConfig) -> list[str]:
+    """The methods a store is built to serve: its config's, else the default set."""
+    from gradstore.selection import DEFAULT_METHODS
+
+    return list(config.methods) if config.methods is not None else list(DEFAULT_METHODS)
+
+
 def run_unit(
     session_factory,
     claim: Claim,
@@ -42,12 +60,14 @@ def run_unit(
     """The unit's artifacts, written atomically; no database writes here."""
     with session_factory() as session:
         store = session.get(Datastore, claim.datastore_id)
-        if not is_active(store):
+        if not is_live(store, claim.kind):
             raise BuildGone(f"datastore {claim.datastore_id} is no longer being built")
         dataset = session.get(Dataset, store.dataset_id)
         root, model_path = Path(store.path), store.model_path
         config = BuildConfig.model_validate(store.config)
         warmup_from = list(store.warmup_from or [])
+        unit = session.get(WorkUnit, claim.id)
+        payload = dict(unit.payload or {}) if unit is not None else {}
     if claim.kind == UnitKind.WARMUP:
         build.prepare(root, dataset.path, model_path, config, warmup_from)
         build.run_warmup_stage(root, device=device, progress=progress)
@@ -56,8 +76,25 @@ def run_unit(
         build.featurize_shard(root, shard, device=device, on_batch=on_batch)
     elif claim.kind == UnitKind.INDEX:
         build.build_index(root)
+        _add_method_artifacts(root, store_methods(config), device)
+    elif claim.kind == UnitKind.EXTEND:
+        _add_method_artifacts(root, payload.get("methods", []), device)
     else:
         raise ValueError(f"unknown unit kind {claim.kind!r}")
+
+
+def _add_method_artifacts(root: Path, methods: list[str], device: str | None) -> None:
+    """Compute and finish the artifacts ``methods`` need beyond the gradient features.
+
+    One worker does all of an index or extend unit's artifacts (resumable: units already
+    written are kept, so a unit that lost its worker continues where it stopped).
+    """
+    from gradstore.artifacts import add_artifacts
+    from gradstore.selection import extra_artifacts
+
+    names = extra_artifacts(methods)
+    if names:
+        add_artifacts(root, names, device=device)
 
 
 def mark_started(session: Session, claim: Claim) -> None:
@@ -83,12 +120,12 @@ def finish_unit(session: Session, claim: Claim, owner: str, seconds: float) -> b
     last two shards at once cannot both see the other's shard as unfinished.
     """
     store = session.get(Datastore, claim.datastore_id, with_for_update=True)
-    if not is_active(store):
+    if not is_live(store, claim.kind):
         return False
     if not complete(session, claim, owner, seconds):
         return True  # the lease was lost; its new holder writes the same bytes and advances
     session.refresh(store)  # SQLite: under the write lock now, so a racing cancel shows
-    if not is_active(store):
+    if not is_live(store, claim.kind):
         return False
     root = Path(store.path)
     if claim.kind == UnitKind.WARMUP:
@@ -98,6 +135,7 @@ def finish_unit(session: Session, claim: Claim, owner: str, seconds: float) -> b
     elif claim.kind == UnitKind.INDEX:
         manifest = GradstoreDatastore.open(root, verify=False).manifest
         store.status = DatastoreStatus.READY
+        store.methods = store_methods(BuildConfig.model_validate(store.config))
         store.dim = manifest.dim
         store.num_examples = manifest.num_examples
         store.checkpoints = [
@@ -105,6 +143,10 @@ def finish_unit(session: Session, claim: Claim, owner: str, seconds: float) -> b
             for c in manifest.checkpoints
         ]
         store.error = None
+    elif claim.kind == UnitKind.EXTEND:
+        unit = session.get(WorkUnit, claim.id)
+        added = (unit.payload or {}).get("methods", []) if unit is not None else []
+        store.methods = sorted(set(store.methods or []) | set(added))
     return True
 
 
@@ -154,6 +196,16 @@ def _add_index_unit(session: Session, store: Datastore) -> None:
     except IntegrityError:  # another worker finished the last shard at the same moment
         return
     store.status = DatastoreStatus.INDEX
+
+
+def fail_extension(session: Session, claim: Claim, error: str) -> None:
+    """Adding methods failed for good: the unit is failed, the store serves what it had."""
+    unit = session.get(WorkUnit, claim.id)
+    if unit is not None:
+        unit.state = UnitState.FAILED
+        unit.error = error
+        unit.lease_owner = None
+        unit.lease_expires_at = None
 
 
 def fail_build(session: Session, datastore_id: str, error: str) -> None:

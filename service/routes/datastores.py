@@ -13,13 +13,17 @@ from gradstore.api_models import (
     DatastorePage,
     DatastorePublic,
     DatastoreStatus,
+    MethodsRequest,
     SelectRequest,
     SelectResponse,
     UnitKind,
 )
+from gradstore.config import BuildConfig
 from gradstore.db.models import Datastore, SelectionRecord, UnitState, WorkUnit
 from gradstore.errors import (
+    ConflictError,
     InvalidInputError,
+    MissingArtifactError,
     NotFoundError,
     NotReadyError,
     PayloadTooLargeError,
@@ -58,8 +62,38 @@ def public(store: Datastore) -> dict:
         "error": store.error,
         "skipped": store.skipped or [],
         "config": store.config,
+        "methods": store.methods or [],
+        "pending_methods": pending_methods(store),
         "created_at": store.created_at,
     }
+
+
+def pending_methods(store: Datastore) -> list[str]:
+    """Methods of extend units not yet done (nor failed) on this store."""
+    from sqlalchemy.orm import object_session
+
+    session = object_session(store)
+    if session is None:
+        return []
+    payloads = session.scalars(
+        select(WorkUnit.payload).where(
+            WorkUnit.datastore_id == store.id,
+            WorkUnit.kind == UnitKind.EXTEND,
+            WorkUnit.state.in_((UnitState.PENDING, UnitState.RUNNING)),
+        )
+    ).all()
+    return sorted({m for p in payloads for m in (p or {}).get("methods", [])})
+
+
+def check_methods(methods: list[str]) -> list[str]:
+    """Known method names, deduplicated in order; an unknown one is a 422 naming it."""
+    from gradstore.selection import extra_artifacts
+
+    unique = list(dict.fromkeys(methods))
+    for name in unique:
+        get_method(name)
+    extra_artifacts(unique)
+    return unique
 
 
 def get_store_or_404(session, datastore_id: str) -> Datastore:
@@ -81,6 +115,8 @@ def create_datastore(
         if not Path(directory).is_dir():
             raise InvalidInputError(f"warmup_from {directory!r} is not a local directory")
     config = body.build_config()
+    if config.methods is not None:
+        config = config.model_copy(update={"methods": check_methods(config.methods)})
     if not (Path(body.model.path) / "config.json").is_file():
         raise InvalidInputError(
             f"model.path {body.model.path!r} has no config.json: give a directory saved with "
@@ -141,6 +177,52 @@ def delete_datastore(datastore_id: str, session: SessionDep, engines: EnginesDep
     return Response(status_code=204)
 
 
+@router.post("/{datastore_id}/methods", status_code=202, response_model=DatastorePublic)
+def add_methods(datastore_id: str, body: MethodsRequest, response: Response, session: SessionDep):
+    """Make a ready store serve more methods: compute the artifacts they need, nothing else.
+
+    The store stays ready and its methods keep answering while workers add the artifacts
+    (one ``extend`` work unit, leased like a build's); the new methods answer once
+    ``pending_methods`` no longer lists them. Gradient feature kinds are made by the build
+    only: a method that needs a kind the store lacks is a 409.
+    """
+    from gradstore.artifacts import ARTIFACTS
+    from gradstore.selection import method_requirements
+
+    store = get_store_or_404(session, datastore_id)
+    methods = check_methods(body.methods)
+    if store.status != DatastoreStatus.READY:
+        raise NotReadyError(f"datastore {datastore_id} is {store.status}; add methods once ready")
+    kinds = set(BuildConfig.model_validate(store.config).pool_features)
+    for method in methods:
+        for artifact in method_requirements(method).artifacts:
+            if not ARTIFACTS[artifact].extendable and artifact.split(".", 1)[-1] not in kinds:
+                raise ConflictError(
+                    f"method {method!r} needs {artifact!r}, which only a build makes: create "
+                    f"a datastore whose pool_features include {artifact.split('.', 1)[-1]!r}"
+                )
+    new = [m for m in methods if m not in (store.methods or [])]
+    response.headers["Location"] = f"/v1/datastores/{store.id}"
+    if not new:
+        response.status_code = 200
+        return public(store)
+    count = session.scalar(
+        select(func.count()).where(
+            WorkUnit.datastore_id == store.id, WorkUnit.kind == UnitKind.EXTEND
+        )
+    )
+    session.add(
+        WorkUnit(
+            datastore_id=store.id,
+            kind=UnitKind.EXTEND,
+            checkpoint=int(count or 0),  # one unit per request (unique with kind and start)
+            payload={"methods": new},
+        )
+    )
+    session.commit()
+    return public(store)
+
+
 @router.post("/{datastore_id}/select", response_model=SelectResponse)
 def select_training_data(
     datastore_id: str,
@@ -171,9 +253,14 @@ def select_training_data(
 
     with SELECT_SECONDS.labels(body.method).time():
         engine = engines.get(store.id, store.path)
-        result = run_selection(
-            engine, targets, body.method, body.top_k, body.fraction, body.options
-        )
+        try:
+            result = run_selection(
+                engine, targets, body.method, body.top_k, body.fraction, body.options
+            )
+        except MissingArtifactError as exc:  # the fix names this store's own URL
+            exc.detail = exc.detail.replace("{id}", store.id)
+            exc.args = (exc.detail,)
+            raise
     session.add(
         SelectionRecord(
             datastore_id=store.id,
