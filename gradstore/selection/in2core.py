@@ -90,6 +90,7 @@ class In2Core(SelectionMethod):
             directions,
             norms,
             featurizer.layer_sizes,
+            engine.scanner.device,
         )
         request.timings["search"] = (time.perf_counter() - started) * 1000
         targets = [request.targets[p] for p in positions]

@@ -126,7 +126,9 @@ class InfluenceDistillation(SelectionMethod):
         exact = directions @ targets.T  # (L, m)
         blocks = [np.asarray(b.arrays[0]) for b in engine.datastore.artifact_blocks(EMBEDDINGS)]
         landmarks = _rows_of(blocks, rows)
-        scores = propagate(iter(blocks), n, landmarks, exact, options.damping)
+        scores = propagate(
+            iter(blocks), n, landmarks, exact, options.damping, engine.scanner.device
+        )
         return scores, len(rows)
 
     def weights(

@@ -14,6 +14,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
+import torch
+
+from gradstore.search import _as_tensor
 
 DAMPING = 1e-2
 MEDIAN_SAMPLE = 1000  # landmarks used for the median heuristic (the reference's cap)
@@ -55,14 +58,24 @@ def propagate(
     landmarks: np.ndarray,
     p_landmarks: np.ndarray,
     damping: float = DAMPING,
+    device: str | torch.device = "cpu",
 ) -> np.ndarray:
-    """p̂ (n, m) for the pool whose embeddings come as consecutive row ``blocks``."""
+    """p̂ (n, m) for the pool whose embeddings come as consecutive row ``blocks``.
+
+    The (L, L) solve is float64 on the CPU; the (n, L) kernel rows are float32 products on
+    ``device``, block by block (at n = 100k, L = 4096 they are the method's main cost).
+    """
     coefficients, width = landmark_coefficients(landmarks, p_landmarks, damping)
+    anchors = torch.as_tensor(landmarks, dtype=torch.float32, device=device)
+    anchor_squares = (anchors * anchors).sum(1)
+    solved = torch.as_tensor(coefficients, dtype=torch.float32, device=device)
     out = np.empty((n, coefficients.shape[1]))
     start = 0
     for block in blocks:
-        rows = np.asarray(block, dtype=np.float32)
-        out[start : start + len(rows)] = rbf(rows, landmarks, width) @ coefficients
+        rows = _as_tensor(np.asarray(block)).to(device=device, dtype=torch.float32)
+        d2 = (rows * rows).sum(1)[:, None] + anchor_squares[None, :] - 2 * rows @ anchors.T
+        kernel = torch.exp(-d2.clamp_(min=0) / (2 * width**2))
+        out[start : start + len(rows)] = (kernel @ solved).double().cpu().numpy()
         start += len(rows)
     if start != n:
         raise ValueError(f"the embedding blocks hold {start} rows, the pool {n}")

@@ -25,7 +25,7 @@ def test_streamed_propagation_equals_the_dense_formula():
     p = rng.normal(size=(10, 3))
     blocks = [embeddings[i : i + 7] for i in range(0, 41, 7)]
     got = propagate(iter(blocks), 41, embeddings[rows], p)
-    np.testing.assert_allclose(got, reference_propagate(embeddings, rows, p), rtol=1e-6)
+    np.testing.assert_allclose(got, reference_propagate(embeddings, rows, p), rtol=1e-4, atol=1e-5)
     # landmarks are nearly interpolated (damping 1e-2)
     assert np.corrcoef(got[rows].ravel(), p.ravel())[0, 1] > 0.99
 
