@@ -28,6 +28,7 @@ import torch
 from gradstore.search import _as_tensor
 
 DAMPING = 0.1  # DataInf's λ_l = 0.1 · mean ‖g_l‖² / p_l
+CHUNK_ROWS = 128  # pool rows widened to fp32 at a time (in cache, like FeatureScanner)
 
 # one block of pool rows: (first row, directions (b, L, d) unit rows, norms (b, L))
 PoolBlock = tuple[int, np.ndarray, np.ndarray]
@@ -90,22 +91,32 @@ def datainf_scores(
     u = torch.zeros(num_layers, v.shape[0], dim, dtype=torch.float64, device=device)
     first = torch.empty(n, v.shape[0], dtype=torch.float64, device=device)
 
-    def rows(directions: np.ndarray, norms: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        d = _as_tensor(np.asarray(directions)).to(device=device, dtype=torch.float32)
-        s = _as_tensor(np.asarray(norms)).to(device=device, dtype=torch.float32)
-        return d * s[:, :, None], s.double()
+    def chunks():
+        """(first row, directions (r, L, d) float32 in a reused buffer, norms (r, L) float64):
+        the pool widened from fp16 a cache-sized chunk at a time, as ``FeatureScanner``."""
+        buffer = torch.empty(CHUNK_ROWS, num_layers, dim, device=device)
+        for start, directions, norms in blocks():
+            for offset in range(0, len(norms), CHUNK_ROWS):
+                end = min(offset + CHUNK_ROWS, len(norms))
+                rows = buffer[: end - offset]
+                rows.copy_(_as_tensor(np.asarray(directions[offset:end])))
+                s = _as_tensor(np.asarray(norms[offset:end])).to(device=device).double()
+                yield start + offset, rows, s
 
-    for start, directions, norms in blocks():  # pass 1: a_kl and u_l
-        g, s = rows(directions, norms)
-        a = torch.einsum("bld,mld->blm", g, v).double()  # (b, L, m)
-        first[start : start + len(g)] = (a / damping[None, :, None]).sum(dim=1)
-        c = a / (damping[None, :, None] + s[:, :, None] ** 2)
-        u += torch.einsum("blm,bld->lmd", c, g.double())
-    u = u / (n * damping[:, None, None])
+    # g_kl = s_kl · d_kl: the norms scale the small products, never the (r, L, d) rows
+    for start, d, s in chunks():  # pass 1: a_kl and u_l
+        end = start + len(d)
+        first[start:end] = 0
+        for layer in range(num_layers):
+            a = (d[:, layer] @ v[:, layer].T).double() * s[:, layer, None]  # (r, m)
+            first[start:end] += a / damping[layer]
+            c = a / (damping[layer] + s[:, layer, None] ** 2) * s[:, layer, None]
+            u[layer] += (c.float().T @ d[:, layer]).double()
+    u = (u / (n * damping[:, None, None])).float()
     out = torch.empty(n, v.shape[0], dtype=torch.float64, device=device)
-    u32 = u.float()
-    for start, directions, norms in blocks():  # pass 2: −I(k) = Σ_l h_l·g_kl
-        g, _ = rows(directions, norms)
-        second = torch.einsum("bld,lmd->bm", g, u32).double()
-        out[start : start + len(g)] = first[start : start + len(g)] - second
+    for start, d, s in chunks():  # pass 2: −I(k) = Σ_l h_l·g_kl
+        end = start + len(d)
+        out[start:end] = first[start:end]
+        for layer in range(num_layers):
+            out[start:end] -= (d[:, layer] @ u[layer].T).double() * s[:, layer, None]
     return out.cpu().numpy()
