@@ -14,6 +14,7 @@ On the quality benchmark's standard toy store (built or reused by ``gradstore.de
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import statistics
@@ -92,9 +93,9 @@ def landmark_agreement(engine, targets, counts) -> dict[str, dict[str, float]]:
 
     exact = matrix({})
     out = {}
-    for count in counts:
-        approx = matrix({"mode": "landmark", "landmarks": count})
-        out[str(count)] = {
+    for embeddings, count in itertools.product(("hidden_states", "gradients.sgd"), counts):
+        approx = matrix({"mode": "landmark", "landmarks": count, "embeddings": embeddings})
+        out[f"{embeddings}, L={count}"] = {
             "pearson": round(float(pearsonr(exact.ravel(), approx.ravel()).statistic), 3),
             "spearman": round(
                 float(

@@ -33,7 +33,7 @@ from gradstore.selection.qp import solve_weights
 from gradstore.selection.scores import ScoreMatrix
 from gradstore.store import TokenStore
 
-EMBEDDINGS = "hidden_states"
+EmbeddingName = Literal["hidden_states", "gradients.adam", "gradients.sgd"]
 
 
 class InfluenceDistillationOptions(MethodOptions):
@@ -51,6 +51,11 @@ class InfluenceDistillationOptions(MethodOptions):
         4096, ge=2, description="Landmark examples in 'landmark' mode (at most the pool)."
     )
     landmark_seed: int = Field(0, description="Seed of the landmark sample.")
+    embeddings: EmbeddingName = Field(
+        "hidden_states",
+        description="What 'landmark' mode propagates over: the RDS+ embeddings (forward "
+        "passes only) or a LESS store's gradient features (every checkpoint concatenated).",
+    )
     damping: float = Field(
         DAMPING, gt=0, description="Kernel ridge damping δ, relative to the kernel's diagonal."
     )
@@ -82,7 +87,7 @@ class InfluenceDistillation(SelectionMethod):
     default = False  # 'exact' needs a backward pass over the pool
 
     def artifacts(self, options: InfluenceDistillationOptions) -> tuple[str, ...]:  # type: ignore[override]
-        return (UPDATE_DIRECTIONS,) if options.mode == "exact" else (EMBEDDINGS,)
+        return (UPDATE_DIRECTIONS,) if options.mode == "exact" else (options.embeddings,)
 
     def score(self, engine: QueryEngine, request: ScoreRequest) -> ScoreMatrix:
         options: InfluenceDistillationOptions = request.options  # type: ignore[assignment]
@@ -124,7 +129,7 @@ class InfluenceDistillation(SelectionMethod):
                 [tokens[int(r)] for r in rows], ("adam",)
             )["adam"]
         exact = directions @ targets.T  # (L, m)
-        blocks = [np.asarray(b.arrays[0]) for b in engine.datastore.artifact_blocks(EMBEDDINGS)]
+        blocks = embedding_blocks(engine, options.embeddings)
         landmarks = _rows_of(blocks, rows)
         scores = propagate(
             iter(blocks), n, landmarks, exact, options.damping, engine.scanner.device
@@ -141,12 +146,40 @@ class InfluenceDistillation(SelectionMethod):
         return solve_weights(alignments, opts.eta, opts.l2)
 
 
+def embedding_blocks(engine: QueryEngine, name: str) -> list[np.ndarray]:
+    """Row blocks of the embeddings, memory-mapped; gradient features concatenated over the
+    checkpoints one block at a time (a block is the only copy)."""
+    if name.startswith("gradients."):
+        kind = name.split(".", 1)[1]
+        return _Concatenated(engine.datastore.feature_blocks(kind))  # type: ignore[return-value]
+    return [np.asarray(b.arrays[0]) for b in engine.datastore.artifact_blocks(name)]
+
+
+class _Concatenated:
+    """A re-iterable list-like of (rows, N·d) blocks, each built when it is read."""
+
+    def __init__(self, blocks):
+        self.blocks = list(blocks)
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return np.concatenate([np.asarray(a) for a in self.blocks[i].arrays], axis=1)
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
 def _rows_of(blocks: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
     """The given pool rows of consecutive row blocks, float32 (len(rows), dim)."""
-    out = np.empty((len(rows), blocks[0].shape[1]), dtype=np.float32)
+    out: np.ndarray | None = None
     start = 0
     for block in blocks:
+        if out is None:
+            out = np.empty((len(rows), block.shape[1]), dtype=np.float32)
         inside = np.flatnonzero((rows >= start) & (rows < start + len(block)))
         out[inside] = block[rows[inside] - start]
         start += len(block)
+    assert out is not None, "no embedding rows"
     return out

@@ -67,6 +67,13 @@ def test_landmark_scores_follow_the_exact_scores_on_a_toy_store(toy_store):
     )
     print(f"landmark (L={n // 2} of {n}) vs exact: Pearson {pearson:.3f}, Spearman {spearman:.3f}")
     assert pearson > 0.5 and spearman > 0.3
+    # a LESS store's gradient features are a far better embedding than the hidden states
+    over_gradients = score_matrix(
+        engine, targets, {"mode": "landmark", "landmarks": n // 2, "embeddings": "gradients.adam"}
+    ).scores
+    pearson_gradients = pearsonr(exact.ravel(), over_gradients.ravel()).statistic
+    print(f"over gradients.adam: Pearson {pearson_gradients:.3f}")
+    assert pearson_gradients > pearson
     # and the selection runs end to end in both modes, weights summing to the budget
     for mode in ("exact", "landmark"):
         result = run_selection(engine, targets, "influence_distillation", top_k=10,
