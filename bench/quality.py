@@ -220,6 +220,7 @@ def main() -> None:
     parser.add_argument(
         "--only", help="Comma-separated method labels (random is always kept); no baselines."
     )
+    parser.add_argument("--variant", choices=VARIANTS, help="One corpus only (default both).")
     parser.add_argument("--no-fine-tuning", action="store_true", help="Precision and latency only.")
     args = parser.parse_args()
     methods = METHODS
