@@ -42,6 +42,7 @@ METHODS: list[tuple[str, str, dict[str, Any]]] = [
     ("less", "less", {}),
     ("less (sgd pool)", "less", {"pool_features": "sgd"}),
     *[(name, name, {}) for name in REGISTERED if name != "less"],
+    ("infdist (landmark 128)", "influence_distillation", {"mode": "landmark", "landmarks": 128}),
 ]
 TARGETS_PER_FAMILY = 8
 
@@ -64,7 +65,8 @@ def toy_store(
     pretraining_steps: int | None = None,
     progress: bool = True,
 ) -> ToyStore:
-    """Toy assets and a datastore serving every default method, built once and reused."""
+    """Toy assets and a datastore serving every registered method, built once and reused
+    (a store built before a method registered gains its artifacts)."""
     from gradstore.toy.model import ensure_toy_assets
 
     started = time.perf_counter()
@@ -83,7 +85,12 @@ def toy_store(
     built = time.perf_counter()
     if not (store / MANIFEST).exists():
         shutil.rmtree(store, ignore_errors=True)
-        build_all(store, corpus, model_dir, config, progress=progress)
+        build_all(store, corpus, model_dir, config, progress=progress, methods=list(REGISTERED))
+    else:
+        from gradstore.artifacts import add_artifacts
+        from gradstore.selection import extra_artifacts
+
+        add_artifacts(store, extra_artifacts(REGISTERED), progress=progress)
     return ToyStore(corpus, model_dir, store, assets_s, time.perf_counter() - built)
 
 

@@ -236,7 +236,10 @@ def test_fraction_budget_and_baselines(built):
 
 def test_bad_requests_are_clear(built):
     engine = QueryEngine(Datastore.open(built[0] / "store"))
-    with pytest.raises(UnknownMethodError, match="known: bm25, dsir, less, random, rds"):
+    with pytest.raises(
+        UnknownMethodError,
+        match="known: bm25, dsir, in2core, influence_distillation, less, random, rds",
+    ):
         run_selection(engine, TARGETS, "nope", top_k=3)
     with pytest.raises(InvalidInputError, match="exactly one"):
         run_selection(engine, TARGETS, "less", top_k=3, fraction=0.1)

@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from gradstore.errors import InvalidInputError, UnknownMethodError
 from gradstore.examples import Example
 from gradstore.selection.base import (
@@ -25,12 +27,24 @@ from gradstore.selection.base import (
 )
 from gradstore.selection.baselines import Bm25Selection, RandomSelection
 from gradstore.selection.dsir import Dsir
+from gradstore.selection.in2core import In2Core
+from gradstore.selection.influence_distillation import InfluenceDistillation
 from gradstore.selection.less import Less
-from gradstore.selection.policies import PER_TARGET_POLICIES, POLICIES
+from gradstore.selection.policies import PER_TARGET_POLICIES, POLICIES, Pick
 from gradstore.selection.rds import Rds
+from gradstore.selection.scores import ScoreMatrix
 
 METHODS: dict[str, SelectionMethod] = {
-    m.name: m for m in (Less(), RandomSelection(), Bm25Selection(), Rds(), Dsir())
+    m.name: m
+    for m in (
+        Less(),
+        RandomSelection(),
+        Bm25Selection(),
+        Rds(),
+        Dsir(),
+        In2Core(),
+        InfluenceDistillation(),
+    )
 }
 # what a store serves when created without a method list: every method whose artifacts cost
 # less than the gradient features (today all of them)
@@ -88,6 +102,15 @@ def extra_artifacts(methods: Iterable[str]) -> list[str]:
     return sorted(a for a in names if ARTIFACTS[a].extendable)
 
 
+def candidate_positions(matrix: ScoreMatrix, picks: list[Pick]) -> np.ndarray:
+    """The score-matrix rows of the picked pool rows, in pick order."""
+    rows = np.array([p.row for p in picks], dtype=np.int64)
+    if matrix.rows is None:
+        return rows
+    where = {int(r): i for i, r in enumerate(matrix.rows)}
+    return np.array([where[int(r)] for r in rows], dtype=np.int64)
+
+
 def run_selection(
     engine,
     targets: list[Example],
@@ -108,7 +131,16 @@ def run_selection(
     ranking = time.perf_counter()
     picks = POLICIES[parsed.aggregate](matrix, k)
     ids = engine.datastore.ids
-    selected = [Selected(ids[p.row], p.score, matrix.subtasks[p.subtask]) for p in picks]
+    weights = selector.weights(matrix, candidate_positions(matrix, picks), parsed)
+    selected = [
+        Selected(
+            ids[p.row],
+            p.score,
+            matrix.subtasks[p.subtask],
+            None if weights is None else float(weights[i]),
+        )
+        for i, p in enumerate(picks)
+    ]
     timings = dict(request.timings)
     timings["rank"] = (time.perf_counter() - ranking) * 1000
     timings["total"] = (time.perf_counter() - started) * 1000

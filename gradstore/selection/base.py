@@ -13,6 +13,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gradstore.errors import InvalidInputError
@@ -45,6 +46,7 @@ class Selected:
     id: str
     score: float
     subtask: str
+    weight: float | None = None  # per-example training weight, for methods that give one
 
 
 @dataclass
@@ -93,6 +95,13 @@ class SelectionMethod:
     def score(self, engine: QueryEngine, request: ScoreRequest) -> ScoreMatrix:
         """Scores of the pool (or of candidates that surely hold the best ``request.k``)."""
         raise NotImplementedError
+
+    def weights(
+        self, matrix: ScoreMatrix, positions: np.ndarray, options: MethodOptions
+    ) -> np.ndarray | None:
+        """Training weights of the selected candidates (``positions`` index the matrix's
+        rows, in selection order), or None for methods that only rank."""
+        return None
 
 
 def budget_to_k(num_examples: int, top_k: int | None, fraction: float | None) -> int:
