@@ -24,13 +24,14 @@ from gradstore.selection.base import (
     budget_to_k,
 )
 from gradstore.selection.baselines import Bm25Selection, RandomSelection
+from gradstore.selection.delift import Delift
 from gradstore.selection.dsir import Dsir
 from gradstore.selection.less import Less
 from gradstore.selection.policies import PER_TARGET_POLICIES, POLICIES
 from gradstore.selection.rds import Rds
 
 METHODS: dict[str, SelectionMethod] = {
-    m.name: m for m in (Less(), RandomSelection(), Bm25Selection(), Rds(), Dsir())
+    m.name: m for m in (Less(), RandomSelection(), Bm25Selection(), Rds(), Dsir(), Delift())
 }
 # what a store serves when created without a method list: every method whose artifacts cost
 # less than the gradient features (today all of them)

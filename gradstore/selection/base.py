@@ -76,6 +76,9 @@ class SelectionMethod:
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     model: ClassVar[ModelNeed] = "none"
     default: ClassVar[bool] = True  # served by a store created without a method list
+    # scores are marginal gains of a set function: an example identical to one already
+    # picked gains nothing, so duplicates do not tie (the contract checks their order only)
+    set_function: ClassVar[bool] = False
 
     def parse_options(self, options: dict[str, Any] | None) -> MethodOptions:
         try:
