@@ -38,6 +38,18 @@ class MethodOptions(BaseModel):
         "subtasks), or 'round_robin' (subtasks, and the target points within each, take turns "
         "picking their best remaining candidate).",
     )
+    diversity: Literal["none", "facility_location"] = Field(
+        "none",
+        description="'facility_location': pick among the best diversity_candidates × k by the "
+        "method's score plus facility location over their gradient-feature kernel, so "
+        "near-duplicates are not all taken.",
+    )
+    diversity_weight: float = Field(
+        0.5, ge=0, le=1, description="Trade-off λ: 0 the method's ranking, 1 pure coverage."
+    )
+    diversity_candidates: float = Field(
+        4.0, ge=1, le=100, description="Candidates for the diversity policy, as a multiple of k."
+    )
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,8 @@ class SelectionResult:
     num_candidates: int
     timings_ms: dict[str, float] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    # with ``explain``: {"examples": [...], "targets": [...]} (see ``selection.explain``)
+    explanation: dict[str, Any] | None = None
 
 
 @dataclass
