@@ -3,10 +3,12 @@
 The toy pool gets, in every skill family, a seeded tenth of its examples copied ``COPIES``
 times (half exact copies, half with one extra space in the prompt: the same example to any
 selector, under another ID). Then for every method, with ``diversity`` off and with
-``facility_location`` (default trade-off, and λ = 0.8), each family's targets select 5%:
+``facility_location`` (the defaults, λ = 0.5 and τ = 0.8, and τ = 0: facility location on
+the plain cosine), each family's targets select 5%:
 
 - redundant picks: selected examples beyond the first of their duplicate group, per query;
-- precision: the share of the selection from the target's family.
+- precision: the share of the selection from the target's family (copies count);
+- distinct precision: in-family examples selected, each duplicate group once, over k.
 
 Also the cost of DELIFT's kernel artifact (pair forwards, seconds) beside the build's.
 
@@ -39,8 +41,8 @@ from gradstore.toy.model import ensure_toy_assets
 COPIES = 3
 SETTINGS = {
     "off": {},
-    "fl λ=0.5": {"diversity": "facility_location"},
-    "fl λ=0.8": {"diversity": "facility_location", "diversity_weight": 0.8},
+    "fl τ=0.8": {"diversity": "facility_location"},  # the defaults: λ = 0.5, τ = 0.8
+    "fl τ=0": {"diversity": "facility_location", "diversity_threshold": 0.0},
 }
 
 
@@ -60,6 +62,11 @@ def plant_duplicates(pool: list[Example], seed: int = 0) -> tuple[list[Example],
                 group[copy.id] = original.id
                 out.insert(rng.randrange(len(out) + 1), copy)
     return out, group
+
+
+def distinct_hits(selected: list[str], group: dict[str, str], family: dict[str, str], want):
+    """In-family examples selected, each duplicate group counted once."""
+    return len({group.get(i, i) for i in selected if family[i] == want})
 
 
 def redundant(selected: list[str], group: dict[str, str]) -> int:
@@ -98,13 +105,16 @@ def main() -> None:
         started = time.perf_counter()
         add_artifacts(store, ["delift_kernel"])
         kernel_s = time.perf_counter() - started
+        (store / "bench-timings.json").write_text(json.dumps([build_s, kernel_s]))
+    elif (store / "bench-timings.json").exists():
+        build_s, kernel_s = json.loads((store / "bench-timings.json").read_text())
     pool_family = {e.id: family_of(e) for e in pool}
     targets = generate_targets(1, TARGETS_PER_FAMILY, exclude=pool)
     engine = QueryEngine(Datastore.open(store))
     rows = {}
     for label, method, options in METHODS:
         for setting, extra in SETTINGS.items():
-            dup, precision = [], []
+            dup, precision, distinct = [], [], []
             for family in FAMILIES:
                 result = run_selection(
                     engine, [t for t in targets if t.subtask == family], method,
@@ -113,9 +123,11 @@ def main() -> None:
                 ids = [s.id for s in result.selected]
                 dup.append(redundant(ids, group))
                 precision.append(sum(pool_family[i] == family for i in ids) / len(ids))
+                distinct.append(distinct_hits(ids, group, pool_family, family) / len(ids))
             rows[f"{label} | {setting}"] = {
                 "redundant_per_query": round(statistics.fmean(dup), 2),
                 "precision": round(statistics.fmean(precision), 3),
+                "distinct_precision": round(statistics.fmean(distinct), 3),
             }
             print(f"{label:18s} {setting:9s} {rows[f'{label} | {setting}']}", flush=True)
     n = len(pool)

@@ -118,7 +118,7 @@ def run_selection(
     if parsed.diversity == "facility_location":
         picks = diversify(
             engine, matrix, parsed.aggregate, k,
-            parsed.diversity_weight, parsed.diversity_candidates,
+            parsed.diversity_weight, parsed.diversity_candidates, parsed.diversity_threshold,
         )  # fmt: skip
     else:
         picks = POLICIES[parsed.aggregate](matrix, k)

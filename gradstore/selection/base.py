@@ -50,6 +50,13 @@ class MethodOptions(BaseModel):
     diversity_candidates: float = Field(
         4.0, ge=1, le=100, description="Candidates for the diversity policy, as a multiple of k."
     )
+    diversity_threshold: float = Field(
+        0.8,
+        ge=0,
+        le=1,
+        description="Cosine of gradient features above which two candidates count as "
+        "redundant (rescaled to [0, 1] above it); 0: plain cosine facility location.",
+    )
 
 
 @dataclass(frozen=True)

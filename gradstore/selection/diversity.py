@@ -7,11 +7,15 @@ candidates C, and k of them are picked greedily for
 
     λ · Σ_{i∈C} max_{j∈A} K_ij + (1 − λ) · Σ_{j∈A} s_j
 
-with K the clipped cosine kernel of the candidates' gradient features (LESS's similarity,
-each candidate keeping its ``NEIGHBOURS`` most similar), s the method's scores min-max
+with K the *redundancy* of two candidates, their gradient features' cosine (LESS's
+similarity) above a threshold τ rescaled to [0, 1] — (cos − τ) / (1 − τ), clipped — each
+candidate keeping its ``NEIGHBOURS`` most similar, s the method's scores min-max
 scaled over C (for round-robin, the pick order: 1 for the first, falling to 0) and λ
 ``diversity_weight``. A copy of a picked example covers nothing new, so it wins only by its
-score. λ = 0 is the method's own ranking; λ = 1 pure facility location over C.
+score. λ = 0 is the method's own ranking; λ = 1 pure facility location over C. τ = 0 is
+facility location on the plain (clipped) cosine; it also spreads the picks away from the
+target's own skill, whose examples are similar in gradient space too, and cost precision on
+the toy bench (docs/benchmarks.md), so the default τ = 0.8 counts only near-copies.
 """
 
 from __future__ import annotations
@@ -28,8 +32,17 @@ NEIGHBOURS = 16  # most similar candidates each candidate keeps in the kernel
 BLOCK = 1024  # candidate rows multiplied at a time
 
 
-def candidate_kernel(features: np.ndarray, width: int = NEIGHBOURS) -> SparseKernel:
-    """Clipped cosine of every candidate with its ``width`` most similar (itself included)."""
+def redundancy(cosine: np.ndarray, threshold: float) -> np.ndarray:
+    """(cos − τ) / (1 − τ) clipped to [0, 1]: 1 for a copy, 0 at or below τ."""
+    if threshold >= 1:
+        return (cosine >= 1).astype(np.float64)
+    return np.clip((cosine - threshold) / (1 - threshold), 0.0, 1.0)
+
+
+def candidate_kernel(
+    features: np.ndarray, width: int = NEIGHBOURS, threshold: float = 0.0
+) -> SparseKernel:
+    """``redundancy`` of every candidate with its ``width`` most similar (itself: 1)."""
     c = features.shape[0]
     width = min(width, c)
     neighbours = np.empty((c, width), dtype=np.int64)
@@ -40,7 +53,8 @@ def candidate_kernel(features: np.ndarray, width: int = NEIGHBOURS) -> SparseKer
             i = start + offset
             row[i] = max(row[i], 1.0)  # a candidate represents itself fully
             order = np.lexsort((np.arange(c), -row))[:width]
-            neighbours[i], values[i] = order, np.clip(row[order], 0.0, 1.0)
+            kept = redundancy(row[order], threshold)
+            neighbours[i], values[i] = np.where(kept > 0, order, -1), kept
     return SparseKernel.from_neighbours(neighbours, values, c)
 
 
@@ -62,14 +76,22 @@ def weighted_features(engine, rows: np.ndarray) -> np.ndarray:
     return features * scale[None, :]
 
 
-def diversify(engine, matrix: ScoreMatrix, policy: str, k: int, weight: float, factor: float):
+def diversify(
+    engine,
+    matrix: ScoreMatrix,
+    policy: str,
+    k: int,
+    weight: float,
+    factor: float,
+    threshold: float = 0.0,
+) -> list[Pick]:
     """The k picks (in greedy order) of the trade-off above among the policy's best."""
     size = min(matrix.num_candidates, max(k, math.ceil(factor * k)))
     candidates = POLICIES[policy](matrix, size)
     if len(candidates) <= k and weight == 0:
         return candidates[:k]
     rows = np.array([p.row for p in candidates], dtype=np.int64)
-    kernel = candidate_kernel(weighted_features(engine, rows))
+    kernel = candidate_kernel(weighted_features(engine, rows), threshold=threshold)
     objective = Objective(weight=weight, modular=(1 - weight) * scaled_scores(candidates, policy))
     order, _ = lazy_greedy(kernel, k, objective)
     return [candidates[int(i)] for i in order]

@@ -24,30 +24,38 @@ def ids_of(result):
     return [s.id for s in result.selected]
 
 
-def test_candidate_kernel_is_the_clipped_cosine_of_each_ones_nearest():
+def test_candidate_kernel_is_the_redundancy_of_each_ones_nearest():
     rng = np.random.default_rng(0)
     features = rng.normal(size=(9, 4)).astype(np.float32)
     features /= np.linalg.norm(features, axis=1, keepdims=True)
-    dense = candidate_kernel(features, width=3).to_dense()
-    cosine = np.clip(features.astype(np.float64) @ features.T.astype(np.float64), 0, 1)
-    for i in range(9):
-        kept = np.flatnonzero(dense[i])
-        assert i in kept and len(kept) <= 3
-        np.testing.assert_allclose(dense[i, kept], cosine[i, kept], atol=1e-6)
-        others = np.setdiff1d(np.arange(9), kept)
-        assert cosine[i, others].max(initial=0) <= cosine[i, kept].min() + 1e-6
+    cosine = features.astype(np.float64) @ features.T.astype(np.float64)
+    for threshold in (0.0, 0.3):
+        dense = candidate_kernel(features, width=3, threshold=threshold).to_dense()
+        expected = np.clip((cosine - threshold) / (1 - threshold), 0, 1)
+        for i in range(9):
+            kept = np.flatnonzero(dense[i])
+            assert i in kept and len(kept) <= 3 and dense[i, i] == 1
+            np.testing.assert_allclose(dense[i, kept], expected[i, kept], atol=1e-6)
+            top3 = np.sort(cosine[i])[-3]
+            assert np.all(cosine[i, kept] >= top3 - 1e-6)  # only its 3 most similar
+            dropped = np.flatnonzero(dense[i] == 0)
+            # dropped: not redundant at all, or not among its 3 most similar
+            assert np.all((expected[i, dropped] == 0) | (cosine[i, dropped] <= top3 + 1e-6))
 
 
 @pytest.mark.parametrize("method", ["less", "rds", "bm25"])
 def test_diversity_is_greedy_facility_location_plus_scaled_score(engine, method):
-    options = {"diversity": "facility_location", "diversity_weight": 0.4, "aggregate": "max"}
+    options = {
+        "diversity": "facility_location", "diversity_weight": 0.4, "aggregate": "max",
+        "diversity_threshold": 0.5,
+    }  # fmt: skip
     result = run_selection(engine, TARGETS, method, top_k=5, options=options)
     plain = run_selection(engine, TARGETS, method, top_k=20, options={"aggregate": "max"})
     row_of = engine.datastore.row_of
     candidates = [Pick(row_of[s.id], s.score, 0, None) for s in plain.selected]
     rows = np.array([p.row for p in candidates])
     features = weighted_features(engine, rows)
-    dense = np.clip(features.astype(np.float64) @ features.T.astype(np.float64), 0, 1)
+    dense = np.clip((features.astype(np.float64) @ features.T.astype(np.float64) - 0.5) / 0.5, 0, 1)
     np.fill_diagonal(dense, 1.0)
     top = np.argsort(-dense, axis=1, kind="stable")[:, :16]
     sparse = np.zeros_like(dense)
