@@ -22,6 +22,7 @@ from gradstore.store import BuildSpec, Datastore, TokenStore
 
 DEFAULT_NEIGHBOURS = 32
 PARTS = ("neighbours", "utility", "base")
+QUERY_BLOCK = 128  # rows whose neighbours one pass over the features finds
 
 
 @lru_cache(maxsize=1)
@@ -39,21 +40,27 @@ def feature_kind(store: Datastore) -> str:
 
 
 def nearest_neighbours(store: Datastore, rows: np.ndarray, k: int) -> np.ndarray:
-    """(len(rows), min(k, n − 1)) rows of each row's nearest neighbours, itself excluded."""
+    """(len(rows), min(k, n − 1)) rows of each row's nearest neighbours, itself excluded.
+
+    Exact: one blockwise pass over the features per ``QUERY_BLOCK`` rows, so memory stays
+    n × ``QUERY_BLOCK`` scores; ties go to the smaller row.
+    """
+    from gradstore.search import FeatureScanner, top_k
+
     kind = feature_kind(store)
     weights = store.checkpoint_weights()
-    queries = store.rows(kind, rows).reshape(len(rows), len(weights), -1)
-    queries = queries * weights[None, :, None]
-    from gradstore.search import FeatureScanner
-
-    scores = FeatureScanner(store).scores(kind, queries.astype(np.float32))  # (n, len(rows))
+    scanner = FeatureScanner(store)
     width = min(k, store.num_examples - 1)
     out = np.empty((len(rows), width), dtype=np.int64)
-    for position, row in enumerate(rows):
-        column = scores[:, position].astype(np.float64)
-        column[row] = -np.inf
-        order = np.lexsort((np.arange(len(column)), -column))
-        out[position] = order[:width]
+    for start in range(0, len(rows), QUERY_BLOCK):
+        block = rows[start : start + QUERY_BLOCK]
+        queries = store.rows(kind, block).reshape(len(block), len(weights), -1)
+        queries = (queries * weights[None, :, None]).astype(np.float32)
+        scores = scanner.scores(kind, queries)  # (n, len(block))
+        for offset, row in enumerate(block):
+            column = scores[:, offset].copy()
+            column[row] = -np.inf
+            out[start + offset] = top_k(column, width)
     return out
 
 

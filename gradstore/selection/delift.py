@@ -28,6 +28,7 @@ from gradstore.artifacts.delift_kernel import DeliftKernel, feature_kind, load_k
 from gradstore.errors import InvalidInputError
 from gradstore.icl_utility import InContextUtility
 from gradstore.query import QueryEngine
+from gradstore.search import top_k
 from gradstore.selection.base import MethodOptions, ScoreRequest, SelectionMethod, target_columns
 from gradstore.selection.scores import ScoreMatrix
 from gradstore.submodular import Objective, SparseKernel, lazy_greedy
@@ -131,10 +132,7 @@ class Delift(SelectionMethod):
         similarity = engine.scanner.scores(kind, (features * weights[None, :, None]))
         n = similarity.shape[0]
         width = min(options.target_neighbours, n)
-        nearest = [
-            np.lexsort((np.arange(n), -similarity[:, q].astype(np.float64)))[:width]
-            for q in range(len(kept))
-        ]
+        nearest = [top_k(similarity[:, q], width) for q in range(len(kept))]
         tokens = engine.cached("delift-tokens", lambda: _token_store(engine))
         model, context, lock = engine.base_model()
         utility = InContextUtility(
