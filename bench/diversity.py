@@ -3,8 +3,8 @@
 The toy pool gets, in every skill family, a seeded tenth of its examples copied ``COPIES``
 times (half exact copies, half with one extra space in the prompt: the same example to any
 selector, under another ID). Then for every method, with ``diversity`` off and with
-``facility_location`` (the defaults, λ = 0.5 and τ = 0.8, and τ = 0: facility location on
-the plain cosine), each family's targets select 5%:
+``facility_location`` (the defaults, λ = 0.2 and τ = 0, and λ = 0.5 with τ = 0.8: copies
+only, weighed more), each family's targets select 5%:
 
 - redundant picks: selected examples beyond the first of their duplicate group, per query;
 - precision: the share of the selection from the target's family (copies count);
@@ -41,8 +41,12 @@ from gradstore.toy.model import ensure_toy_assets
 COPIES = 3
 SETTINGS = {
     "off": {},
-    "fl τ=0.8": {"diversity": "facility_location"},  # the defaults: λ = 0.5, τ = 0.8
-    "fl τ=0": {"diversity": "facility_location", "diversity_threshold": 0.0},
+    "default": {"diversity": "facility_location"},  # λ = 0.2, τ = 0
+    "λ=0.5 τ=0.8": {
+        "diversity": "facility_location",
+        "diversity_weight": 0.5,
+        "diversity_threshold": 0.8,
+    },
 }
 
 
@@ -129,7 +133,7 @@ def main() -> None:
                 "precision": round(statistics.fmean(precision), 3),
                 "distinct_precision": round(statistics.fmean(distinct), 3),
             }
-            print(f"{label:18s} {setting:9s} {rows[f'{label} | {setting}']}", flush=True)
+            print(f"{label:18s} {setting:12s} {rows[f'{label} | {setting}']}", flush=True)
     n = len(pool)
     report = {
         "machine": platform.processor() or platform.machine(),

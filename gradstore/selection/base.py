@@ -45,17 +45,17 @@ class MethodOptions(BaseModel):
         "near-duplicates are not all taken.",
     )
     diversity_weight: float = Field(
-        0.5, ge=0, le=1, description="Trade-off λ: 0 the method's ranking, 1 pure coverage."
+        0.2, ge=0, le=1, description="Trade-off λ: 0 the method's ranking, 1 pure coverage."
     )
     diversity_candidates: float = Field(
         4.0, ge=1, le=100, description="Candidates for the diversity policy, as a multiple of k."
     )
     diversity_threshold: float = Field(
-        0.8,
+        0.0,
         ge=0,
         le=1,
         description="Cosine of gradient features above which two candidates count as "
-        "redundant (rescaled to [0, 1] above it); 0: plain cosine facility location.",
+        "redundant (rescaled to [0, 1] above it); 0 (default): plain cosine facility location.",
     )
 
 
