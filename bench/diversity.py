@@ -83,7 +83,7 @@ def redundant(selected: list[str], group: dict[str, str]) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--work-dir", type=Path, default=Path("bench-data/diversity"))
+    parser.add_argument("--work-dir", type=Path, default=Path(".gradstore/diversity"))
     parser.add_argument("--per-family", type=int, default=50)
     parser.add_argument("--pretraining-steps", type=int, default=250)
     parser.add_argument("--fraction", type=float, default=0.05)
