@@ -18,6 +18,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -67,6 +68,10 @@ def only_trainable(model: nn.Module, names: Sequence[str]) -> Iterator[None]:
             p.requires_grad_(True)
 
 
+if TYPE_CHECKING:
+    from gradstore.projection import RademacherProjector, SparseJLProjector
+
+
 class LayerFeaturizer:
     """Per-block projected gradient directions and unprojected norms of examples.
 
@@ -80,7 +85,7 @@ class LayerFeaturizer:
         model: nn.Module,
         layers: Sequence[int],
         dim: int,
-        make_projector: Callable[[int, int], object],
+        make_projector: Callable[[int, int], SparseJLProjector | RademacherProjector],
         pad_token_id: int,
         batch_size: int,
     ):

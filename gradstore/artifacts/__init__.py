@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gradstore.artifacts.base import ArtifactBuilder, ArtifactUnit, ProgressCallback, UnitResult
+from gradstore.artifacts.delift_kernel import DeliftKernel
 from gradstore.artifacts.gradients import GradientFeatures
 from gradstore.artifacts.hidden_states import HiddenStates
 from gradstore.artifacts.influence import LayerGradients, UpdateDirections
@@ -41,6 +42,7 @@ ARTIFACTS: dict[str, ArtifactBuilder] = {
         NgramCounts(),
         LayerGradients(),
         UpdateDirections(),
+        DeliftKernel(),
     )
 }
 

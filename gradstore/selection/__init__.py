@@ -26,7 +26,11 @@ from gradstore.selection.base import (
     budget_to_k,
 )
 from gradstore.selection.baselines import Bm25Selection, RandomSelection
+from gradstore.selection.delift import Delift
+from gradstore.selection.diversity import diversify
 from gradstore.selection.dsir import Dsir
+from gradstore.selection.explain import explain as explain_selection
+from gradstore.selection.explain import per_target_view
 from gradstore.selection.in2core import In2Core
 from gradstore.selection.influence_distillation import InfluenceDistillation
 from gradstore.selection.less import Less
@@ -44,6 +48,7 @@ METHODS: dict[str, SelectionMethod] = {
         Dsir(),
         In2Core(),
         InfluenceDistillation(),
+        Delift(),
     )
 }
 # what a store serves when created without a method list: every method whose artifacts cost
@@ -118,8 +123,13 @@ def run_selection(
     top_k: int | None = None,
     fraction: float | None = None,
     options: dict[str, Any] | None = None,
+    explain: bool = False,
 ) -> SelectionResult:
-    """Validate the request, run the method and time it; results are ranked best first."""
+    """Validate the request, run the method and time it; results are ranked best first.
+
+    ``explain``: also say which target point pulled each example in and how each target is
+    covered (``SelectionResult.explanation``, see ``selection.explain``).
+    """
     started = time.perf_counter()
     selector, parsed = validate_request(method, options)
     if not targets:
@@ -129,7 +139,13 @@ def run_selection(
     request = ScoreRequest(targets, parsed, k, parsed.aggregate in PER_TARGET_POLICIES)
     matrix = selector.score(engine, request)
     ranking = time.perf_counter()
-    picks = POLICIES[parsed.aggregate](matrix, k)
+    if parsed.diversity == "facility_location":
+        picks = diversify(
+            engine, matrix, parsed.aggregate, k,
+            parsed.diversity_weight, parsed.diversity_candidates, parsed.diversity_threshold,
+        )  # fmt: skip
+    else:
+        picks = POLICIES[parsed.aggregate](matrix, k)
     ids = engine.datastore.ids
     weights = selector.weights(matrix, candidate_positions(matrix, picks), parsed)
     selected = [
@@ -143,6 +159,11 @@ def run_selection(
     ]
     timings = dict(request.timings)
     timings["rank"] = (time.perf_counter() - ranking) * 1000
+    explanation = None
+    if explain:
+        explaining = time.perf_counter()
+        explanation = _explain(selector, engine, request, matrix, picks)
+        timings["explain"] = (time.perf_counter() - explaining) * 1000
     timings["total"] = (time.perf_counter() - started) * 1000
     return SelectionResult(
         method=selector.name,
@@ -150,4 +171,15 @@ def run_selection(
         num_candidates=engine.manifest.num_examples,
         timings_ms={name: round(ms, 3) for name, ms in timings.items()},
         details=matrix.details,
+        explanation=explanation,
     )
+
+
+def _explain(selector, engine, request: ScoreRequest, matrix, picks) -> dict[str, Any]:
+    """From the ranked matrix when it has target columns, else from a per-target rescoring
+    (for the explanation only: the ranking is the one already made)."""
+    if matrix.column_targets is not None:
+        return explain_selection(matrix, picks, engine.datastore.ids, from_policy=True)
+    again = ScoreRequest(request.targets, request.options, request.k, per_target=True)
+    per_target = per_target_view(selector.score(engine, again), request.targets)
+    return explain_selection(per_target, picks, engine.datastore.ids, from_policy=False)
