@@ -230,6 +230,11 @@ class SelectRequest(BaseModel):
     top_k: int | None = Field(None, ge=1, description="How many to select; or give fraction.")
     fraction: float | None = Field(None, gt=0, le=1, description="Share of the pool to select.")
     options: dict[str, Any] = Field(default_factory=dict, description="Method options.")
+    explain: bool = Field(
+        False,
+        description="Also say, for each selected example, the target point and subtask that "
+        "pulled it in and its share of the score, and for each target point its coverage.",
+    )
 
     @model_validator(mode="after")
     def _one_budget(self) -> SelectRequest:
@@ -262,6 +267,9 @@ class SelectedPublic(_Public):
     id: str
     score: float
     subtask: str
+    weight: float | None = Field(
+        None, description="Training weight, for methods that give one (influence_distillation)."
+    )
 
 
 class SelectResponse(_Public):
@@ -271,6 +279,12 @@ class SelectResponse(_Public):
     num_candidates: int
     timings_ms: dict[str, float] = {}
     details: dict[str, Any] = {}
+    explanation: dict[str, Any] | None = Field(
+        None, description="With explain: per example its target point; per target its coverage."
+    )
+    selection_id: str | None = Field(
+        None, description="The audit record; its HTML report is at .../selections/{id}/report."
+    )
 
 
 class SelectionPublic(_Public):

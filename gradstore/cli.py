@@ -166,7 +166,11 @@ def select(
         fraction=fraction,
         options=json.loads(options) if options else None,
     )
-    selected = [{"id": s.id, "score": s.score, "subtask": s.subtask} for s in result.selected]
+    selected = [
+        {"id": s.id, "score": s.score, "subtask": s.subtask}
+        | ({"weight": s.weight} if s.weight is not None else {})
+        for s in result.selected
+    ]
     if as_json:
         typer.echo(
             json.dumps(
@@ -175,6 +179,7 @@ def select(
                     "selected": selected,
                     "num_candidates": result.num_candidates,
                     "timings_ms": result.timings_ms,
+                    "details": result.details,
                 }
             )
         )
@@ -201,6 +206,41 @@ def demo(
     typer.echo(format_table(report))
     if json_out:
         json_out.write_text(json.dumps(report, indent=2))
+
+
+@app.command()
+@needs_extra("cpu or gpu")
+def report(
+    store: Annotated[Path, typer.Option(help="Datastore directory.")],
+    targets: Annotated[Path, typer.Option(help="Target examples (JSONL, with 'subtask').")],
+    out: Annotated[Path, typer.Option(help="HTML file to write.")],
+    methods: Annotated[
+        list[str] | None,
+        typer.Option("--methods", help="Methods to run and compare; the first is the subject."),
+    ] = None,
+    top_k: Annotated[int | None, typer.Option(help="Number of examples to select.")] = None,
+    fraction: Annotated[float | None, typer.Option(help="Share of the pool to select.")] = None,
+    device: Annotated[str | None, typer.Option(help="Device for target gradients.")] = None,
+) -> None:
+    """Select with each method (with explanations) and write an HTML report of the first:
+    score distribution, budget per subtask, coverage per target, the top examples' text,
+    and its overlap with the others."""
+    from gradstore.examples import read_jsonl
+    from gradstore.query import QueryEngine
+    from gradstore.report import write_report
+    from gradstore.selection import run_selection
+    from gradstore.store import Datastore
+
+    names = methods or ["less"]
+    engine = QueryEngine(Datastore.open(store), device=device)
+    examples = read_jsonl(targets)
+    results = [
+        run_selection(engine, examples, m, top_k=top_k, fraction=fraction, explain=True)
+        for m in names
+    ]
+    context = {"datastore": str(store), "targets": len(examples)}
+    path = write_report(out, results, store_dir=store, labels=names, context=context)
+    typer.echo(f"wrote the report of {names[0]} to {path}")
 
 
 @app.command("add-methods")

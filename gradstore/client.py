@@ -261,6 +261,11 @@ class GradstoreClient:
             self._request("POST", "/v1/datastores", json=payload).json()
         )
 
+    def report(self, datastore_id: str, selection_id: str) -> str:
+        """The HTML report of a selection (its ``selection_id`` is in the select answer)."""
+        path = f"/v1/datastores/{_segment(datastore_id)}/selections/{_segment(selection_id)}"
+        return self._request("GET", f"{path}/report").text
+
     def add_methods(self, datastore_id: str, methods: Sequence[str]) -> Datastore:
         """Make a ready datastore serve more methods (their artifacts are computed by the
         workers; ``pending_methods`` lists them until they answer)."""
@@ -302,9 +307,12 @@ class GradstoreClient:
         top_k: int | None = None,
         fraction: float | None = None,
         options: Mapping[str, Any] | None = None,
+        explain: bool = False,
     ) -> Selection:
         """Rank the pool for the targets (each with a ``subtask``); best first."""
         body: dict[str, Any] = {"targets": [_target_record(t) for t in targets], "method": method}
+        if explain:
+            body["explain"] = True
         if top_k is not None:
             body["top_k"] = top_k
         if fraction is not None:

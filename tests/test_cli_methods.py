@@ -34,3 +34,19 @@ def test_a_store_gains_methods_from_the_cli(less_only_store, tmp_path):
     after = Datastore.open(store, verify=True).manifest
     assert {"hidden_states", "ngram_counts"} <= set(after.artifacts)
     assert all(after.files[p].sha256 == e.sha256 for p, e in before.files.items())
+
+
+def test_the_report_command_writes_a_page_comparing_methods(less_only_store, tmp_path):
+    targets = tmp_path / "targets.jsonl"
+    targets.write_text(
+        '{"id": "t1", "subtask": "add", "prompt": "3+4=", "completion": "7"}\n'
+        '{"id": "t2", "subtask": "rev", "prompt": "rev abcd", "completion": "dcba"}\n'
+    )
+    out = tmp_path / "report.html"
+    args = ["report", "--store", str(less_only_store), "--targets", str(targets)]
+    args += ["--out", str(out), "--top-k", "4", "--methods", "less", "bm25"]
+    result = CliRunner().invoke(app, spread_multi_value_flags(args))
+    assert result.exit_code == 0, result.output
+    page = out.read_text()
+    assert page.startswith("<!doctype html>") or "<html" in page[:200]
+    assert "bm25" in page and "<img" in page

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter, Query, Response
+from fastapi.encoders import jsonable_encoder
 from sqlalchemy import delete, func, select
 
 from gradstore.api_models import (
@@ -155,7 +156,9 @@ def get_datastore(datastore_id: str, session: SessionDep):
 
 
 @router.delete("/{datastore_id}", status_code=204, response_class=Response)
-def delete_datastore(datastore_id: str, session: SessionDep, engines: EnginesDep):
+def delete_datastore(
+    datastore_id: str, session: SessionDep, engines: EnginesDep, settings: SettingsDep
+):
     """Cancel a build in progress, or remove a finished datastore; artifacts are deleted."""
     store = get_store_or_404(session, datastore_id)
     engines.evict(store.id)
@@ -173,6 +176,7 @@ def delete_datastore(datastore_id: str, session: SessionDep, engines: EnginesDep
         session.execute(delete(WorkUnit).where(WorkUnit.datastore_id == store.id))
         session.delete(store)
         session.commit()
+        remove_tree(selection_results_dir(settings, store.id))
     remove_tree(store.path)
     return Response(status_code=204)
 
@@ -255,29 +259,54 @@ def select_training_data(
         engine = engines.get(store.id, store.path)
         try:
             result = run_selection(
-                engine, targets, body.method, body.top_k, body.fraction, body.options
+                engine,
+                targets,
+                body.method,
+                body.top_k,
+                body.fraction,
+                body.options,
+                explain=body.explain,
             )
         except MissingArtifactError as exc:  # the fix names this store's own URL
             exc.detail = exc.detail.replace("{id}", store.id)
             exc.args = (exc.detail,)
             raise
-    session.add(
-        SelectionRecord(
-            datastore_id=store.id,
-            method=result.method,
-            num_targets=len(targets),
-            num_selected=len(result.selected),
-            request=body.model_dump(mode="json", exclude={"targets"})
-            | {"target_ids": [t.id for t in targets]},
-            timings_ms=result.timings_ms,
-        )
+    record = SelectionRecord(
+        datastore_id=store.id,
+        method=result.method,
+        num_targets=len(targets),
+        num_selected=len(result.selected),
+        request=body.model_dump(mode="json", exclude={"targets"})
+        | {"target_ids": [t.id for t in targets]},
+        timings_ms=result.timings_ms,
     )
-    session.commit()
-    return {
+    session.add(record)
+    session.flush()
+    answer = {
         "datastore_id": store.id,
         "method": result.method,
-        "selected": [{"id": s.id, "score": s.score, "subtask": s.subtask} for s in result.selected],
+        "selected": [
+            {"id": s.id, "score": s.score, "subtask": s.subtask, "weight": s.weight}
+            for s in result.selected
+        ],
         "num_candidates": result.num_candidates,
         "timings_ms": result.timings_ms,
         "details": result.details,
+        "explanation": result.explanation,
+        "selection_id": record.id,
     }
+    save_selection_result(settings, store.id, record.id, answer)
+    session.commit()
+    return answer
+
+
+def selection_results_dir(settings, datastore_id: str) -> Path:
+    """Where the answers of a datastore's selections are kept (for their reports)."""
+    return settings.data_dir / "selections" / datastore_id
+
+
+def save_selection_result(settings, datastore_id: str, selection_id: str, answer: dict) -> None:
+    from gradstore.files import atomic_write_json
+
+    path = selection_results_dir(settings, datastore_id) / f"{selection_id}.json"
+    atomic_write_json(path, jsonable_encoder(answer))

@@ -94,3 +94,41 @@ def test_a_store_gains_a_method_without_recomputing_anything(
 
 def store_path(config: Settings, store_id: str):
     return config.datastores_dir / store_id
+
+
+def test_weights_explanations_and_the_report_over_http(
+    client, settings, toy_pool_file, tiny_model_dir
+):
+    dataset = upload(client, toy_pool_file)
+    body = {
+        "dataset_id": dataset["id"],
+        "model": {"path": str(tiny_model_dir)},
+        "methods": ["less", "bm25", "influence_distillation"],
+    } | TINY_BUILD
+    store_id = client.post("/v1/datastores", json=body).json()["id"]
+    Worker(settings).run(once=True)
+    select = f"/v1/datastores/{store_id}/select"
+
+    weighted = client.post(
+        select, json={"targets": TARGETS, "top_k": 5, "method": "influence_distillation"}
+    )
+    assert weighted.status_code == 200, weighted.text
+    weights = [s["weight"] for s in weighted.json()["selected"]]
+    assert all(w is not None and w >= 0 for w in weights) and sum(weights) > 0
+
+    less = client.post(select, json={"targets": TARGETS, "top_k": 5, "explain": True}).json()
+    assert all(s["weight"] is None for s in less["selected"])
+    explained = less["explanation"]
+    assert [e["id"] for e in explained["examples"]] == [s["id"] for s in less["selected"]]
+    assert {t["subtask"] for t in explained["targets"]} == {"add"}
+    assert sum(t["pulled"] for t in explained["targets"]) == 5
+    client.post(select, json={"targets": TARGETS, "top_k": 5, "method": "bm25"})
+
+    report = client.get(f"/v1/datastores/{store_id}/selections/{less['selection_id']}/report")
+    assert report.status_code == 200, report.text
+    assert report.headers["content-type"].startswith("text/html")
+    page = report.text
+    assert "<img" in page and "bm25" in page  # figures, and the overlap with the other method
+    assert less["selected"][0]["id"] in page  # the top examples are listed
+    missing = client.get(f"/v1/datastores/{store_id}/selections/nope/report")
+    assert_problem(missing, 404, "no selection")
