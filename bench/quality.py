@@ -12,6 +12,8 @@ plain-gradient pool features):
 
     python bench/quality.py --quick --json   # minutes on 2 cores
     python bench/quality.py --json           # the figures of docs/benchmarks.md
+    python bench/quality.py --json --only in2core,influence_distillation
+        # some methods beside random (no full-pool / no-fine-tuning baselines): new rows
 
 The JSON report is the last line of the output.
 """
@@ -67,10 +69,10 @@ QUICK = Scale(
 )
 
 
-def measure_selection(store: Path, targets, pool_family, fraction) -> dict:
+def measure_selection(store: Path, targets, pool_family, fraction, methods=METHODS) -> dict:
     """Precision per family and latency per method; a fresh engine per method (cold start)."""
     out = {}
-    for label, method, options in METHODS:
+    for label, method, options in methods:
         started = time.perf_counter()
         engine = QueryEngine(Datastore.open(store))
         opened_ms = (time.perf_counter() - started) * 1000
@@ -94,6 +96,7 @@ def measure_fine_tuning(
     evaluation: dict[str, list[Example]],
     selections: dict[str, dict[str, list[str]]],
     epochs: int,
+    baselines: bool = True,
 ) -> dict[str, dict[str, float]]:
     """{family: {label: target loss}}: each method's 5%, the full pool, no fine-tuning."""
     pad = pad_token_id(encoder.tokenizer)
@@ -107,13 +110,24 @@ def measure_fine_tuning(
             losses[family][label] = round(target_loss(model, encoded_eval[family], pad), 4)
     everything, _ = encoder.encode_all(pool)
     for label, train, rounds in ((FULL_POOL, everything, epochs), (NO_FINE_TUNING, [], 0)):
+        if not baselines:
+            break
         model = fine_tune(model_dir, train, pad, rounds)
         for family in FAMILIES:
             losses[family][label] = round(target_loss(model, encoded_eval[family], pad), 4)
     return losses
 
 
-def run_corpus(work_dir: Path, scale: Scale, variant: str, fraction: float, progress: bool):
+def run_corpus(
+    work_dir: Path,
+    scale: Scale,
+    variant: str,
+    fraction: float,
+    progress: bool,
+    methods=METHODS,
+    baselines: bool = True,
+    fine_tuning: bool = True,
+):
     setting = toy_store(
         work_dir,
         scale.per_family,
@@ -128,7 +142,11 @@ def run_corpus(work_dir: Path, scale: Scale, variant: str, fraction: float, prog
     targets = generate_targets(1, TARGETS_PER_FAMILY, exclude=pool, variant=variant)
     held_out = generate_targets(2, scale.eval_per_family, [*pool, *targets], variant)
     evaluation = {f: [t for t in held_out if t.subtask == f] for f in FAMILIES}
-    selection = measure_selection(setting.store, targets, pool_family, fraction)
+    selection = measure_selection(setting.store, targets, pool_family, fraction, methods)
+    if not fine_tuning:
+        for row in selection.values():
+            row.pop("selected")
+        return {"num_examples": len(pool), "methods": selection}
     engine = QueryEngine(Datastore.open(setting.store))
     started = time.perf_counter()
     losses = measure_fine_tuning(
@@ -138,8 +156,9 @@ def run_corpus(work_dir: Path, scale: Scale, variant: str, fraction: float, prog
         evaluation,
         {label: row.pop("selected") for label, row in selection.items()},
         scale.epochs,
+        baselines,
     )
-    labels = [*selection, FULL_POOL, NO_FINE_TUNING]
+    labels = [*selection, *((FULL_POOL, NO_FINE_TUNING) if baselines else ())]
     return {
         "num_examples": len(pool),
         "selected_per_query": max(1, round(fraction * len(pool))),
@@ -164,6 +183,9 @@ def run_corpus(work_dir: Path, scale: Scale, variant: str, fraction: float, prog
 def print_tables(report: dict) -> None:
     for variant, corpus in report["corpora"].items():
         labels = list(corpus["methods"])
+        if "target_loss" not in corpus:
+            print(variant, {k: v["mean_precision"] for k, v in corpus["methods"].items()})
+            continue
         print(
             f"\n== {variant} corpus: {corpus['num_examples']} examples, "
             f"{corpus['selected_per_query']} selected per family (chance "
@@ -180,6 +202,8 @@ def print_tables(report: dict) -> None:
             print(key.ljust(12) + "".join(f"{v:17.1f}" for v in row))
         losses = corpus["mean_target_loss"]
         print("loss".ljust(12) + "".join(f"{losses[label]:17.4f}" for label in labels))
+        if FULL_POOL not in losses:
+            continue
         print(
             f"full pool {losses[FULL_POOL]:.4f}, no fine-tuning {losses[NO_FINE_TUNING]:.4f}; "
             "families below random: "
@@ -193,14 +217,32 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="Small corpora and model.")
     parser.add_argument("--fraction", type=float, default=0.05)
     parser.add_argument("--json", action="store_true", help="Print the JSON report only.")
+    parser.add_argument(
+        "--only", help="Comma-separated method labels (random is always kept); no baselines."
+    )
+    parser.add_argument("--variant", choices=VARIANTS, help="One corpus only (default both).")
+    parser.add_argument("--no-fine-tuning", action="store_true", help="Precision and latency only.")
     args = parser.parse_args()
+    methods = METHODS
+    if args.only:
+        wanted = {*args.only.split(","), "random"}
+        methods = [m for m in METHODS if m[0] in wanted or m[1] in wanted]
 
     use_threads(threads_per_process(1))
     scale = QUICK if args.quick else FULL
     started = time.perf_counter()
     corpora = {
-        variant: run_corpus(args.work_dir, scale, variant, args.fraction, not args.json)
-        for variant in VARIANTS
+        variant: run_corpus(
+            args.work_dir,
+            scale,
+            variant,
+            args.fraction,
+            not args.json,
+            methods,
+            not args.only,
+            not args.no_fine_tuning,
+        )
+        for variant in ([args.variant] if args.variant else VARIANTS)
     }
     report = {
         "benchmark": "quality",

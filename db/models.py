@@ -27,12 +27,16 @@ __all__ = ["ACTIVE_BUILD", "Dataset", "Datastore", "SelectionRecord", "UnitState
 
 
 class UnitState(StrEnum):
-    """A work unit is pending until a worker leases it, running while leased, then done."""
+    """A work unit is pending until a worker leases it, running while leased, then done.
+
+    FAILED is for units that may fail alone: adding methods to a ready store (the store
+    keeps serving what it had); a failing build unit fails its build instead.
+    """
 
     PENDING = "pending"
     RUNNING = "running"
     DONE = "done"
-    FAILED = "failed"  # verify units only: the store did not match its manifest
+    FAILED = "failed"  # verify units (the store did not match) and extend units
 
 
 def new_id() -> str:
@@ -88,6 +92,7 @@ class Datastore(Base):
     dim: Mapped[int | None] = mapped_column(Integer, nullable=True)
     checkpoints: Mapped[list] = mapped_column(JSON, default=list)
     skipped: Mapped[list] = mapped_column(JSON, default=list)
+    methods: Mapped[list | None] = mapped_column(JSON, nullable=True)  # served once ready
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     # what the submission checks found worth telling (e.g. a warmup too short to matter)
@@ -122,6 +127,7 @@ class WorkUnit(Base):
     seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    payload: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # e.g. methods to add
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

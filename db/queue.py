@@ -76,11 +76,16 @@ def claim_next(
             .where(
                 or_(
                     and_(
-                        WorkUnit.kind != UnitKind.VERIFY,
+                        WorkUnit.kind.not_in((UnitKind.VERIFY, UnitKind.EXTEND)),
                         Datastore.status.in_(ACTIVE_BUILD),
                         Datastore.cancel_requested.is_(False),
                     ),
                     and_(WorkUnit.kind == UnitKind.VERIFY, Datastore.status.in_(VERIFIABLE)),
+                    and_(
+                        WorkUnit.kind == UnitKind.EXTEND,
+                        Datastore.status == DatastoreStatus.READY,
+                        Datastore.cancel_requested.is_(False),
+                    ),
                 ),
                 or_(
                     WorkUnit.state == UnitState.PENDING,
@@ -171,6 +176,7 @@ def fail_exhausted(factory: sessionmaker[Session], max_attempts: int) -> list[st
             .join(Datastore, Datastore.id == WorkUnit.datastore_id)
             .where(
                 Datastore.status.in_(ACTIVE_BUILD),
+                WorkUnit.kind != UnitKind.EXTEND,
                 WorkUnit.state == UnitState.RUNNING,
                 WorkUnit.lease_expires_at < _now(),
                 WorkUnit.attempts >= max_attempts,
@@ -190,6 +196,22 @@ def fail_exhausted(factory: sessionmaker[Session], max_attempts: int) -> list[st
                 )
             )
             failed.append(datastore_id)
+        # an extension of a ready store fails alone: the store keeps serving what it had
+        session.execute(
+            update(WorkUnit)
+            .where(
+                WorkUnit.kind == UnitKind.EXTEND,
+                WorkUnit.state == UnitState.RUNNING,
+                WorkUnit.lease_expires_at < _now(),
+                WorkUnit.attempts >= max_attempts,
+            )
+            .values(
+                state=UnitState.FAILED,
+                error=f"extend unit lost its worker {max_attempts} times",
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+        )
     return failed
 
 

@@ -1,6 +1,6 @@
 """``python -m gradstore``: the same as the ``gradstore`` command."""
 
-from gradstore.cli import app
+from gradstore.cli import main
 
 if __name__ == "__main__":
-    app()
+    main()

@@ -26,6 +26,7 @@ class DatastoreStatus(StrEnum):
     WARMUP = "warmup"
     FEATURIZE = "featurize"
     INDEX = "index"
+    EXTEND = "extend"  # artifacts for more methods, added to a ready store
     READY = "ready"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -42,6 +43,7 @@ class UnitKind(StrEnum):
     FEATURIZE = "featurize"
     INDEX = "index"
     VERIFY = "verify"
+    EXTEND = "extend"  # artifacts for more methods, added to a ready store
 
 
 # A build in one of these states is still running (or waiting for) its workers.
@@ -231,6 +233,12 @@ class DatastorePublic(_Public):
     config: BuildConfig | None = Field(
         None, description="The resolved build configuration (every default filled in)."
     )
+    methods: list[str] = Field(
+        [], description="Selection methods whose artifacts this store holds (or will hold)."
+    )
+    pending_methods: list[str] = Field(
+        [], description="Methods being added to a ready store (POST .../methods)."
+    )
     created_at: datetime
 
 
@@ -288,6 +296,11 @@ class SelectRequest(BaseModel):
         description="Share of the pool to select. Exactly one of top_k and fraction.",
     )
     options: dict[str, Any] = Field(default_factory=dict, description="Method options.")
+    explain: bool = Field(
+        False,
+        description="Also say, for each selected example, the target point and subtask that "
+        "pulled it in and its share of the score, and for each target point its coverage.",
+    )
 
     @model_validator(mode="after")
     def _one_budget(self) -> SelectRequest:
@@ -296,10 +309,33 @@ class SelectRequest(BaseModel):
         return self
 
 
+class MethodsRequest(BaseModel):
+    """Selection methods a ready datastore should also serve."""
+
+    model_config = ConfigDict(extra="forbid")
+    methods: list[str] = Field(min_length=1, max_length=32, examples=[["rds", "dsir"]])
+
+
+class MethodInfo(_Public):
+    name: str
+    default: bool = Field(description="Served by a store created without a method list.")
+    model: str = Field(description="What the query loads: none, base or checkpoints.")
+    artifacts: list[str] = Field(description="Store artifacts its default options read.")
+    options: dict[str, Any] = Field(description="JSON schema of the method's options.")
+
+
+class MethodPage(_Public):
+    data: list[MethodInfo]
+    count: int
+
+
 class SelectedPublic(_Public):
     id: str
     score: float
     subtask: str
+    weight: float | None = Field(
+        None, description="Training weight, for methods that give one (influence_distillation)."
+    )
 
 
 class SelectResponse(_Public):
@@ -309,6 +345,12 @@ class SelectResponse(_Public):
     num_candidates: int
     timings_ms: dict[str, float] = {}
     details: dict[str, Any] = {}
+    explanation: dict[str, Any] | None = Field(
+        None, description="With explain: per example its target point; per target its coverage."
+    )
+    selection_id: str | None = Field(
+        None, description="The audit record; its HTML report is at .../selections/{id}/report."
+    )
 
 
 class SelectionPublic(_Public):

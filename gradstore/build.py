@@ -352,15 +352,16 @@ def build_all(
 ) -> tuple[PrepareSummary, Manifest]:
     """Every stage in a row, on this process: the CLI's ``gradstore build``.
 
-    ``methods`` are the selection methods the store must serve (default: every method whose
-    artifacts cost less than the gradient features); their extra artifacts are computed
-    after the index stage.
+    ``methods`` are the selection methods the store must serve (default: the config's
+    ``methods``, else every method whose artifacts cost less than the gradient features);
+    their extra artifacts are computed after the index stage.
     """
     from tqdm import tqdm
 
     from gradstore.artifacts import add_artifacts
     from gradstore.selection import DEFAULT_METHODS, extra_artifacts
 
+    methods = config.methods if methods is None else methods
     extra = extra_artifacts(DEFAULT_METHODS if methods is None else methods)
     summary = prepare(store_dir, dataset_path, model_dir, config, warmup_from)
     for warning in summary.warnings if progress else ():

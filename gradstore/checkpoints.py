@@ -3,7 +3,9 @@
 A checkpoint directory ``ckpt-{i}/`` holds the PEFT adapter (``adapter_config.json``,
 ``adapter_model.safetensors``), the Adam moments keyed by parameter *name*
 (``adam_moments.safetensors``: ``{name}.exp_avg``, ``{name}.exp_avg_sq``, float32) and
-``checkpoint.json`` with the epoch's mean learning rate. Names, not optimizer indices, so the
+``checkpoint.json`` with the epoch's mean learning rate and the optimizer step count (the
+bias corrections of Adam's update direction need it; checkpoints written before it was
+recorded read as ``step=None``). Names, not optimizer indices, so the
 moments cannot silently pair with the wrong tensor (the reference's most reported issue).
 """
 
@@ -41,6 +43,7 @@ class WarmupCheckpoint:
     index: int  # 1-based epoch
     path: Path
     learning_rate: float  # mean learning rate of the epoch's optimizer steps, not normalised
+    step: int | None = None  # optimizer steps taken so far; None in older checkpoints
 
 
 # ---------------------------------------------------------------- our format
@@ -101,8 +104,19 @@ def _save_moments(path: Path, moments: dict[str, tuple[torch.Tensor, torch.Tenso
     save_file(tensors, str(path))
 
 
-def _write_info(directory: Path, index: int, learning_rate: float) -> None:
-    (directory / INFO).write_text(json.dumps({"index": index, "learning_rate": learning_rate}))
+def _write_info(directory: Path, index: int, learning_rate: float, step: int | None = None) -> None:
+    info: dict = {"index": index, "learning_rate": learning_rate}
+    if step is not None:
+        info["step"] = int(step)
+    (directory / INFO).write_text(json.dumps(info))
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer) -> int | None:
+    """Steps the optimizer has taken (its per-parameter ``step``), None if it holds none."""
+    for state in optimizer.state.values():
+        if "step" in state:
+            return int(torch.as_tensor(state["step"]).item())
+    return None
 
 
 def save_checkpoint(
@@ -129,11 +143,12 @@ def save_checkpoint(
         peft_model.save_pretrained(str(tmp), safe_serialization=True)  # type: ignore[operator]
         canonicalise_adapter_config(tmp / ADAPTER_CONFIG)
         _save_moments(tmp / MOMENTS, moments)
-        _write_info(tmp, index, learning_rate)
+        _write_info(tmp, index, learning_rate, step)
 
+    step = optimizer_step(optimizer)
     final = Path(out_dir) / f"ckpt-{index}"
     _write_dir_atomically(final, fill)
-    return WarmupCheckpoint(index, final, float(learning_rate))
+    return WarmupCheckpoint(index, final, float(learning_rate), step)
 
 
 def load_checkpoints(root: Path) -> list[WarmupCheckpoint]:
@@ -147,7 +162,15 @@ def load_checkpoints(root: Path) -> list[WarmupCheckpoint]:
         for required in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, MOMENTS):
             if not (directory / required).exists():
                 raise InvalidInputError(f"{directory}: {required} is missing")
-        found.append(WarmupCheckpoint(int(data["index"]), directory, float(data["learning_rate"])))
+        step = data.get("step")
+        found.append(
+            WarmupCheckpoint(
+                int(data["index"]),
+                directory,
+                float(data["learning_rate"]),
+                None if step is None else int(step),
+            )
+        )
     return sorted(found, key=lambda c: c.index)
 
 
@@ -403,15 +426,17 @@ def import_reference_checkpoints(
             raise InvalidInputError(f"{first[2]} and {second[2]} are both from epoch {first[0]}")
 
     checkpoints = []
-    for index, _, directory, rate in entries:
+    for index, step, directory, rate in entries:
         moments = _moments(directory, _adapter_skeleton(Path(model_dir), directory))
 
-        def fill(tmp: Path, directory=directory, moments=moments, index=index, rate=rate) -> None:
+        def fill(
+            tmp: Path, directory=directory, moments=moments, index=index, rate=rate, step=step
+        ) -> None:
             _copy_adapter(directory, tmp)
             _save_moments(tmp / MOMENTS, moments)
-            _write_info(tmp, index, rate)
+            _write_info(tmp, index, rate, step)
 
         final = Path(out_root) / f"ckpt-{index}"
         _write_dir_atomically(final, fill)
-        checkpoints.append(WarmupCheckpoint(index, final, rate))
+        checkpoints.append(WarmupCheckpoint(index, final, rate, step))
     return checkpoints

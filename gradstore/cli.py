@@ -7,6 +7,7 @@ group, which the service and worker packages fill: the core never imports them.
 from __future__ import annotations
 
 import json
+import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated
@@ -165,7 +166,11 @@ def select(
         fraction=fraction,
         options=json.loads(options) if options else None,
     )
-    selected = [{"id": s.id, "score": s.score, "subtask": s.subtask} for s in result.selected]
+    selected = [
+        {"id": s.id, "score": s.score, "subtask": s.subtask}
+        | ({"weight": s.weight} if s.weight is not None else {})
+        for s in result.selected
+    ]
     if as_json:
         typer.echo(
             json.dumps(
@@ -174,6 +179,7 @@ def select(
                     "selected": selected,
                     "num_candidates": result.num_candidates,
                     "timings_ms": result.timings_ms,
+                    "details": result.details,
                 }
             )
         )
@@ -202,6 +208,92 @@ def demo(
         json_out.write_text(json.dumps(report, indent=2))
 
 
+@app.command()
+@needs_extra("cpu or gpu")
+def report(
+    store: Annotated[Path, typer.Option(help="Datastore directory.")],
+    targets: Annotated[Path, typer.Option(help="Target examples (JSONL, with 'subtask').")],
+    out: Annotated[Path, typer.Option(help="HTML file to write.")],
+    methods: Annotated[
+        list[str] | None,
+        typer.Option("--methods", help="Methods to run and compare; the first is the subject."),
+    ] = None,
+    top_k: Annotated[int | None, typer.Option(help="Number of examples to select.")] = None,
+    fraction: Annotated[float | None, typer.Option(help="Share of the pool to select.")] = None,
+    device: Annotated[str | None, typer.Option(help="Device for target gradients.")] = None,
+) -> None:
+    """Select with each method (with explanations) and write an HTML report of the first:
+    score distribution, budget per subtask, coverage per target, the top examples' text,
+    and its overlap with the others."""
+    from gradstore.examples import read_jsonl
+    from gradstore.query import QueryEngine
+    from gradstore.report import write_report
+    from gradstore.selection import run_selection
+    from gradstore.store import Datastore
+
+    names = methods or ["less"]
+    engine = QueryEngine(Datastore.open(store), device=device)
+    examples = read_jsonl(targets)
+    results = [
+        run_selection(engine, examples, m, top_k=top_k, fraction=fraction, explain=True)
+        for m in names
+    ]
+    context = {"datastore": str(store), "targets": len(examples)}
+    path = write_report(out, results, store_dir=store, labels=names, context=context)
+    typer.echo(f"wrote the report of {names[0]} to {path}")
+
+
+@app.command("add-methods")
+@needs_extra("cpu or gpu")
+def add_methods(
+    store: Annotated[Path, typer.Argument(help="A ready datastore directory.")],
+    methods: Annotated[
+        list[str], typer.Option("--methods", help="Methods to add (repeat, or list after it).")
+    ],
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: auto).")] = (
+        None
+    ),
+) -> None:
+    """Make a ready datastore serve more methods: compute only the artifacts they need.
+
+    Nothing the store holds is recomputed; queries of its other methods keep working.
+    """
+    from gradstore.artifacts import add_artifacts
+    from gradstore.selection import extra_artifacts
+    from gradstore.threads import threads_per_process, use_threads
+
+    names = extra_artifacts(methods)
+    if names:
+        use_threads(threads_per_process(1))
+        add_artifacts(store, names, device=device, progress=True)
+    typer.echo(f"{store} serves {', '.join(methods)} (artifacts: {', '.join(names) or 'none new'})")
+
+
+# Flags that take several values after one flag, as users of the LESS scripts type them
+# (``--warmup-from a b c d``); typer takes one value per flag, so they are spread out.
+MULTI_VALUE_FLAGS = ("--warmup-from", "--methods")
+
+
+def spread_multi_value_flags(argv: list[str]) -> list[str]:
+    """``--flag a b c`` → ``--flag a --flag b --flag c``; the repeated form is kept."""
+    out: list[str] = []
+    flag: str | None = None
+    for arg in argv:
+        if arg.startswith("-"):
+            flag = arg if arg in MULTI_VALUE_FLAGS else None
+            out.append(arg)
+        elif flag is not None and out[-1] != flag:
+            out.extend([flag, arg])
+        else:
+            out.append(arg)
+    return out
+
+
+def main() -> None:
+    """The ``gradstore`` command."""
+    app(args=spread_multi_value_flags(sys.argv[1:]), prog_name="gradstore")
+
+
 def _register_plugins(target: typer.Typer) -> None:
     for entry in sorted(entry_points(group="gradstore.cli"), key=lambda e: e.name):
         try:
@@ -215,4 +307,4 @@ def _register_plugins(target: typer.Typer) -> None:
 _register_plugins(app)
 
 if __name__ == "__main__":
-    app()
+    main()

@@ -261,6 +261,31 @@ class GradstoreClient:
             self._request("POST", "/v1/datastores", json=payload).json()
         )
 
+    def report(self, datastore_id: str, selection_id: str) -> str:
+        """The HTML report of a selection (its ``selection_id`` is in the select answer)."""
+        path = f"/v1/datastores/{_segment(datastore_id)}/selections/{_segment(selection_id)}"
+        return self._request("GET", f"{path}/report").text
+
+    def add_methods(self, datastore_id: str, methods: Sequence[str]) -> Datastore:
+        """Make a ready datastore serve more methods (their artifacts are computed by the
+        workers; ``pending_methods`` lists them until they answer)."""
+        path = f"/v1/datastores/{_segment(datastore_id)}/methods"
+        response = self._request("POST", path, json={"methods": list(methods)})
+        return Datastore.model_validate(response.json())
+
+    def wait_until_methods(
+        self, datastore_id: str, timeout: float | None = None, poll: float = 1.0
+    ) -> Datastore:
+        """Poll until no method is pending on the datastore."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            store = self.get_datastore(datastore_id)
+            if not store.pending_methods:
+                return store
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"methods {store.pending_methods} still pending")
+            time.sleep(poll)
+
     def list_datastores(self, limit: int = 100, offset: int = 0) -> DatastorePage:
         params = {"limit": limit, "offset": offset}
         response = self._request("GET", "/v1/datastores", params=params)
@@ -287,9 +312,12 @@ class GradstoreClient:
         top_k: int | None = None,
         fraction: float | None = None,
         options: Mapping[str, Any] | None = None,
+        explain: bool = False,
     ) -> Selection:
         """Rank the pool for the targets (each with a ``subtask``); best first."""
         body: dict[str, Any] = {"targets": [_target_record(t) for t in targets], "method": method}
+        if explain:
+            body["explain"] = True
         if top_k is not None:
             body["top_k"] = top_k
         if fraction is not None:

@@ -94,6 +94,12 @@ class BuildConfig(_Config):
         "second copy. Any other FAISS factory string (e.g. 'IVF1024,PQ64') builds an "
         "approximate inner-product index beside them, searched with options.search='index'.",
     )
+    methods: list[str] | None = Field(
+        None,
+        description="Selection methods the store must serve; their extra artifacts (RDS+ "
+        "embeddings, DSIR n-gram counts, ...) are computed with the build. Default: every "
+        "method whose artifacts cost less than the gradient features.",
+    )
     pool_features: list[Literal["adam", "sgd"]] = Field(
         ["adam"], description="Pool feature kinds kept in the store ('adam' is LESS's)."
     )

@@ -75,11 +75,21 @@ class LoraGradientComputer:
     exists. Each map's output passes through a ``_Tap`` that also takes a zero scalar leaf,
     and the backward asks for that leaf's gradient only, so autograd visits every tap
     without computing any summed weight gradient.
+
+    ``parameter_names`` restricts it to a subset of the LoRA weights (canonical order kept,
+    offsets within the subset); see ``gradstore.layer_gradients`` for stopping the backward
+    at the earliest of them.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, parameter_names: Sequence[str] | None = None):
         self.model = model
-        self.names = lora_parameter_names(model)
+        names = lora_parameter_names(model)
+        if parameter_names is not None:
+            unknown = sorted(set(parameter_names) - set(names))
+            if unknown:
+                raise ValueError(f"not trainable LoRA weights of the model: {unknown[:3]}")
+            names = [n for n in names if n in set(parameter_names)]
+        self.names = names
         modules = dict(model.named_modules())
         self._layers: list[nn.Linear] = []
         for name in self.names:

@@ -45,3 +45,37 @@ class AdamPreconditioner:
         v = self.exp_avg_sq.to(grads.device)
         numerator = self.beta1 * m + (1 - self.beta1) * grads
         return numerator / torch.sqrt(self.beta2 * v + (1 - self.beta2) * grads.square() + self.eps)
+
+
+class AdamUpdateDirection:
+    """Influence Distillation's Adam direction a ⊙ g, a = ((1−β1)/(1−β1^{t+1})) / (√v̂ + ε).
+
+    The part of one more Adam step from the checkpoint's state that depends on the example's
+    gradient g (the momentum term is the same for every example, so it drops out of every
+    comparison); v̂ = v / (1 − β2^{t+1}) with t the optimizer steps taken. Unlike LESS's Γ,
+    g does not enter the denominator. ``step=None`` (checkpoints that did not record it)
+    means no bias correction, the limit of a long run.
+    """
+
+    def __init__(
+        self,
+        exp_avg_sq: torch.Tensor,
+        step: int | None,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        eps: float = 1e-8,
+    ):
+        if exp_avg_sq.dim() != 1:
+            raise ValueError("the second Adam moment must be a flat vector")
+        first = 1.0 if step is None else 1 - beta1 ** (step + 1)
+        second = 1.0 if step is None else 1 - beta2 ** (step + 1)
+        v_hat = exp_avg_sq.float() / second
+        self.scale = ((1 - beta1) / first) / (v_hat.sqrt() + eps)
+
+    def apply_(self, grads: torch.Tensor, offset: int) -> torch.Tensor:
+        """a ⊙ g in place for the rows (B, w) of parameters [offset, offset + w)."""
+        return grads.mul_(self.scale[offset : offset + grads.shape[1]].to(grads.device))
+
+    def __call__(self, grads: torch.Tensor) -> torch.Tensor:
+        """(B, P) plain gradients → (B, P) update directions."""
+        return grads * self.scale.to(grads.device)

@@ -65,6 +65,36 @@ def build(
         typer.echo(store.model_dump_json())
 
 
+@remote_app.command("report")
+def report(
+    datastore_id: Annotated[str, typer.Argument(help="The datastore.")],
+    selection_id: Annotated[str, typer.Argument(help="A selection (its id is in the answer).")],
+    out: Annotated[Path, typer.Option(help="HTML file to write.")],
+    server: Server = "http://127.0.0.1:8000",
+    api_key: ApiKey = None,
+) -> None:
+    """Write the HTML report of a selection made through the service."""
+    with _session(server, api_key) as client:
+        out.write_text(client.report(datastore_id, selection_id), encoding="utf-8")
+    typer.echo(f"wrote {out}")
+
+
+@remote_app.command("add-methods")
+def add_methods(
+    datastore_id: Annotated[str, typer.Argument(help="A ready datastore.")],
+    methods: Annotated[list[str], typer.Option("--methods", help="Methods to add.")],
+    wait: Annotated[bool, typer.Option(help="Wait until they answer.")] = True,
+    server: Server = "http://127.0.0.1:8000",
+    api_key: ApiKey = None,
+) -> None:
+    """Make a ready datastore serve more methods; prints the datastore record."""
+    with _session(server, api_key) as client:
+        store = client.add_methods(datastore_id, methods)
+        if wait:
+            store = client.wait_until_methods(store.id)
+        typer.echo(store.model_dump_json())
+
+
 @remote_app.command("select")
 def select(
     datastore: Annotated[str, typer.Option(help="Datastore ID.")],

@@ -15,7 +15,7 @@ from gradstore.service import problem_types, problems
 from gradstore.service.deps import require_api_key
 from gradstore.service.engines import EngineCache
 from gradstore.service.middleware import RequestMiddleware
-from gradstore.service.routes import datasets, datastores, health, selections
+from gradstore.service.routes import datasets, datastores, health, methods, selections
 
 log = logging.getLogger("gradstore.api")
 
@@ -47,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(datasets.router, dependencies=auth)
     app.include_router(datastores.router, dependencies=auth)
     app.include_router(selections.router, dependencies=auth)
+    app.include_router(methods.router, dependencies=auth)
     app.include_router(health.router)
     app.include_router(problem_types.router)
     return app

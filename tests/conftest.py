@@ -77,9 +77,11 @@ def postgres_url() -> str:
 
 @pytest.fixture(scope="session")
 def contract_store(tmp_path_factory, tiny_model_dir) -> Path:
-    """Every default method's artifacts, over 34 toy examples with one duplicated pair."""
+    """Every registered method's artifacts, over 34 toy examples with one duplicated pair."""
+    from gradstore.selection import METHODS
+
     root = tmp_path_factory.mktemp("contract")
-    return build_store(root, tiny_model_dir, contract_pool(), CONTRACT_BUILD)
+    return build_store(root, tiny_model_dir, contract_pool(), CONTRACT_BUILD, sorted(METHODS))
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,7 @@ from gradstore.modeling import load_base_model, load_lora_adapter
 from gradstore.projection import DenseReferenceProjector, SparseJLProjector
 from gradstore.query import QueryEngine
 from gradstore.search import FeatureScanner, top_k
-from gradstore.selection import run_selection
+from gradstore.selection import METHODS, run_selection
 from gradstore.store import Datastore
 from gradstore.tokenization import ExampleEncoder
 
@@ -236,7 +236,7 @@ def test_fraction_budget_and_baselines(built):
 
 def test_bad_requests_are_clear(built):
     engine = QueryEngine(Datastore.open(built[0] / "store"))
-    with pytest.raises(UnknownMethodError, match="known: bm25, dsir, less, random, rds"):
+    with pytest.raises(UnknownMethodError, match="known: " + ", ".join(sorted(METHODS))):
         run_selection(engine, TARGETS, "nope", top_k=3)
     with pytest.raises(InvalidInputError, match="exactly one"):
         run_selection(engine, TARGETS, "less", top_k=3, fraction=0.1)

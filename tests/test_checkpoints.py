@@ -74,10 +74,12 @@ def test_save_and_load_round_trip_is_exact(tiny_model_dir, tmp_path):
         save_checkpoint(model, optimizer, tmp_path, 1, 1e-3)
     train(model, optimizer, 2)
     saved = save_checkpoint(model, optimizer, tmp_path, 2, 1.5e-3)
-    assert saved == WarmupCheckpoint(2, tmp_path / "ckpt-2", 1.5e-3)
+    steps = int(optimizer.state[next(iter(optimizer.state))]["step"])
+    assert saved == WarmupCheckpoint(2, tmp_path / "ckpt-2", 1.5e-3, steps)
     assert json.loads((saved.path / "checkpoint.json").read_text()) == {
         "index": 2,
         "learning_rate": 1.5e-3,
+        "step": steps,
     }
     train(model, optimizer, 1)
     first = save_checkpoint(model, optimizer, tmp_path, 1, 2e-3)
@@ -86,6 +88,10 @@ def test_save_and_load_round_trip_is_exact(tiny_model_dir, tmp_path):
     again = save_checkpoint(model, optimizer, tmp_path, 1, 3e-3)  # replaces ckpt-1 whole
     assert load_checkpoints(tmp_path) == [again, saved]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-1", "ckpt-2"]  # no leftovers
+    # a checkpoint written before the step was recorded still loads, its step unknown
+    info = saved.path / "checkpoint.json"
+    info.write_text(json.dumps({"index": 2, "learning_rate": 1.5e-3}))
+    assert load_checkpoints(tmp_path)[1] == WarmupCheckpoint(2, saved.path, 1.5e-3, None)
 
     loaded = load_lora_adapter(load_base_model(tiny_model_dir, "cpu"), again.path)
     m, v = load_adam_moments(again.path, loaded)

@@ -46,6 +46,7 @@ from gradstore.files import remove_tree
 from gradstore.worker.stages import (
     BuildGone,
     fail_build,
+    fail_extension,
     fail_verification,
     finish_unit,
     mark_started,
@@ -278,8 +279,11 @@ class Worker:
         log.error("%s", detail, exc_info=exc)
         with transaction(self.factory) as session:
             release_for_retry(session, claim, self.owner, detail)  # first: takes SQLite's lock
-            if claim.attempts >= self.settings.max_attempts and claim.kind != UnitKind.VERIFY:
-                fail_build(session, claim.datastore_id, detail)
+            if claim.attempts >= self.settings.max_attempts:
+                if claim.kind == UnitKind.EXTEND:
+                    fail_extension(session, claim, detail)
+                elif claim.kind != UnitKind.VERIFY:
+                    fail_build(session, claim.datastore_id, detail)
 
     def _schedule_verifications(self) -> bool:
         """When idle, at most every 30 s: queue the periodic re-verification of stores."""

@@ -27,7 +27,7 @@ from gradstore.db.queue import VERIFIABLE, Claim, complete
 from gradstore.errors import ManifestMismatchError
 from gradstore.files import read_json
 from gradstore.store import Datastore as GradstoreDatastore
-from gradstore.store import Shard, load_build_spec
+from gradstore.store import Shard, load_build_spec, read_manifest
 
 
 class BuildGone(Exception):
@@ -39,10 +39,25 @@ def is_active(store: Datastore | None) -> TypeIs[Datastore]:
 
 
 def still_wanted(store: Datastore | None, claim: Claim) -> TypeGuard[Datastore]:
-    """The unit's store is still there, in a state this kind of unit works on."""
+    """The unit's store is still there, in a state this kind of unit works on: an active
+    build; a ready (or integrity-failed) store for a verification; a ready store that is
+    gaining methods for an extension."""
     if claim.kind == UnitKind.VERIFY:
         return store is not None and store.status in VERIFIABLE
+    if claim.kind == UnitKind.EXTEND:
+        return (
+            store is not None
+            and store.status == DatastoreStatus.READY
+            and not store.cancel_requested
+        )
     return is_active(store)
+
+
+def store_methods(config: BuildConfig) -> list[str]:
+    """The methods a store is built to serve: its config's, else the default set."""
+    from gradstore.selection import DEFAULT_METHODS
+
+    return list(config.methods) if config.methods is not None else list(DEFAULT_METHODS)
 
 
 def run_unit(
@@ -65,6 +80,8 @@ def run_unit(
         root, model_path = Path(store.path), store.model_path
         config = BuildConfig.model_validate(store.config)
         warmup_from = list(store.warmup_from or [])
+        unit = session.get(WorkUnit, claim.id)
+        payload = dict(unit.payload or {}) if unit is not None else {}
     if claim.kind == UnitKind.WARMUP:
         if model_roots:  # rows written before the roots were set are held to them too
             resolve_directory(model_path, model_roots, "model.path")
@@ -81,12 +98,33 @@ def run_unit(
         build.featurize_shard(root, shard, device=device, on_batch=on_batch)
     elif claim.kind == UnitKind.INDEX:
         build.build_index(root)
+        _add_method_artifacts(root, store_methods(config), device)
         return integrity.verify(root)
     elif claim.kind == UnitKind.VERIFY:
         return integrity.verify(root)
+    elif claim.kind == UnitKind.EXTEND:
+        # the files the store has are checked first, the new ones are checksummed as they are
+        # written; only the stat fingerprint of the result is taken after the manifest grew
+        integrity.verify(root)
+        _add_method_artifacts(root, payload.get("methods", []), device)
+        return integrity.fingerprint(GradstoreDatastore(root, read_manifest(root)))
     else:
         raise ValueError(f"unknown unit kind {claim.kind!r}")
     return None
+
+
+def _add_method_artifacts(root: Path, methods: list[str], device: str | None) -> None:
+    """Compute and finish the artifacts ``methods`` need beyond the gradient features.
+
+    One worker does all of an index or extend unit's artifacts (resumable: units already
+    written are kept, so a unit that lost its worker continues where it stopped).
+    """
+    from gradstore.artifacts import add_artifacts
+    from gradstore.selection import extra_artifacts
+
+    names = extra_artifacts(methods)
+    if names:
+        add_artifacts(root, names, device=device)
 
 
 def mark_started(session: Session, claim: Claim) -> None:
@@ -132,12 +170,18 @@ def finish_unit(
     elif claim.kind == UnitKind.INDEX:
         manifest = GradstoreDatastore.open(root, verify=False).manifest
         store.status = DatastoreStatus.READY
+        store.methods = store_methods(BuildConfig.model_validate(store.config))
         store.dim = manifest.dim
         store.num_examples = manifest.num_examples
         store.checkpoints = [
             {"index": c.index, "learning_rate": c.learning_rate, "weight": c.weight}
             for c in manifest.checkpoints
         ]
+        _verified(store, fingerprint)
+    elif claim.kind == UnitKind.EXTEND:
+        unit = session.get(WorkUnit, claim.id)
+        added = (unit.payload or {}).get("methods", []) if unit is not None else []
+        store.methods = sorted(set(store.methods or []) | set(added))
         _verified(store, fingerprint)
     return True
 
@@ -215,6 +259,16 @@ def _add_index_unit(session: Session, store: Datastore) -> None:
     except IntegrityError:  # another worker finished the last shard at the same moment
         return
     store.status = DatastoreStatus.INDEX
+
+
+def fail_extension(session: Session, claim: Claim, error: str) -> None:
+    """Adding methods failed for good: the unit is failed, the store serves what it had."""
+    unit = session.get(WorkUnit, claim.id)
+    if unit is not None:
+        unit.state = UnitState.FAILED
+        unit.error = error
+        unit.lease_owner = None
+        unit.lease_expires_at = None
 
 
 def fail_build(session: Session, datastore_id: str, error: str) -> None:

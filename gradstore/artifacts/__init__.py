@@ -16,8 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gradstore.artifacts.base import ArtifactBuilder, ArtifactUnit, ProgressCallback, UnitResult
+from gradstore.artifacts.delift_kernel import DeliftKernel
 from gradstore.artifacts.gradients import GradientFeatures
 from gradstore.artifacts.hidden_states import HiddenStates
+from gradstore.artifacts.influence import LayerGradients, UpdateDirections
 from gradstore.artifacts.ngram_counts import NgramCounts
 from gradstore.errors import InvalidInputError, MissingArtifactError, NotReadyError
 from gradstore.files import atomic_save_npy, read_json, sha256_file
@@ -38,6 +40,9 @@ ARTIFACTS: dict[str, ArtifactBuilder] = {
         GradientFeatures("sgd"),
         HiddenStates(),
         NgramCounts(),
+        LayerGradients(),
+        UpdateDirections(),
+        DeliftKernel(),
     )
 }
 

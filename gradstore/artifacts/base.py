@@ -50,6 +50,11 @@ class ArtifactBuilder(ABC):
     description: ClassVar[str]  # what it holds, for errors and docs
     extendable: ClassVar[bool] = True  # can a ready store gain it?
     needs_model: ClassVar[bool] = False  # does computing a unit load the base model?
+    # does computing a unit need the warmup checkpoints (so it runs after warmup)?
+    needs_checkpoints: ClassVar[bool] = False
+    # do units read the finished gradient features (the manifest)? then a worker schedules
+    # them after the index stage, not beside warmup and featurize
+    needs_features: ClassVar[bool] = False
 
     def unit_rows(self, spec: BuildSpec) -> int:
         return spec.config.shard_size

@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from gradstore.errors import InvalidInputError, UnknownMethodError
 from gradstore.examples import Example
 from gradstore.selection.base import (
@@ -24,13 +26,30 @@ from gradstore.selection.base import (
     budget_to_k,
 )
 from gradstore.selection.baselines import Bm25Selection, RandomSelection
+from gradstore.selection.delift import Delift
+from gradstore.selection.diversity import diversify
 from gradstore.selection.dsir import Dsir
+from gradstore.selection.explain import explain as explain_selection
+from gradstore.selection.explain import per_target_view
+from gradstore.selection.in2core import In2Core
+from gradstore.selection.influence_distillation import InfluenceDistillation
 from gradstore.selection.less import Less
-from gradstore.selection.policies import PER_TARGET_POLICIES, POLICIES
+from gradstore.selection.policies import PER_TARGET_POLICIES, POLICIES, Pick
 from gradstore.selection.rds import Rds
+from gradstore.selection.scores import ScoreMatrix
 
 METHODS: dict[str, SelectionMethod] = {
-    m.name: m for m in (Less(), RandomSelection(), Bm25Selection(), Rds(), Dsir())
+    m.name: m
+    for m in (
+        Less(),
+        RandomSelection(),
+        Bm25Selection(),
+        Rds(),
+        Dsir(),
+        In2Core(),
+        InfluenceDistillation(),
+        Delift(),
+    )
 }
 # what a store serves when created without a method list: every method whose artifacts cost
 # less than the gradient features (today all of them)
@@ -88,6 +107,15 @@ def extra_artifacts(methods: Iterable[str]) -> list[str]:
     return sorted(a for a in names if ARTIFACTS[a].extendable)
 
 
+def candidate_positions(matrix: ScoreMatrix, picks: list[Pick]) -> np.ndarray:
+    """The score-matrix rows of the picked pool rows, in pick order."""
+    rows = np.array([p.row for p in picks], dtype=np.int64)
+    if matrix.rows is None:
+        return rows
+    where = {int(r): i for i, r in enumerate(matrix.rows)}
+    return np.array([where[int(r)] for r in rows], dtype=np.int64)
+
+
 def run_selection(
     engine,
     targets: list[Example],
@@ -95,8 +123,13 @@ def run_selection(
     top_k: int | None = None,
     fraction: float | None = None,
     options: dict[str, Any] | None = None,
+    explain: bool = False,
 ) -> SelectionResult:
-    """Validate the request, run the method and time it; results are ranked best first."""
+    """Validate the request, run the method and time it; results are ranked best first.
+
+    ``explain``: also say which target point pulled each example in and how each target is
+    covered (``SelectionResult.explanation``, see ``selection.explain``).
+    """
     started = time.perf_counter()
     selector, parsed = validate_request(method, options)
     if not targets:
@@ -106,11 +139,31 @@ def run_selection(
     request = ScoreRequest(targets, parsed, k, parsed.aggregate in PER_TARGET_POLICIES)
     matrix = selector.score(engine, request)
     ranking = time.perf_counter()
-    picks = POLICIES[parsed.aggregate](matrix, k)
+    if parsed.diversity == "facility_location":
+        picks = diversify(
+            engine, matrix, parsed.aggregate, k,
+            parsed.diversity_weight, parsed.diversity_candidates, parsed.diversity_threshold,
+        )  # fmt: skip
+    else:
+        picks = POLICIES[parsed.aggregate](matrix, k)
     ids = engine.datastore.ids
-    selected = [Selected(ids[p.row], p.score, matrix.subtasks[p.subtask]) for p in picks]
+    weights = selector.weights(matrix, candidate_positions(matrix, picks), parsed)
+    selected = [
+        Selected(
+            ids[p.row],
+            p.score,
+            matrix.subtasks[p.subtask],
+            None if weights is None else float(weights[i]),
+        )
+        for i, p in enumerate(picks)
+    ]
     timings = dict(request.timings)
     timings["rank"] = (time.perf_counter() - ranking) * 1000
+    explanation = None
+    if explain:
+        explaining = time.perf_counter()
+        explanation = _explain(selector, engine, request, matrix, picks)
+        timings["explain"] = (time.perf_counter() - explaining) * 1000
     timings["total"] = (time.perf_counter() - started) * 1000
     return SelectionResult(
         method=selector.name,
@@ -118,4 +171,15 @@ def run_selection(
         num_candidates=engine.manifest.num_examples,
         timings_ms={name: round(ms, 3) for name, ms in timings.items()},
         details=matrix.details,
+        explanation=explanation,
     )
+
+
+def _explain(selector, engine, request: ScoreRequest, matrix, picks) -> dict[str, Any]:
+    """From the ranked matrix when it has target columns, else from a per-target rescoring
+    (for the explanation only: the ranking is the one already made)."""
+    if matrix.column_targets is not None:
+        return explain_selection(matrix, picks, engine.datastore.ids, from_policy=True)
+    again = ScoreRequest(request.targets, request.options, request.k, per_target=True)
+    per_target = per_target_view(selector.score(engine, again), request.targets)
+    return explain_selection(per_target, picks, engine.datastore.ids, from_policy=False)

@@ -13,6 +13,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gradstore.errors import InvalidInputError
@@ -38,6 +39,25 @@ class MethodOptions(BaseModel):
         "subtasks), or 'round_robin' (subtasks, and the target points within each, take turns "
         "picking their best remaining candidate).",
     )
+    diversity: Literal["none", "facility_location"] = Field(
+        "none",
+        description="'facility_location': pick among the best diversity_candidates × k by the "
+        "method's score plus facility location over their gradient-feature kernel, so "
+        "near-duplicates are not all taken.",
+    )
+    diversity_weight: float = Field(
+        0.2, ge=0, le=1, description="Trade-off λ: 0 the method's ranking, 1 pure coverage."
+    )
+    diversity_candidates: float = Field(
+        4.0, ge=1, le=100, description="Candidates for the diversity policy, as a multiple of k."
+    )
+    diversity_threshold: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Cosine of gradient features above which two candidates count as "
+        "redundant (rescaled to [0, 1] above it); 0 (default): plain cosine facility location.",
+    )
 
 
 @dataclass(frozen=True)
@@ -45,6 +65,7 @@ class Selected:
     id: str
     score: float
     subtask: str
+    weight: float | None = None  # per-example training weight, for methods that give one
 
 
 @dataclass
@@ -54,6 +75,8 @@ class SelectionResult:
     num_candidates: int
     timings_ms: dict[str, float] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    # with ``explain``: {"examples": [...], "targets": [...]} (see ``selection.explain``)
+    explanation: dict[str, Any] | None = None
 
 
 @dataclass
@@ -76,6 +99,9 @@ class SelectionMethod:
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     model: ClassVar[ModelNeed] = "none"
     default: ClassVar[bool] = True  # served by a store created without a method list
+    # scores are marginal gains of a set function: an example identical to one already
+    # picked gains nothing, so duplicates do not tie (the contract checks their order only)
+    set_function: ClassVar[bool] = False
 
     def parse_options(self, options: dict[str, Any] | None) -> MethodOptions:
         try:
@@ -93,6 +119,13 @@ class SelectionMethod:
     def score(self, engine: QueryEngine, request: ScoreRequest) -> ScoreMatrix:
         """Scores of the pool (or of candidates that surely hold the best ``request.k``)."""
         raise NotImplementedError
+
+    def weights(
+        self, matrix: ScoreMatrix, positions: np.ndarray, options: MethodOptions
+    ) -> np.ndarray | None:
+        """Training weights of the selected candidates (``positions`` index the matrix's
+        rows, in selection order), or None for methods that only rank."""
+        return None
 
 
 def budget_to_k(num_examples: int, top_k: int | None, fraction: float | None) -> int:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from fastapi import APIRouter, Response
+from fastapi.encoders import jsonable_encoder
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -14,20 +16,23 @@ from gradstore.api_models import (
     DatastorePage,
     DatastorePublic,
     DatastoreStatus,
+    MethodsRequest,
     SelectRequest,
     SelectResponse,
     UnitKind,
 )
+from gradstore.config import BuildConfig
 from gradstore.db.integrity import fingerprint, without_paths
 from gradstore.db.logs import bind, current
 from gradstore.db.model_roots import resolve_directory
-from gradstore.db.models import Datastore, SelectionRecord, WorkUnit
+from gradstore.db.models import Datastore, SelectionRecord, UnitState, WorkUnit
 from gradstore.db.queue import VERIFIABLE, queue_verification, verifications_in_progress
 from gradstore.errors import (
     ConflictError,
     GradstoreError,
     InvalidInputError,
     ManifestMismatchError,
+    MissingArtifactError,
     NotFoundError,
     NotReadyError,
     PayloadTooLargeError,
@@ -72,8 +77,38 @@ def public(store: Datastore, verifying: bool = False) -> dict:
         "verified_at": store.verified_at,
         "verifying": verifying,
         "config": store.config,
+        "methods": store.methods or [],
+        "pending_methods": pending_methods(store),
         "created_at": store.created_at,
     }
+
+
+def pending_methods(store: Datastore) -> list[str]:
+    """Methods of extend units not yet done (nor failed) on this store."""
+    from sqlalchemy.orm import object_session
+
+    session = object_session(store)
+    if session is None:
+        return []
+    payloads = session.scalars(
+        select(WorkUnit.payload).where(
+            WorkUnit.datastore_id == store.id,
+            WorkUnit.kind == UnitKind.EXTEND,
+            WorkUnit.state.in_((UnitState.PENDING, UnitState.RUNNING)),
+        )
+    ).all()
+    return sorted({m for p in payloads for m in (p or {}).get("methods", [])})
+
+
+def check_methods(methods: list[str]) -> list[str]:
+    """Known method names, deduplicated in order; an unknown one is a 422 naming it."""
+    from gradstore.selection import extra_artifacts
+
+    unique = list(dict.fromkeys(methods))
+    for name in unique:
+        get_method(name)
+    extra_artifacts(unique)
+    return unique
 
 
 def get_store_or_404(session, datastore_id: str) -> Datastore:
@@ -102,6 +137,8 @@ def create_datastore(
         for i, d in enumerate(body.warmup_from)
     ]
     config = build_config(body)
+    if config.methods is not None:
+        config = config.model_copy(update={"methods": check_methods(config.methods)})
     if not (model_dir / "config.json").is_file():
         raise InvalidInputError(
             f"model.path {body.model.path!r} has no config.json: give a directory saved with "
@@ -147,7 +184,9 @@ def get_datastore(datastore_id: str, session: SessionDep):
 
 
 @router.delete("/{datastore_id}", status_code=204, response_class=Response)
-def delete_datastore(datastore_id: str, session: SessionDep, engines: EnginesDep):
+def delete_datastore(
+    datastore_id: str, session: SessionDep, engines: EnginesDep, settings: SettingsDep
+):
     """Remove a datastore and its artifacts; a build in progress is cancelled.
 
     The record is gone when this answers (a GET is a 404): the workers of a cancelled build
@@ -160,6 +199,7 @@ def delete_datastore(datastore_id: str, session: SessionDep, engines: EnginesDep
     session.execute(delete(WorkUnit).where(WorkUnit.datastore_id == store.id))
     session.delete(store)
     session.commit()
+    remove_tree(selection_results_dir(settings, store.id))
     remove_tree(store.path)
     log.info(
         "datastore removed" + (" (build cancelled)" if was_building else ""),
@@ -195,8 +235,20 @@ def verify_datastore(datastore_id: str, session: SessionDep, settings: SettingsD
 
 def _integrity_failure(
     session, store: Datastore, engines, settings, exc: GradstoreError
-) -> DatastoreIntegrityError:
-    """Fail the store for good (until verified again), drop its engine, say why."""
+) -> DatastoreIntegrityError | ServiceUnavailableError:
+    """Fail the store for good (until verified again), drop its engine, say why.
+
+    While an extend unit adds methods, the manifest grows under the loaded engine: that is
+    no fault of the store, so the query is asked to retry (the unit records the new
+    fingerprint when it finishes) and the store stays ready.
+    """
+    if _extending(session, store):
+        engines.evict(store.id)
+        return ServiceUnavailableError(
+            f"datastore {store.id} is gaining methods and its manifest is being updated; "
+            "retry in a moment",
+            settings.retry_after_seconds,
+        )
     reason = without_paths(exc.detail, store.path, settings.data_dir.resolve())
     session.execute(
         update(Datastore)
@@ -210,6 +262,17 @@ def _integrity_failure(
     return DatastoreIntegrityError(
         f"datastore {store.id} failed its integrity check and is now marked failed: {reason}"
     )
+
+
+def _extending(session, store: Datastore) -> bool:
+    running = session.scalar(
+        select(func.count()).where(
+            WorkUnit.datastore_id == store.id,
+            WorkUnit.kind == UnitKind.EXTEND,
+            WorkUnit.state == UnitState.RUNNING,
+        )
+    )
+    return bool(running)
 
 
 def _load(store: Datastore, session, engines, settings):
@@ -226,6 +289,52 @@ def _load(store: Datastore, session, engines, settings):
             "can find why in the logs by the request id",
             settings.retry_after_seconds,
         ) from None
+
+
+@router.post("/{datastore_id}/methods", status_code=202, response_model=DatastorePublic)
+def add_methods(datastore_id: str, body: MethodsRequest, response: Response, session: SessionDep):
+    """Make a ready store serve more methods: compute the artifacts they need, nothing else.
+
+    The store stays ready and its methods keep answering while workers add the artifacts
+    (one ``extend`` work unit, leased like a build's); the new methods answer once
+    ``pending_methods`` no longer lists them. Gradient feature kinds are made by the build
+    only: a method that needs a kind the store lacks is a 409.
+    """
+    from gradstore.artifacts import ARTIFACTS
+    from gradstore.selection import method_requirements
+
+    store = get_store_or_404(session, datastore_id)
+    methods = check_methods(body.methods)
+    if store.status != DatastoreStatus.READY:
+        raise NotReadyError(f"datastore {datastore_id} is {store.status}; add methods once ready")
+    kinds = set(BuildConfig.model_validate(store.config).pool_features)
+    for method in methods:
+        for artifact in method_requirements(method).artifacts:
+            if not ARTIFACTS[artifact].extendable and artifact.split(".", 1)[-1] not in kinds:
+                raise ConflictError(
+                    f"method {method!r} needs {artifact!r}, which only a build makes: create "
+                    f"a datastore whose pool_features include {artifact.split('.', 1)[-1]!r}"
+                )
+    new = [m for m in methods if m not in (store.methods or [])]
+    response.headers["Location"] = f"/v1/datastores/{store.id}"
+    if not new:
+        response.status_code = 200
+        return public(store)
+    count = session.scalar(
+        select(func.count()).where(
+            WorkUnit.datastore_id == store.id, WorkUnit.kind == UnitKind.EXTEND
+        )
+    )
+    session.add(
+        WorkUnit(
+            datastore_id=store.id,
+            kind=UnitKind.EXTEND,
+            checkpoint=int(count or 0),  # one unit per request (unique with kind and start)
+            payload={"methods": new},
+        )
+    )
+    session.commit()
+    return public(store)
 
 
 @router.post("/{datastore_id}/select", response_model=SelectResponse)
@@ -272,32 +381,61 @@ def select_training_data(
         engine = _load(store, session, engines, settings)
         try:
             result = run_selection(
-                engine, targets, body.method, body.top_k, body.fraction, body.options
+                engine,
+                targets,
+                body.method,
+                body.top_k,
+                body.fraction,
+                body.options,
+                explain=body.explain,
             )
             if fingerprint(engine.datastore) != store.verified_fingerprint:
                 raise ManifestMismatchError(
                     "files of the datastore changed on disk since it was verified"
                 )
+        except MissingArtifactError as exc:  # the fix names this store's own URL
+            exc.detail = exc.detail.replace("{id}", store.id)
+            exc.args = (exc.detail,)
+            raise
         except ManifestMismatchError as exc:
             raise _integrity_failure(session, store, engines, settings, exc) from None
     observe_phases(result.method, result.timings_ms)
-    session.add(
-        SelectionRecord(
-            datastore_id=store.id,
-            method=result.method,
-            num_targets=len(targets),
-            num_selected=len(result.selected),
-            request=body.model_dump(mode="json", exclude={"targets"})
-            | {"target_ids": [t.id for t in targets]},
-            timings_ms=result.timings_ms,
-        )
+    record = SelectionRecord(
+        datastore_id=store.id,
+        method=result.method,
+        num_targets=len(targets),
+        num_selected=len(result.selected),
+        request=body.model_dump(mode="json", exclude={"targets"})
+        | {"target_ids": [t.id for t in targets]},
+        timings_ms=result.timings_ms,
     )
-    session.commit()
-    return {
+    session.add(record)
+    session.flush()
+    answer = {
         "datastore_id": store.id,
         "method": result.method,
-        "selected": [{"id": s.id, "score": s.score, "subtask": s.subtask} for s in result.selected],
+        "selected": [
+            {"id": s.id, "score": s.score, "subtask": s.subtask, "weight": s.weight}
+            for s in result.selected
+        ],
         "num_candidates": result.num_candidates,
         "timings_ms": result.timings_ms,
         "details": result.details,
+        "explanation": result.explanation,
+        "selection_id": record.id,
     }
+    save_selection_result(settings, store.id, record.id, answer)
+    session.commit()
+    return answer
+
+
+def selection_results_dir(settings, datastore_id: str) -> Path:
+    """Where the answers of a datastore's selections are kept (for their reports)."""
+    return settings.data_dir / "selections" / datastore_id
+
+
+def save_selection_result(settings, datastore_id: str, selection_id: str, answer: dict) -> None:
+    from gradstore.files import atomic_write_json
+
+    path = selection_results_dir(settings, datastore_id) / f"{selection_id}.json"
+    atomic_write_json(path, jsonable_encoder(answer))

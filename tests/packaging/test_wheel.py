@@ -66,7 +66,7 @@ def test_wheel_has_namespaced_packages_data_and_entry_points(wheel):
         "service": "gradstore.service.commands:register",
         "worker": "gradstore.worker.commands:register",
     }
-    assert dict(entries["console_scripts"]) == {"gradstore": "gradstore.cli:app"}
+    assert dict(entries["console_scripts"]) == {"gradstore": "gradstore.cli:main"}
 
 
 def test_unpacked_wheel_imports_runs_migrations_and_module_entry_points(wheel, tmp_path):

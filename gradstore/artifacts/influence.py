@@ -1,0 +1,121 @@
+"""The influence methods' pool artifacts, both computed at the store's last checkpoint.
+
+- ``layer_gradients`` (In2Core): per unit, ``{rows}.npy`` — (rows, |L'|, d_l) unit
+  directions of each block's projected raw gradient (store dtype) — and ``{rows}.norms.npy``
+  — (rows, |L'|) float32 unprojected norms. One truncated forward+backward per example.
+- ``update_directions`` (Influence Distillation, ``exact`` mode): (rows, d) projected,
+  normalised Adam update directions a ⊙ g. One full forward+backward per example.
+
+Unlike ``hidden_states`` they need the warmup checkpoints, so a build computes them after
+warmup (``needs_checkpoints``); a ready store gains them without touching anything it has.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from gradstore.artifacts.base import ArtifactBuilder, ArtifactUnit, ProgressCallback
+from gradstore.checkpoints import load_checkpoints
+from gradstore.influence_features import (
+    LAYER_GRADIENTS,
+    UPDATE_DIRECTIONS,
+    last_checkpoint,
+    layer_featurizer,
+    layer_plan,
+    store_checkpoint_model,
+    update_featurizer,
+)
+from gradstore.store import BuildSpec, TokenStore
+
+
+def _dtype(spec: BuildSpec) -> type:
+    return np.float16 if spec.config.dtype == "float16" else np.float32
+
+
+class LayerGradients(ArtifactBuilder):
+    name = LAYER_GRADIENTS
+    kind = "layer_gradients"
+    description = (
+        "In2Core features: each of the last quarter of the blocks' raw LoRA gradients "
+        "projected on its own, with unprojected norms, at the last checkpoint"
+    )
+    needs_model = True
+    needs_checkpoints = True
+
+    def unit_files(self, unit: ArtifactUnit) -> list[str]:
+        stem = f"{self.directory()}/{unit.start:09d}-{unit.end:09d}"
+        return [f"{stem}.npy", f"{stem}.norms.npy"]
+
+    def params(self, spec: BuildSpec) -> dict:
+        layers, dim = layer_plan(spec.model.path, spec.config.projection)
+        return {
+            "checkpoint": "last",
+            "layers": layers,
+            "dim_per_layer": dim,
+            "gradient": "raw (no optimizer state)",
+            "projection": spec.config.projection.model_dump(),
+            "directions": "unit rows per layer",
+            "norms": "unprojected, float32",
+            "dtype": spec.config.dtype,
+        }
+
+    def compute(
+        self,
+        root: Path,
+        spec: BuildSpec,
+        unit: ArtifactUnit,
+        device: str | None,
+        on_batch: ProgressCallback | None,
+    ) -> dict[str, np.ndarray]:
+        model = store_checkpoint_model(str(root), device)
+        last = last_checkpoint(list(model.checkpoints.values()))
+        layers, dim = layer_plan(spec.model.path, spec.config.projection)
+        with model.lock:
+            featurizer = layer_featurizer(model, last.index, layers, dim, spec.config.batch_size)
+            directions, norms = featurizer.featurize(
+                TokenStore(root).slice(unit.start, unit.end), on_batch
+            )
+        files = self.unit_files(unit)
+        return {files[0]: directions.astype(_dtype(spec)), files[1]: norms}
+
+
+class UpdateDirections(ArtifactBuilder):
+    name = UPDATE_DIRECTIONS
+    kind = "update_directions"
+    description = (
+        "Influence Distillation features: projected, normalised Adam update directions "
+        "a ⊙ g at the last checkpoint"
+    )
+    needs_model = True
+    needs_checkpoints = True
+
+    def unit_files(self, unit: ArtifactUnit) -> list[str]:
+        return [f"{self.directory()}/{unit.start:09d}-{unit.end:09d}.npy"]
+
+    def params(self, spec: BuildSpec) -> dict:
+        return {
+            "checkpoint": "last",
+            "direction": "a ⊙ g, a = ((1−β1)/(1−β1^(t+1))) / (sqrt(v/(1−β2^(t+1))) + 1e-8)",
+            "projection": spec.config.projection.model_dump(),
+            "normalised": True,
+            "dtype": spec.config.dtype,
+        }
+
+    def compute(
+        self,
+        root: Path,
+        spec: BuildSpec,
+        unit: ArtifactUnit,
+        device: str | None,
+        on_batch: ProgressCallback | None,
+    ) -> dict[str, np.ndarray]:
+        model = store_checkpoint_model(str(root), device)
+        last = last_checkpoint(load_checkpoints(root / "checkpoints"))
+        with model.lock:
+            featurizer = update_featurizer(model, last, spec.config.batch_size)
+            features = featurizer.featurize(
+                TokenStore(root).slice(unit.start, unit.end), ("adam",), on_batch
+            )["adam"]
+        return {self.unit_files(unit)[0]: features.astype(_dtype(spec))}

@@ -1,0 +1,92 @@
+"""Gradient features of the influence methods, shared by their artifacts and their queries.
+
+Both methods read the model after training on the pool: the last warmup checkpoint. The
+pool side is computed once into a store artifact; the target side (and Influence
+Distillation's landmarks) at query time with exactly the same featurizer, so the two meet.
+
+- ``layer_gradients`` (In2Core): raw gradients of the blocks in L', each block projected on
+  its own (``LayerFeaturizer``), directions plus unprojected norms.
+- ``update_directions`` (Influence Distillation): the Adam direction a ⊙ g over every LoRA
+  weight, projected and normalised (``AdamUpdateDirection`` in the featurizer's place of
+  LESS's Γ).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+from gradstore.checkpoint_model import CheckpointModel
+from gradstore.checkpoints import WarmupCheckpoint, load_adam_moments, load_checkpoints
+from gradstore.config import ProjectionConfig
+from gradstore.featurizer import CheckpointFeaturizer
+from gradstore.layer_gradients import LayerFeaturizer, default_layers
+from gradstore.preconditioner import AdamUpdateDirection
+from gradstore.projection import make_projector
+
+LAYER_GRADIENTS = "layer_gradients"
+UPDATE_DIRECTIONS = "update_directions"
+
+
+def last_checkpoint(checkpoints: Sequence[WarmupCheckpoint]) -> WarmupCheckpoint:
+    """The model trained furthest on the pool: In2Core's and Influence Distillation's θ."""
+    if not checkpoints:
+        raise ValueError("the influence methods need at least one warmup checkpoint")
+    return max(checkpoints, key=lambda c: c.index)
+
+
+def num_blocks(model_dir: str | Path) -> int:
+    """Transformer blocks of the model, from its config alone (no weights loaded)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(model_dir))
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if getattr(config, key, None):
+            return int(getattr(config, key))
+    raise ValueError(f"{model_dir}: the config does not say how many blocks the model has")
+
+
+def layer_plan(model_dir: str | Path, projection: ProjectionConfig) -> tuple[list[int], int]:
+    """(L': the last quarter of the blocks, columns per block: d / |L'|, at least 16)."""
+    layers = default_layers(range(num_blocks(model_dir)))
+    return layers, max(16, projection.dim // len(layers))
+
+
+@lru_cache(maxsize=1)
+def store_checkpoint_model(root: str, device: str | None) -> CheckpointModel:
+    """The base model with the store's last checkpoint, for artifact units (one per process)."""
+    from gradstore.store import load_build_spec
+
+    spec = load_build_spec(Path(root))
+    last = last_checkpoint(load_checkpoints(Path(root) / "checkpoints"))
+    return CheckpointModel(spec.model.path, [last], spec.config.projection, device)
+
+
+def layer_featurizer(
+    model: CheckpointModel, index: int, layers: Sequence[int], dim: int, batch_size: int
+) -> LayerFeaturizer:
+    """Per-block features at checkpoint ``index`` with the store's projection kind and seed."""
+    model.activate(index)
+    projection = model.projector
+
+    def projector(in_dim: int, out_dim: int):
+        return make_projector(projection.kind, in_dim, out_dim, projection.seed, model.device)
+
+    return LayerFeaturizer(model.model, layers, dim, projector, model.pad_token_id, batch_size)
+
+
+def update_featurizer(
+    model: CheckpointModel, checkpoint: WarmupCheckpoint, batch_size: int
+) -> CheckpointFeaturizer:
+    """Projected, normalised a ⊙ g at ``checkpoint`` (ask it for the ``adam`` kind)."""
+    model.activate(checkpoint.index)
+    _, exp_avg_sq = load_adam_moments(checkpoint.path, model.model)
+    direction = AdamUpdateDirection(exp_avg_sq.to(model.device), checkpoint.step)
+    return CheckpointFeaturizer(
+        model.model,
+        model.projector,
+        direction,  # type: ignore[arg-type]  # the featurizer only calls apply_/__call__
+        model.pad_token_id,
+        batch_size,
+    )

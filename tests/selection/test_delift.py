@@ -1,0 +1,146 @@
+"""DELIFT: the stored kernel, the utilities and the three objectives against slow references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_contract import TARGETS
+
+from gradstore.artifacts import compute_artifact_unit, plan_artifact_units
+from gradstore.artifacts.delift_kernel import load_kernel_parts
+from gradstore.errors import InvalidInputError
+from gradstore.icl_utility import InContextUtility, reference_distance
+from gradstore.modeling import load_base_model, load_tokenizer
+from gradstore.query import QueryEngine
+from gradstore.selection import run_selection
+from gradstore.selection.delift import min_max
+from gradstore.store import Datastore, TokenStore
+from gradstore.submodular import Objective, objective_value, reference_greedy
+
+
+@pytest.fixture(scope="module")
+def store(contract_store) -> Datastore:
+    return Datastore.open(contract_store)
+
+
+@pytest.fixture(scope="module")
+def model_and_tokens(store):
+    model = load_base_model(store.manifest.model.path, "cpu")
+    tokenizer = load_tokenizer(store.manifest.model.path)
+    return model, tokenizer, TokenStore(store.root)
+
+
+def reference_neighbours(store: Datastore, k: int) -> np.ndarray:
+    """Dense LESS similarity of every pair, in float64."""
+    weights = store.checkpoint_weights().astype(np.float64)
+    kind = store.manifest.kinds[0]
+    feats = [store.features(kind, c.index).astype(np.float64) for c in store.manifest.checkpoints]
+    similarity = sum(w * f @ f.T for w, f in zip(weights, feats, strict=True))
+    np.fill_diagonal(similarity, -np.inf)
+    return np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+
+
+def dense_kernel(store: Datastore) -> np.ndarray:
+    neighbours, utility, _ = load_kernel_parts(store)
+    n = store.num_examples
+    dense = np.eye(n)
+    scaled = min_max(utility)
+    for i in range(n):
+        dense[i, neighbours[i]] = scaled[i]
+    return dense
+
+
+def test_batched_utilities_equal_one_pair_forwards(model_and_tokens):
+    model, tokenizer, tokens = model_and_tokens
+    bos = tokenizer.bos_token_id
+    examples = [tokens[i] for i in (0, 3, 9, 17)]
+    demos = [tokens[i] for i in (5, 30, 2, 11)]
+    pairs = [(e, None) for e in examples] + list(zip(examples, demos, strict=True))
+    batched = InContextUtility(model, tokenizer.pad_token_id or 0, bos, 3).distances(pairs)
+    expected = [reference_distance(model, e, d, bos) for e, d in pairs]
+    np.testing.assert_allclose(batched, expected, atol=1e-5)
+    assert np.all((batched >= 0) & (batched <= 1))
+
+
+def test_stored_kernel_equals_dense_neighbours_and_one_pair_utilities(store, model_and_tokens):
+    model, tokenizer, tokens = model_and_tokens
+    neighbours, utility, base = load_kernel_parts(store)
+    n = store.num_examples
+    assert neighbours.shape == (n, min(32, n - 1)) and utility.shape == neighbours.shape
+    expected = reference_neighbours(store, neighbours.shape[1])
+    # fp16 features: allow swaps between near-equal similarities, but not in the first few
+    np.testing.assert_array_equal(neighbours[:, :3], expected[:, :3])
+    assert all(i not in neighbours[i] for i in range(n))
+    bos = tokenizer.bos_token_id
+    for i in (0, 7, 33):
+        alone = reference_distance(model, tokens[i], None, bos)
+        assert base[i] == pytest.approx(alone, abs=1e-5)
+        for position in (0, 5, neighbours.shape[1] - 1):
+            j = int(neighbours[i, position])
+            uf = alone - reference_distance(model, tokens[i], tokens[j], bos)
+            assert utility[i, position] == pytest.approx(uf, abs=1e-5)
+
+
+def test_kernel_units_rerun_to_identical_bytes(store, tmp_path):
+    from stores import copy_store
+
+    root = copy_store(store.root, tmp_path / "store")
+    manifest = Datastore.open(root).manifest
+    unit = plan_artifact_units(root, "delift_kernel")[1]
+    result = compute_artifact_unit(root, unit)
+    for relative, digest in result.files.items():
+        assert manifest.files[relative].sha256 == digest
+
+
+def test_facility_location_is_greedy_over_the_dense_kernel(store):
+    engine = QueryEngine(Datastore.open(store.root))
+    result = run_selection(
+        engine, TARGETS, "delift", top_k=8, options={"objective": "facility_location"}
+    )
+    expected, gains = reference_greedy(dense_kernel(store), 8)
+    assert [engine.datastore.row_of[s.id] for s in result.selected] == expected
+    np.testing.assert_allclose([s.score for s in result.selected], gains, atol=1e-9)
+    assert not engine.model_loaded  # facility location needs no model at query time
+
+
+def test_conditional_gain_covers_what_the_existing_set_does_not(store):
+    engine = QueryEngine(Datastore.open(store.root))
+    existing = [engine.datastore.ids[r] for r in (1, 4, 12)]
+    options = {"objective": "conditional_gain", "existing_ids": existing, "nu": 1.0}
+    result = run_selection(engine, TARGETS, "delift", top_k=6, options=options)
+    dense = dense_kernel(store)
+    floor = dense[:, [1, 4, 12]].max(axis=1)
+    allowed = np.ones(len(dense), bool)
+    allowed[[1, 4, 12]] = False
+    expected, _ = reference_greedy(dense, 6, Objective(floor=floor), allowed)
+    assert [engine.datastore.row_of[s.id] for s in result.selected] == expected
+    assert not set(existing) & {s.id for s in result.selected}
+    with pytest.raises(InvalidInputError, match="existing_ids"):
+        run_selection(engine, TARGETS, "delift", top_k=3, options={"objective": "conditional_gain"})
+    with pytest.raises(InvalidInputError, match="not in the pool"):
+        options = {"objective": "conditional_gain", "existing_ids": ["nope"]}
+        run_selection(engine, TARGETS, "delift", top_k=3, options=options)
+
+
+def test_mutual_information_gains_add_up_to_the_objective(store):
+    engine = QueryEngine(Datastore.open(store.root))
+    result = run_selection(engine, TARGETS, "delift", top_k=10, options={"eta": 0.5})
+    gains = result.details["gains"]
+    assert gains == sorted(gains, reverse=True) and gains[0] > 0
+    assert sum(s.score for s in result.selected) == pytest.approx(sum(gains))
+    assert objective_value(dense_kernel(store), []) == 0.0
+
+
+def test_mutual_information_is_greedy_against_the_target_utilities(store):
+    from gradstore.selection.base import ScoreRequest
+    from gradstore.selection.delift import Delift
+
+    engine = QueryEngine(Datastore.open(store.root))
+    options = Delift().parse_options({"target_neighbours": 5})
+    request = ScoreRequest(TARGETS, options, 7, False)
+    kept, relevance = Delift().target_relevance(engine, request, options)
+    assert relevance.shape == (store.num_examples, len(kept))
+    assert ((relevance > 0).sum(axis=0) <= 5).all() and relevance.max() == 1.0
+    result = run_selection(engine, TARGETS, "delift", top_k=7, options={"target_neighbours": 5})
+    expected, _ = reference_greedy(dense_kernel(store), 7, Objective(cap=relevance.max(axis=1)))
+    assert [engine.datastore.row_of[s.id] for s in result.selected] == expected

@@ -1,0 +1,134 @@
+"""Stores serve the methods they were built for and gain more later, over HTTP."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TINY_BUILD
+from fastapi.testclient import TestClient
+from test_api import assert_problem, upload
+
+from gradstore.db.settings import Settings
+from gradstore.migrations import upgrade
+from gradstore.service.app import create_app
+from gradstore.store import Datastore
+from gradstore.worker.runner import Worker
+
+
+@pytest.fixture
+def settings(tmp_path):
+    settings = Settings(data_dir=tmp_path / "data", heartbeat_seconds=0.2)
+    settings.data_dir.mkdir(parents=True)
+    upgrade(settings.database_url)
+    return settings
+
+
+@pytest.fixture
+def client(settings):
+    torch.set_num_threads(1)  # builds run in this process: on 2 shared cores more contend
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+TARGETS = [
+    {"subtask": "add", "prompt": "Q: 3+4\nA:", "completion": "7"},
+    {"subtask": "add", "prompt": "Q: 10+21\nA:", "completion": "31"},
+]
+
+
+def test_methods_are_listed_with_their_needs(client):
+    methods = {m["name"]: m for m in client.get("/v1/methods").json()["data"]}
+    assert {"less", "rds", "dsir", "bm25", "random"} <= set(methods)
+    assert methods["less"]["model"] == "checkpoints" and methods["bm25"]["model"] == "none"
+    assert methods["rds"]["artifacts"] == ["hidden_states"]
+    assert "aggregate" in methods["less"]["options"]["properties"]
+
+
+def test_a_store_gains_a_method_without_recomputing_anything(
+    client, settings, toy_pool_file, tiny_model_dir
+):
+    dataset = upload(client, toy_pool_file)
+    body = {
+        "dataset_id": dataset["id"],
+        "model": {"path": str(tiny_model_dir)},
+        "methods": ["less", "bm25", "less"],
+    } | TINY_BUILD
+    bad = client.post("/v1/datastores", json=body | {"methods": ["less", "nope"]})
+    assert_problem(bad, 422, "unknown selection method 'nope'")
+    created = client.post("/v1/datastores", json=body)
+    assert created.status_code == 202, created.text
+    store_id = created.json()["id"]
+    assert created.json()["config"]["methods"] == ["less", "bm25"]
+    methods_url = f"/v1/datastores/{store_id}/methods"
+    assert_problem(client.post(methods_url, json={"methods": ["rds"]}), 409, "once ready")
+
+    Worker(settings).run(once=True)
+    store = client.get(f"/v1/datastores/{store_id}").json()
+    assert store["status"] == "ready" and store["methods"] == ["less", "bm25"]
+    select = f"/v1/datastores/{store_id}/select"
+    missing = client.post(select, json={"targets": TARGETS, "top_k": 4, "method": "rds"})
+    assert_problem(missing, 409, "hidden_states")
+    assert f"POST /v1/datastores/{store_id}/methods" in missing.json()["detail"]
+    root = Datastore.open(store_path(settings, store_id))
+    before = {path: entry.sha256 for path, entry in root.manifest.files.items()}
+
+    added = client.post(methods_url, json={"methods": ["rds", "dsir"]})
+    assert added.status_code == 202, added.text
+    assert added.json()["pending_methods"] == ["dsir", "rds"]
+    assert added.json()["status"] == "ready"
+    less = client.post(select, json={"targets": TARGETS, "top_k": 4})
+    assert less.status_code == 200  # the methods it had answer while the others are added
+
+    Worker(settings).run(once=True)
+    store = client.get(f"/v1/datastores/{store_id}").json()
+    assert store["methods"] == ["bm25", "dsir", "less", "rds"] and store["pending_methods"] == []
+    for method in ("rds", "dsir"):
+        answer = client.post(select, json={"targets": TARGETS, "top_k": 4, "method": method})
+        assert answer.status_code == 200, answer.text
+        assert len(answer.json()["selected"]) == 4
+    after = Datastore.open(store_path(settings, store_id)).manifest.files
+    assert all(after[path].sha256 == digest for path, digest in before.items())
+    again = client.post(methods_url, json={"methods": ["rds"]})
+    assert again.status_code == 200 and again.json()["pending_methods"] == []
+
+
+def store_path(config: Settings, store_id: str):
+    return config.datastores_dir / store_id
+
+
+def test_weights_explanations_and_the_report_over_http(
+    client, settings, toy_pool_file, tiny_model_dir
+):
+    dataset = upload(client, toy_pool_file)
+    body = {
+        "dataset_id": dataset["id"],
+        "model": {"path": str(tiny_model_dir)},
+        "methods": ["less", "bm25", "influence_distillation"],
+    } | TINY_BUILD
+    store_id = client.post("/v1/datastores", json=body).json()["id"]
+    Worker(settings).run(once=True)
+    select = f"/v1/datastores/{store_id}/select"
+
+    weighted = client.post(
+        select, json={"targets": TARGETS, "top_k": 5, "method": "influence_distillation"}
+    )
+    assert weighted.status_code == 200, weighted.text
+    weights = [s["weight"] for s in weighted.json()["selected"]]
+    assert all(w is not None and w >= 0 for w in weights) and sum(weights) > 0
+
+    less = client.post(select, json={"targets": TARGETS, "top_k": 5, "explain": True}).json()
+    assert all(s["weight"] is None for s in less["selected"])
+    explained = less["explanation"]
+    assert [e["id"] for e in explained["examples"]] == [s["id"] for s in less["selected"]]
+    assert {t["subtask"] for t in explained["targets"]} == {"add"}
+    assert sum(t["pulled"] for t in explained["targets"]) == 5
+    client.post(select, json={"targets": TARGETS, "top_k": 5, "method": "bm25"})
+
+    report = client.get(f"/v1/datastores/{store_id}/selections/{less['selection_id']}/report")
+    assert report.status_code == 200, report.text
+    assert report.headers["content-type"].startswith("text/html")
+    page = report.text
+    assert "<img" in page and "bm25" in page  # figures, and the overlap with the other method
+    assert less["selected"][0]["id"] in page  # the top examples are listed
+    missing = client.get(f"/v1/datastores/{store_id}/selections/nope/report")
+    assert_problem(missing, 404, "no selection")
