@@ -348,6 +348,12 @@ class SelectResponse(_Public):
     explanation: dict[str, Any] | None = Field(
         None, description="With explain: per example its target point; per target its coverage."
     )
+    coverage: dict[str, Any] | None = Field(
+        None,
+        description="in2core: per target point, how many strong proponents the pool holds "
+        "and its top ones ({threshold, z, targets: [{target, subtask, strong_proponents, "
+        "top: [{id, score}]}]}); also in details.coverage.",
+    )
     selection_id: str | None = Field(
         None, description="The audit record; its HTML report is at .../selections/{id}/report."
     )

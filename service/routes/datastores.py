@@ -291,7 +291,12 @@ def _load(store: Datastore, session, engines, settings):
         ) from None
 
 
-@router.post("/{datastore_id}/methods", status_code=202, response_model=DatastorePublic)
+@router.post(
+    "/{datastore_id}/methods",
+    status_code=202,
+    response_model=DatastorePublic,
+    responses={200: {"model": DatastorePublic, "description": "It serves them already."}},
+)
 def add_methods(datastore_id: str, body: MethodsRequest, response: Response, session: SessionDep):
     """Make a ready store serve more methods: compute the artifacts they need, nothing else.
 
@@ -422,6 +427,7 @@ def select_training_data(
         "timings_ms": result.timings_ms,
         "details": result.details,
         "explanation": result.explanation,
+        "coverage": result.details.get("coverage"),
         "selection_id": record.id,
     }
     save_selection_result(settings, store.id, record.id, answer)

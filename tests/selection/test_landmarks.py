@@ -41,8 +41,7 @@ def test_median_width_and_landmark_sample():
 
 @pytest.fixture(scope="module")
 def toy_store(tmp_path_factory, toy_model_dir, toy_corpus):
-    settings = {k: v for k, v in TINY_BUILD.items() if k != "options"}
-    config = BuildConfig(**settings, **TINY_BUILD["options"])
+    config = BuildConfig(**TINY_BUILD)
     root = tmp_path_factory.mktemp("id-toy")
     methods = ["influence_distillation", "rds"]
     return build_store(root, toy_model_dir, toy_corpus, config, methods)

@@ -103,7 +103,7 @@ def test_weights_explanations_and_the_report_over_http(
     body = {
         "dataset_id": dataset["id"],
         "model": {"path": str(tiny_model_dir)},
-        "methods": ["less", "bm25", "influence_distillation"],
+        "methods": ["less", "bm25", "influence_distillation", "in2core"],
     } | TINY_BUILD
     store_id = client.post("/v1/datastores", json=body).json()["id"]
     Worker(settings).run(once=True)
@@ -116,7 +116,14 @@ def test_weights_explanations_and_the_report_over_http(
     weights = [s["weight"] for s in weighted.json()["selected"]]
     assert all(w is not None and w >= 0 for w in weights) and sum(weights) > 0
 
+    covered = client.post(select, json={"targets": TARGETS, "top_k": 5, "method": "in2core"})
+    assert covered.status_code == 200, covered.text
+    coverage = covered.json()["coverage"]
+    assert [t["target"] for t in coverage["targets"]] == ["target-0", "target-1"]
+    assert coverage == covered.json()["details"]["coverage"]
+
     less = client.post(select, json={"targets": TARGETS, "top_k": 5, "explain": True}).json()
+    assert less["coverage"] is None
     assert all(s["weight"] is None for s in less["selected"])
     explained = less["explanation"]
     assert [e["id"] for e in explained["examples"]] == [s["id"] for s in less["selected"]]
