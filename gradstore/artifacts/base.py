@@ -62,9 +62,13 @@ class ArtifactBuilder(ABC):
     def directory(self) -> str:
         return f"artifacts/{self.name}"
 
-    @abstractmethod
+    def unit_stem(self, unit: ArtifactUnit) -> str:
+        """The unit's path without extension: its rows, zero-padded, in the directory."""
+        return f"{self.directory()}/{unit.start:09d}-{unit.end:09d}"
+
     def unit_files(self, unit: ArtifactUnit) -> list[str]:
-        """Relative paths a unit writes; it is done when they all exist."""
+        """Relative paths a unit writes (default: one array); done when they all exist."""
+        return [f"{self.unit_stem(unit)}.npy"]
 
     @abstractmethod
     def params(self, spec: BuildSpec) -> dict:

@@ -75,7 +75,7 @@ class DeliftKernel(ArtifactBuilder):
         self.neighbours = neighbours
 
     def unit_files(self, unit: ArtifactUnit) -> list[str]:
-        stem = f"{self.directory()}/{unit.start:09d}-{unit.end:09d}"
+        stem = self.unit_stem(unit)
         return [f"{stem}.{part}.npy" for part in PARTS]
 
     def params(self, spec: BuildSpec) -> dict:

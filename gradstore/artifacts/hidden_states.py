@@ -30,9 +30,6 @@ class HiddenStates(ArtifactBuilder):
     description = "RDS+ embeddings: position-weighted mean-pooled final hidden states"
     needs_model = True
 
-    def unit_files(self, unit: ArtifactUnit) -> list[str]:
-        return [f"{self.directory()}/{unit.start:09d}-{unit.end:09d}.npy"]
-
     def params(self, spec: BuildSpec) -> dict:
         return {
             "model": "base (no adapter)",

@@ -45,7 +45,7 @@ class LayerGradients(ArtifactBuilder):
     needs_checkpoints = True
 
     def unit_files(self, unit: ArtifactUnit) -> list[str]:
-        stem = f"{self.directory()}/{unit.start:09d}-{unit.end:09d}"
+        stem = self.unit_stem(unit)
         return [f"{stem}.npy", f"{stem}.norms.npy"]
 
     def params(self, spec: BuildSpec) -> dict:
@@ -90,9 +90,6 @@ class UpdateDirections(ArtifactBuilder):
     )
     needs_model = True
     needs_checkpoints = True
-
-    def unit_files(self, unit: ArtifactUnit) -> list[str]:
-        return [f"{self.directory()}/{unit.start:09d}-{unit.end:09d}.npy"]
 
     def params(self, spec: BuildSpec) -> dict:
         return {

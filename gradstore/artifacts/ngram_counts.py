@@ -44,7 +44,7 @@ class NgramCounts(ArtifactBuilder):
         return max(spec.config.shard_size, UNIT_ROWS)
 
     def unit_files(self, unit: ArtifactUnit) -> list[str]:
-        stem = f"{self.directory()}/{unit.start:09d}-{unit.end:09d}"
+        stem = self.unit_stem(unit)
         return [f"{stem}-offsets.npy", f"{stem}-entries.npy"]
 
     def totals_file(self) -> str:

@@ -48,16 +48,15 @@ def test_every_code_block_is_shell_or_python():
 
 
 def test_no_file_cites_design_notes_missing_from_the_repository():
-    missing = ("DESIGN.md", "ALGORITHMS.md")
+    # spelled in parts so that this guard does not cite them itself
+    missing = ("DESIGN" + ".md", "ALGORITHMS" + ".md", "../" + "shared")
     tracked = subprocess.run(
         ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.split()
-    this = str(Path(__file__).resolve().relative_to(ROOT))
     offenders = [
         name
         for name in tracked
-        if name != this
-        and (ROOT / name).is_file()
+        if (ROOT / name).is_file()
         and any(m in (ROOT / name).read_text(errors="ignore") for m in missing)
     ]
     assert not offenders, f"cite design notes that are not in the repository: {offenders}"
