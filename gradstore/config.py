@@ -73,6 +73,16 @@ class ProjectionConfig(_Config):
     )
 
 
+class DeliftConfig(_Config):
+    neighbours: int = Field(
+        32,
+        ge=1,
+        le=1024,
+        description="K: nearest neighbours (gradient space) whose in-context utility the "
+        "delift_kernel artifact keeps per example; it costs n·(K + 1) pair forwards.",
+    )
+
+
 class BuildConfig(_Config):
     """Everything that determines the bytes of a datastore."""
 
@@ -103,3 +113,4 @@ class BuildConfig(_Config):
     pool_features: list[Literal["adam", "sgd"]] = Field(
         ["adam"], description="Pool feature kinds kept in the store ('adam' is LESS's)."
     )
+    delift: DeliftConfig = DeliftConfig()

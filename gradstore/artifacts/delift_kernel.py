@@ -1,12 +1,13 @@
 """The ``delift_kernel`` artifact: DELIFT's in-context utility over each example's neighbours.
 
 The full kernel needs n² pair forwards; each example i instead gets its K nearest neighbours
-in the store's gradient space (Σ_c η_c ⟨f_c(i), f_c(j)⟩, LESS's own similarity, self
-excluded, ties by row) and UF(i, j) for those j only: n·(K + 1) forwards of the base model
-(K pairs and i alone). A unit holds rows [start, end): their neighbours (int64), raw
-utilities (float32, unscaled: the min-max scaling of the reference needs every unit, so the
-query applies it) and base distances d(π_i(∅)). Units read the finished gradient features,
-so a worker schedules them after the index stage (``needs_features``).
+(``BuildConfig.delift.neighbours``, default 32) in the store's gradient space
+(Σ_c η_c ⟨f_c(i), f_c(j)⟩, LESS's own similarity, self excluded, ties by row) and UF(i, j)
+for those j only: n·(K + 1) forwards of the base model (K pairs and i alone). A unit holds
+rows [start, end): their neighbours (int64), raw utilities (float32, unscaled: the min-max
+scaling of the reference needs every unit, so the query applies it) and base distances
+d(π_i(∅)). Units read the finished gradient features, so a worker schedules them after the
+index stage (``needs_features``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from gradstore.artifacts.base import ArtifactBuilder, ArtifactUnit, ProgressCall
 from gradstore.icl_utility import InContextUtility
 from gradstore.store import BuildSpec, Datastore, TokenStore
 
-DEFAULT_NEIGHBOURS = 32
 PARTS = ("neighbours", "utility", "base")
 QUERY_BLOCK = 128  # rows whose neighbours one pass over the features finds
 
@@ -71,16 +71,13 @@ class DeliftKernel(ArtifactBuilder):
     needs_model = True
     needs_features = True
 
-    def __init__(self, neighbours: int = DEFAULT_NEIGHBOURS):
-        self.neighbours = neighbours
-
     def unit_files(self, unit: ArtifactUnit) -> list[str]:
         stem = self.unit_stem(unit)
         return [f"{stem}.{part}.npy" for part in PARTS]
 
     def params(self, spec: BuildSpec) -> dict:
         return {
-            "neighbours": self.neighbours,
+            "neighbours": spec.config.delift.neighbours,
             "neighbour_space": "LESS inner product of the gradient features (first kind)",
             "model": "base (no adapter)",
             "utility": "UF(i,j) = d(pi_i()) - d(pi_i(j)), d = ||pi - 1|| / sqrt(T), unscaled",
@@ -97,7 +94,7 @@ class DeliftKernel(ArtifactBuilder):
     ) -> dict[str, np.ndarray]:
         store = Datastore.open(root)
         rows = np.arange(unit.start, unit.end)
-        neighbours = nearest_neighbours(store, rows, self.neighbours)
+        neighbours = nearest_neighbours(store, rows, spec.config.delift.neighbours)
         tokens = TokenStore(root)
         model, pad, bos = _base_model(spec.model.path, device)
         utility = InContextUtility(model, pad, bos, spec.config.batch_size)

@@ -92,6 +92,26 @@ def test_kernel_units_rerun_to_identical_bytes(store, tmp_path):
         assert manifest.files[relative].sha256 == digest
 
 
+def test_kernel_width_is_the_build_option(store):
+    """``delift.neighbours`` sets K: the K nearest of the default kernel, the same utilities."""
+    from gradstore.artifacts.delift_kernel import DeliftKernel
+    from gradstore.config import DeliftConfig
+    from gradstore.store import load_build_spec
+
+    spec = load_build_spec(store.root)
+    assert spec.config.delift.neighbours == 32
+    narrow = spec.model_copy(
+        update={"config": spec.config.model_copy(update={"delift": DeliftConfig(neighbours=5)})}
+    )
+    unit = plan_artifact_units(store.root, "delift_kernel")[0]
+    neighbours, utility, _ = DeliftKernel().compute(store.root, narrow, unit, None, None).values()
+    wide, wide_utility, _ = load_kernel_parts(store)
+    rows = slice(unit.start, unit.end)
+    np.testing.assert_array_equal(neighbours, wide[rows, :5])
+    np.testing.assert_allclose(utility, wide_utility[rows, :5], rtol=1e-5, atol=1e-6)
+    assert DeliftKernel().params(narrow)["neighbours"] == 5
+
+
 def test_facility_location_is_greedy_over_the_dense_kernel(store):
     engine = QueryEngine(Datastore.open(store.root))
     result = run_selection(
