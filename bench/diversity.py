@@ -3,8 +3,8 @@
 The toy pool gets, in every skill family, a seeded tenth of its examples copied ``COPIES``
 times (half exact copies, half with one extra space in the prompt: the same example to any
 selector, under another ID). Then for every method, with ``diversity`` off and with
-``facility_location`` (the defaults, λ = 0.2 and τ = 0, and λ = 0.5 with τ = 0.8: copies
-only, weighed more), each family's targets select 5%:
+``facility_location`` (the defaults, λ = 0.2 and τ = 0.8; λ = 0.1 with τ = 0.9, lighter;
+λ = 0.6 with τ = 0.9, copies never beat a new example), each family's targets select 5%:
 
 - redundant picks: selected examples beyond the first of their duplicate group, per query;
 - precision: the share of the selection from the target's family (copies count);
@@ -13,6 +13,7 @@ only, weighed more), each family's targets select 5%:
 Also the cost of DELIFT's kernel artifact (pair forwards, seconds) beside the build's.
 
     python bench/diversity.py --json          # minutes on 2 cores
+    python bench/diversity.py --sweep 0.1,0.2,0.5 0,0.8,0.9   # a λ × τ grid instead
 """
 
 from __future__ import annotations
@@ -41,11 +42,16 @@ from gradstore.toy.model import ensure_toy_assets
 COPIES = 3
 SETTINGS = {
     "off": {},
-    "default": {"diversity": "facility_location"},  # λ = 0.2, τ = 0
-    "λ=0.5 τ=0.8": {
+    "default": {"diversity": "facility_location"},  # λ = 0.2, τ = 0.8
+    "λ=0.1 τ=0.9": {
         "diversity": "facility_location",
-        "diversity_weight": 0.5,
-        "diversity_threshold": 0.8,
+        "diversity_weight": 0.1,
+        "diversity_threshold": 0.9,
+    },
+    "λ=0.6 τ=0.9": {
+        "diversity": "facility_location",
+        "diversity_weight": 0.6,
+        "diversity_threshold": 0.9,
     },
 }
 
@@ -88,7 +94,25 @@ def main() -> None:
     parser.add_argument("--pretraining-steps", type=int, default=250)
     parser.add_argument("--fraction", type=float, default=0.05)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--sweep", nargs=2, metavar=("WEIGHTS", "THRESHOLDS"),
+        help="Comma-separated λ and τ values: their grid replaces the settings (DELIFT, whose "
+        "selection the policy does not change, is left out).",
+    )  # fmt: skip
     args = parser.parse_args()
+    settings, methods = SETTINGS, METHODS
+    if args.sweep:
+        weights, thresholds = ([float(v) for v in arg.split(",")] for arg in args.sweep)
+        settings = {"off": {}} | {
+            f"λ={w} τ={t}": {
+                "diversity": "facility_location",
+                "diversity_weight": w,
+                "diversity_threshold": t,
+            }
+            for w in weights
+            for t in thresholds
+        }
+        methods = [m for m in METHODS if m[1] != "delift"]
     use_threads(threads_per_process(1))
     from quality import QUICK  # bench/ is on the path when run as a script
 
@@ -116,8 +140,8 @@ def main() -> None:
     targets = generate_targets(1, TARGETS_PER_FAMILY, exclude=pool)
     engine = QueryEngine(Datastore.open(store))
     rows = {}
-    for label, method, options in METHODS:
-        for setting, extra in SETTINGS.items():
+    for label, method, options in methods:
+        for setting, extra in settings.items():
             dup, precision, distinct = [], [], []
             for family in FAMILIES:
                 result = run_selection(
@@ -144,7 +168,7 @@ def main() -> None:
         "rows": rows,
         "build_s_without_delift": None if build_s is None else round(build_s, 1),
         "delift_kernel_s": None if kernel_s is None else round(kernel_s, 1),
-        "delift_pair_forwards": n * (min(32, n - 1) + 1),
+        "delift_pair_forwards": n * (min(QUICK.config.delift.neighbours, n - 1) + 1),
     }
     if args.json:
         print(json.dumps(report))

@@ -3,12 +3,13 @@
 One family covers DELIFT's three objectives and the diversity policy. With S_ij the kernel
 (how well candidate j represents point i; 0 where not stored), a floor e_i and a cap c_i:
 
-    f(A) = Σ_i [min(max(e_i, max_{j∈A} S_ij), c_i) − min(e_i, c_i)] · w + Σ_{j∈A} m_j
+    f(A) = w · Σ_i u_i [min(max(e_i, max_{j∈A} S_ij), c_i) − min(e_i, c_i)] + Σ_{j∈A} m_j
 
-- facility location: e = 0, c = ∞;
+- facility location: e = 0, c = ∞, u = 1;
 - FL mutual information against targets Q: e = 0, c_i = η·max_q S_iq;
 - FL conditional gain given an existing set E: e_i = ν·max_{e∈E} S_ie, c = ∞;
-- the diversity policy adds a modular term m_j (the method's own score).
+- the diversity policy adds a modular term m_j (the method's own score) and weighs each
+  point by u_i, the inverse of its mass in the kernel, so a group of copies counts once.
 
 Each is monotone submodular, so a stale marginal gain is an upper bound on the fresh one:
 lazy greedy (Minoux) recomputes only the candidate on top of the heap. Ties go to the smaller
@@ -99,12 +100,14 @@ class SparseKernel:
 
 @dataclass(frozen=True)
 class Objective:
-    """Floor e, cap c (per point), coverage weight w and modular term m (per candidate)."""
+    """Floor e, cap c and weight u (per point), coverage weight w, modular term m (per
+    candidate)."""
 
     floor: np.ndarray | None = None
     cap: np.ndarray | None = None
     weight: float = 1.0
     modular: np.ndarray | None = None
+    point_weight: np.ndarray | None = None
 
 
 def lazy_greedy(
@@ -118,13 +121,15 @@ def lazy_greedy(
     current = np.zeros(n_points) if objective.floor is None else objective.floor.astype(float)
     cap = np.full(n_points, np.inf) if objective.cap is None else objective.cap.astype(float)
     modular = objective.modular
+    point_weight = objective.point_weight
 
     def gain(j: int) -> float:
         span = slice(kernel.indptr[j], kernel.indptr[j + 1])
         points = kernel.points[span]
         now = np.minimum(current[points], cap[points])
         covered = np.minimum(np.maximum(current[points], kernel.values[span]), cap[points])
-        total = float(np.sum(covered - now)) * objective.weight
+        added = covered - now if point_weight is None else (covered - now) * point_weight[points]
+        total = float(np.sum(added)) * objective.weight
         return total + (float(modular[j]) if modular is not None else 0.0)
 
     candidates = np.arange(kernel.num_candidates) if allowed is None else np.flatnonzero(allowed)
@@ -154,6 +159,8 @@ def objective_value(dense: np.ndarray, chosen, objective: Objective = Objective(
     chosen = list(chosen)
     best = dense[:, chosen].max(axis=1) if chosen else np.zeros(n)
     value = np.minimum(np.maximum(floor, best), cap) - np.minimum(floor, cap)
+    if objective.point_weight is not None:
+        value = value * objective.point_weight
     total = float(value.sum()) * objective.weight
     if objective.modular is not None:
         total += float(sum(objective.modular[j] for j in chosen))

@@ -38,10 +38,19 @@ def objectives(seed: int, n: int) -> dict[str, Objective]:
         "mutual_information": Objective(cap=rng.random(n)),
         "conditional_gain": Objective(floor=rng.random(n) * 0.8),
         "diversity": Objective(weight=0.3, modular=rng.random(n)),
+        "weighted_points": Objective(
+            weight=0.3, modular=rng.random(n), point_weight=rng.random(n) + 0.1
+        ),
     }
 
 
-OBJECTIVES = ["facility_location", "mutual_information", "conditional_gain", "diversity"]
+OBJECTIVES = [
+    "facility_location",
+    "mutual_information",
+    "conditional_gain",
+    "diversity",
+    "weighted_points",
+]
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -52,11 +52,12 @@ class MethodOptions(BaseModel):
         4.0, ge=1, le=100, description="Candidates for the diversity policy, as a multiple of k."
     )
     diversity_threshold: float = Field(
-        0.0,
+        0.8,
         ge=0,
         le=1,
         description="Cosine of gradient features above which two candidates count as "
-        "redundant (rescaled to [0, 1] above it); 0 (default): plain cosine facility location.",
+        "redundant (rescaled to [0, 1] above it): 0.8 (default) counts near-copies only; 0 "
+        "makes it plain cosine facility location, which also spreads picks across the skill.",
     )
 
 

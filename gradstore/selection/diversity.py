@@ -5,18 +5,19 @@ spends the budget on them (LESS's own stated limitation). With ``diversity:
 "facility_location"`` the policy's ranking is cut to its best ``diversity_candidates`` × k
 candidates C, and k of them are picked greedily for
 
-    λ · Σ_{i∈C} max_{j∈A} K_ij + (1 − λ) · Σ_{j∈A} s_j
+    λ · Σ_{i∈C} u_i · max_{j∈A} K_ij + (1 − λ) · Σ_{j∈A} s_j
 
 with K the *redundancy* of two candidates, their gradient features' cosine (LESS's
 similarity) above a threshold τ rescaled to [0, 1] — (cos − τ) / (1 − τ), clipped — each
-candidate keeping its ``NEIGHBOURS`` most similar, s the method's scores min-max
-scaled over C (for round-robin, the pick order: 1 for the first, falling to 0) and λ
-``diversity_weight``. A copy of a picked example covers nothing new, so it wins only by its
-score. λ = 0 is the method's own ranking; λ = 1 pure facility location over C. The
-defaults (λ = 0.2, τ = 0: facility location on the plain clipped cosine) selected fewer
-copies at equal or better precision of distinct examples for every method on the toy bench;
-a larger λ removes more copies but spreads the picks away from the target's own skill, whose
-examples are alike in gradient space too (docs/benchmarks.md).
+candidate keeping its ``NEIGHBOURS`` most similar; u_i = 1 / Σ_j K_ij, so that a group of m
+copies weighs as much as one distinct candidate (without it, the coverage term would
+*favour* examples that have copies, covering m points at once); s the method's scores
+min-max scaled over C (for round-robin, the pick order: 1 for the first, falling to 0) and
+λ ``diversity_weight``. A fresh candidate gains up to λ of coverage, a copy of a pick none,
+so a copy wins only by its score. λ = 0 is the method's own ranking. The defaults (λ = 0.2,
+τ = 0.8: near-copies only) selected fewer copies and more distinct examples of the target's
+skill for every method on the toy bench; τ = 0 (plain cosine) also spreads the picks across
+the skill, whose examples are alike in gradient space too (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -42,8 +43,10 @@ def redundancy(cosine: np.ndarray, threshold: float) -> np.ndarray:
 
 def candidate_kernel(
     features: np.ndarray, width: int = NEIGHBOURS, threshold: float = 0.0
-) -> SparseKernel:
-    """``redundancy`` of every candidate with its ``width`` most similar (itself: 1)."""
+) -> tuple[SparseKernel, np.ndarray]:
+    """``redundancy`` of every candidate with its ``width`` most similar (itself: 1), and each
+    candidate's mass: the sum of its row (1 for a candidate with no near copy, m for one of m
+    exact copies)."""
     c = features.shape[0]
     width = min(width, c)
     neighbours = np.empty((c, width), dtype=np.int64)
@@ -56,7 +59,7 @@ def candidate_kernel(
             order = np.lexsort((np.arange(c), -row))[:width]
             kept = redundancy(row[order], threshold)
             neighbours[i], values[i] = np.where(kept > 0, order, -1), kept
-    return SparseKernel.from_neighbours(neighbours, values, c)
+    return SparseKernel.from_neighbours(neighbours, values, c), values.sum(axis=1)
 
 
 def scaled_scores(picks: list[Pick], policy: str) -> np.ndarray:
@@ -92,7 +95,11 @@ def diversify(
     if len(candidates) <= k and weight == 0:
         return candidates[:k]
     rows = np.array([p.row for p in candidates], dtype=np.int64)
-    kernel = candidate_kernel(weighted_features(engine, rows), threshold=threshold)
-    objective = Objective(weight=weight, modular=(1 - weight) * scaled_scores(candidates, policy))
+    kernel, mass = candidate_kernel(weighted_features(engine, rows), threshold=threshold)
+    objective = Objective(
+        weight=weight,
+        modular=(1 - weight) * scaled_scores(candidates, policy),
+        point_weight=1.0 / mass,
+    )
     order, _ = lazy_greedy(kernel, k, objective)
     return [candidates[int(i)] for i in order]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from stores import DUPLICATES
+from stores import DUPLICATES, contract_pool
 from test_contract import METHOD_NAMES, TARGETS
 
 from gradstore.query import QueryEngine
@@ -12,7 +12,7 @@ from gradstore.selection import run_selection
 from gradstore.selection.diversity import candidate_kernel, scaled_scores, weighted_features
 from gradstore.selection.policies import Pick
 from gradstore.store import Datastore
-from gradstore.submodular import Objective, reference_greedy
+from gradstore.submodular import Objective, lazy_greedy, reference_greedy
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,9 @@ def test_candidate_kernel_is_the_redundancy_of_each_ones_nearest():
     features /= np.linalg.norm(features, axis=1, keepdims=True)
     cosine = features.astype(np.float64) @ features.T.astype(np.float64)
     for threshold in (0.0, 0.3):
-        dense = candidate_kernel(features, width=3, threshold=threshold).to_dense()
+        kernel, mass = candidate_kernel(features, width=3, threshold=threshold)
+        dense = kernel.to_dense()
+        np.testing.assert_allclose(mass, dense.sum(axis=1))
         expected = np.clip((cosine - threshold) / (1 - threshold), 0, 1)
         for i in range(9):
             kept = np.flatnonzero(dense[i])
@@ -60,9 +62,43 @@ def test_diversity_is_greedy_facility_location_plus_scaled_score(engine, method)
     top = np.argsort(-dense, axis=1, kind="stable")[:, :16]
     sparse = np.zeros_like(dense)
     np.put_along_axis(sparse, top, np.take_along_axis(dense, top, 1), 1)
-    objective = Objective(weight=0.4, modular=0.6 * scaled_scores(candidates, "max"))
+    objective = Objective(
+        weight=0.4,
+        modular=0.6 * scaled_scores(candidates, "max"),
+        point_weight=1 / sparse.sum(axis=1),
+    )
     expected, _ = reference_greedy(sparse, 5, objective)
     assert ids_of(result) == [plain.selected[i].id for i in expected]
+
+
+def test_a_group_of_copies_is_worth_one_example():
+    """Point weights 1/mass: picking any of m exact copies covers as much as a singleton, so
+    the policy neither favours examples that have copies nor takes a second copy."""
+    rng = np.random.default_rng(1)
+    distinct = rng.normal(size=(6, 16))
+    distinct /= np.linalg.norm(distinct, axis=1, keepdims=True)
+    features = np.concatenate([distinct, distinct[[2, 2, 2]]]).astype(np.float32)  # 2 ×4
+    kernel, mass = candidate_kernel(features, threshold=0.95)
+    np.testing.assert_allclose(mass, [1, 1, 4, 1, 1, 1, 4, 4, 4], atol=1e-5)
+    picked, gains = lazy_greedy(kernel, 9, Objective(point_weight=1 / mass))
+    assert picked[:6].tolist() == [0, 1, 2, 3, 4, 5]  # ties by row: copies come last
+    np.testing.assert_allclose(gains, [1, 1, 1, 1, 1, 1, 0, 0, 0], atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["less", "rds", "dsir", "bm25"])
+def test_copies_only_setting_is_the_ranking_without_second_copies(engine, method):
+    """τ near 1 and λ > ½: a copy of a pick never beats a new example, and new examples keep
+    the method's order, so the selection is the plain ranking with later copies dropped."""
+    n = engine.manifest.num_examples
+    options = {
+        "diversity": "facility_location", "diversity_weight": 0.6,
+        "diversity_threshold": 0.99, "aggregate": "max",
+    }  # fmt: skip
+    plain = ids_of(run_selection(engine, TARGETS, method, top_k=n, options={"aggregate": "max"}))
+    group = sorted([contract_pool()[5].id, *DUPLICATES], key=plain.index)  # three copies
+    k = plain.index(group[-1]) + 2  # the budget reaches past the last copy
+    expected = [i for i in plain if i not in group[1:]][:k]
+    assert ids_of(run_selection(engine, TARGETS, method, top_k=k, options=options)) == expected
 
 
 @pytest.mark.parametrize("method", METHOD_NAMES)
