@@ -29,17 +29,25 @@ from gradstore.api_models import ACTIVE_BUILD, DatastoreStatus, UnitKind
 from gradstore.db.engine import transaction
 from gradstore.db.models import Datastore, UnitState, WorkUnit
 
+# units of an artifact plan: a build's (its store is active) or an extension's (ready)
+PLAN_UNITS = (UnitKind.ARTIFACT, UnitKind.FINISH)
+# units that add methods to a ready store: failing for good fails them, not the store
+EXTENSION_UNITS = (UnitKind.EXTEND, *PLAN_UNITS)
 # stores a verify unit may run on: a failed one only if it was verified once (its failure
 # was an integrity check, and restored files can make it ready again)
 VERIFIABLE = (DatastoreStatus.READY, DatastoreStatus.FAILED)
 
 __all__ = [
     "ACTIVE_BUILD",
+    "EXTENSION_UNITS",
+    "PLAN_UNITS",
     "VERIFIABLE",
     "Claim",
     "claim_next",
     "complete",
     "fail_exhausted",
+    "fail_plan",
+    "plan_slots",
     "queue_verification",
     "release_dead_local_leases",
     "renew",
@@ -78,6 +86,11 @@ def claim_next(
                     and_(
                         WorkUnit.kind.not_in((UnitKind.VERIFY, UnitKind.EXTEND)),
                         Datastore.status.in_(ACTIVE_BUILD),
+                        Datastore.cancel_requested.is_(False),
+                    ),
+                    and_(  # the artifact plan of an extension
+                        WorkUnit.kind.in_(PLAN_UNITS),
+                        Datastore.status == DatastoreStatus.READY,
                         Datastore.cancel_requested.is_(False),
                     ),
                     and_(WorkUnit.kind == UnitKind.VERIFY, Datastore.status.in_(VERIFIABLE)),
@@ -196,23 +209,54 @@ def fail_exhausted(factory: sessionmaker[Session], max_attempts: int) -> list[st
                 )
             )
             failed.append(datastore_id)
-        # an extension of a ready store fails alone: the store keeps serving what it had
-        session.execute(
-            update(WorkUnit)
+        # an extension of a ready store fails alone (with the rest of its artifact plan):
+        # the store keeps serving what it had
+        exhausted = session.scalars(
+            select(WorkUnit)
+            .join(Datastore, Datastore.id == WorkUnit.datastore_id)
             .where(
-                WorkUnit.kind == UnitKind.EXTEND,
+                Datastore.status.not_in(ACTIVE_BUILD),
+                WorkUnit.kind.in_(EXTENSION_UNITS),
                 WorkUnit.state == UnitState.RUNNING,
                 WorkUnit.lease_expires_at < _now(),
                 WorkUnit.attempts >= max_attempts,
             )
-            .values(
-                state=UnitState.FAILED,
-                error=f"extend unit lost its worker {max_attempts} times",
-                lease_owner=None,
-                lease_expires_at=None,
-            )
-        )
+        ).all()
+        for unit in exhausted:
+            fail_plan(session, unit, f"{unit.kind} unit lost its worker {max_attempts} times")
     return failed
+
+
+def plan_slots(payload: dict) -> tuple[int, int]:
+    """The [first, last] checkpoint slots of a plan's artifact units."""
+    first = int(payload["plan"])
+    return first, first + len(payload["artifacts"]) - 1
+
+
+def fail_plan(session: Session, unit: WorkUnit, error: str) -> None:
+    """Fail ``unit`` and, for an artifact or finish unit, every unfinished unit of its plan."""
+    units = [unit]
+    if unit.kind in PLAN_UNITS and unit.payload:
+        first, last = plan_slots(unit.payload)
+        units += session.scalars(
+            select(WorkUnit).where(
+                WorkUnit.datastore_id == unit.datastore_id,
+                or_(
+                    and_(
+                        WorkUnit.kind == UnitKind.ARTIFACT,
+                        WorkUnit.checkpoint.between(first, last),
+                    ),
+                    and_(WorkUnit.kind == UnitKind.FINISH, WorkUnit.checkpoint == first),
+                ),
+                WorkUnit.state.in_((UnitState.PENDING, UnitState.RUNNING)),
+                WorkUnit.id != unit.id,
+            )
+        ).all()
+    for each in units:
+        each.state = UnitState.FAILED
+        each.error = error
+        each.lease_owner = None
+        each.lease_expires_at = None
 
 
 def release_dead_local_leases(factory: sessionmaker[Session], hostname: str) -> int:

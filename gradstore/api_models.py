@@ -26,6 +26,7 @@ class DatastoreStatus(StrEnum):
     WARMUP = "warmup"
     FEATURIZE = "featurize"
     INDEX = "index"
+    ARTIFACTS = "artifacts"  # the extra artifacts of the store's methods, in row units
     EXTEND = "extend"  # artifacts for more methods, added to a ready store
     READY = "ready"
     FAILED = "failed"
@@ -33,15 +34,18 @@ class DatastoreStatus(StrEnum):
 
 
 class UnitKind(StrEnum):
-    """The work units of a build, in stage order; featurize units are shards.
+    """The work units of a build, in stage order; featurize and artifact units are shards.
 
     ``verify`` is no build stage: a full check of a ready (or integrity-failed) store
-    against its manifest, queued on demand and on a schedule.
+    against its manifest, queued on demand and on a schedule. ``extend`` starts adding
+    methods to a ready store: its artifact units and their finish unit follow it.
     """
 
     WARMUP = "warmup"
     FEATURIZE = "featurize"
     INDEX = "index"
+    ARTIFACT = "artifact"  # rows [start, end) of one extra artifact (payload: its name)
+    FINISH = "finish"  # adds a plan's finished artifacts to the manifest, then verifies
     VERIFY = "verify"
     EXTEND = "extend"  # artifacts for more methods, added to a ready store
 
@@ -52,6 +56,7 @@ ACTIVE_BUILD = (
     DatastoreStatus.WARMUP,
     DatastoreStatus.FEATURIZE,
     DatastoreStatus.INDEX,
+    DatastoreStatus.ARTIFACTS,
 )
 FAILED_BUILD = (DatastoreStatus.FAILED, DatastoreStatus.CANCELLED)
 

@@ -49,6 +49,7 @@ from gradstore.worker.stages import (
     fail_extension,
     fail_verification,
     finish_unit,
+    is_extension,
     mark_started,
     run_unit,
     still_wanted,
@@ -241,10 +242,13 @@ class Worker:
             return not still_wanted(session.get(Datastore, claim.datastore_id), claim)
 
     def _run_unit(self, claim: Claim, beat: Heartbeat) -> str | None:
-        total = claim.end - claim.start if claim.kind == UnitKind.FEATURIZE else None
+        sharded = claim.kind in (UnitKind.FEATURIZE, UnitKind.ARTIFACT)
+        total = claim.end - claim.start if sharded else None
         label = f"{claim.kind} {claim.datastore_id[:8]}"
         if claim.kind == UnitKind.FEATURIZE:
             label += f" ckpt {claim.checkpoint} [{claim.start}:{claim.end})"
+        elif sharded:
+            label += f" [{claim.start}:{claim.end})"
         with tqdm(total=total, desc=label, unit="ex", disable=not self.show_progress) as bar:
 
             def on_batch(rows: int) -> None:
@@ -280,7 +284,7 @@ class Worker:
         with transaction(self.factory) as session:
             release_for_retry(session, claim, self.owner, detail)  # first: takes SQLite's lock
             if claim.attempts >= self.settings.max_attempts:
-                if claim.kind == UnitKind.EXTEND:
+                if is_extension(session, claim):
                     fail_extension(session, claim, detail)
                 elif claim.kind != UnitKind.VERIFY:
                     fail_build(session, claim.datastore_id, detail)

@@ -1,9 +1,17 @@
 """What each kind of unit does, and how finishing it moves its build to the next stage.
 
 The heavy work (gradstore.build) happens outside any database transaction; the transition
-after it (mark done, add the next units, update progress) is one short transaction. The
-index unit ends with a full verification of the store (db/integrity.py): a store is
-ready only once every byte matched its manifest, and its fingerprint is recorded then.
+after it (mark done, add the next units, update progress) is one short transaction. A
+build runs warmup → featurize shards → index → (artifact units → finish) when its methods
+need artifacts beyond the gradient features; its last unit ends with a full verification
+of the store (db/integrity.py): a store is ready only once every byte matched its
+manifest, and its fingerprint is recorded then.
+
+Extra artifacts (RDS+ embeddings, DELIFT's kernel, ...) are leased in row units like the
+featurize shards, so several workers share them, a killed worker's unit is taken again and
+written units are kept. One plan of them (a build's, or one ``extend`` request's) holds
+consecutive ``checkpoint`` slots, one per artifact; its ``finish`` unit (checkpoint = the
+plan's first slot) is added by whoever completes the plan's last unit.
 """
 
 from __future__ import annotations
@@ -19,11 +27,17 @@ from typing_extensions import TypeIs
 
 from gradstore import build
 from gradstore.api_models import ACTIVE_BUILD, DatastoreStatus, UnitKind
+from gradstore.artifacts import (
+    ArtifactUnit,
+    artifact_unit_done,
+    compute_artifact_unit,
+    finish_artifact,
+)
 from gradstore.config import BuildConfig
 from gradstore.db import integrity
 from gradstore.db.model_roots import resolve_directory
 from gradstore.db.models import Dataset, Datastore, UnitState, WorkUnit, utcnow
-from gradstore.db.queue import VERIFIABLE, Claim, complete
+from gradstore.db.queue import PLAN_UNITS, VERIFIABLE, Claim, complete, fail_plan, plan_slots
 from gradstore.errors import ManifestMismatchError
 from gradstore.files import read_json
 from gradstore.store import Datastore as GradstoreDatastore
@@ -48,6 +62,12 @@ def still_wanted(store: Datastore | None, claim: Claim) -> TypeGuard[Datastore]:
         return (
             store is not None
             and store.status == DatastoreStatus.READY
+            and not store.cancel_requested
+        )
+    if claim.kind in PLAN_UNITS:  # a build's, or an extension of a ready store
+        return (
+            store is not None
+            and store.status in (*ACTIVE_BUILD, DatastoreStatus.READY)
             and not store.cancel_requested
         )
     return is_active(store)
@@ -98,33 +118,35 @@ def run_unit(
         build.featurize_shard(root, shard, device=device, on_batch=on_batch)
     elif claim.kind == UnitKind.INDEX:
         build.build_index(root)
-        _add_method_artifacts(root, store_methods(config), device)
+        if missing_artifacts(root, store_methods(config)):
+            return None  # the artifact units follow; the finish unit verifies
         return integrity.verify(root)
     elif claim.kind == UnitKind.VERIFY:
         return integrity.verify(root)
     elif claim.kind == UnitKind.EXTEND:
-        # the files the store has are checked first, the new ones are checksummed as they are
-        # written; only the stat fingerprint of the result is taken after the manifest grew
-        integrity.verify(root)
-        _add_method_artifacts(root, payload.get("methods", []), device)
-        return integrity.fingerprint(GradstoreDatastore(root, read_manifest(root)))
+        # the files the store has are checked before anything is added
+        return integrity.verify(root)
+    elif claim.kind == UnitKind.ARTIFACT:
+        unit = ArtifactUnit(payload["artifact"], claim.start, claim.end)
+        if not artifact_unit_done(root, unit):  # a retry after its worker wrote it and died
+            compute_artifact_unit(root, unit, device=device, on_batch=on_batch)
+    elif claim.kind == UnitKind.FINISH:
+        for name in payload["artifacts"]:
+            finish_artifact(root, name)  # checksums every unit's files as it adds them
+        if payload.get("extension"):  # the rest was verified by the extend unit
+            return integrity.fingerprint(GradstoreDatastore(root, read_manifest(root)))
+        return integrity.verify(root)
     else:
         raise ValueError(f"unknown unit kind {claim.kind!r}")
     return None
 
 
-def _add_method_artifacts(root: Path, methods: list[str], device: str | None) -> None:
-    """Compute and finish the artifacts ``methods`` need beyond the gradient features.
-
-    One worker does all of an index or extend unit's artifacts (resumable: units already
-    written are kept, so a unit that lost its worker continues where it stopped).
-    """
-    from gradstore.artifacts import add_artifacts
+def missing_artifacts(root: Path, methods: list[str]) -> list[str]:
+    """The artifacts ``methods`` need beyond the gradient features that the store lacks."""
     from gradstore.selection import extra_artifacts
 
-    names = extra_artifacts(methods)
-    if names:
-        add_artifacts(root, names, device=device)
+    have = read_manifest(root).artifact_names()
+    return [name for name in extra_artifacts(methods) if name not in have]
 
 
 def mark_started(session: Session, claim: Claim) -> None:
@@ -163,27 +185,123 @@ def finish_unit(
         _verified(store, fingerprint)
         return True
     root = Path(store.path)
+    unit = session.get(WorkUnit, claim.id)
+    payload = dict(unit.payload or {}) if unit is not None else {}
     if claim.kind == UnitKind.WARMUP:
         _plan_featurize(session, store, root)
     elif claim.kind == UnitKind.FEATURIZE:
         _featurize_progress(session, store)
     elif claim.kind == UnitKind.INDEX:
-        manifest = GradstoreDatastore.open(root, verify=False).manifest
-        store.status = DatastoreStatus.READY
-        store.methods = store_methods(BuildConfig.model_validate(store.config))
-        store.dim = manifest.dim
-        store.num_examples = manifest.num_examples
-        store.checkpoints = [
-            {"index": c.index, "learning_rate": c.learning_rate, "weight": c.weight}
-            for c in manifest.checkpoints
-        ]
-        _verified(store, fingerprint)
+        missing = missing_artifacts(root, store_methods(BuildConfig.model_validate(store.config)))
+        if missing:
+            _plan_artifacts(session, store, root, missing, {})
+            store.status = DatastoreStatus.ARTIFACTS
+        else:
+            _build_ready(store, root, fingerprint)
     elif claim.kind == UnitKind.EXTEND:
-        unit = session.get(WorkUnit, claim.id)
-        added = (unit.payload or {}).get("methods", []) if unit is not None else []
-        store.methods = sorted(set(store.methods or []) | set(added))
-        _verified(store, fingerprint)
+        added = payload.get("methods", [])
+        missing = missing_artifacts(root, added)
+        if missing:
+            _plan_artifacts(session, store, root, missing, {"methods": added, "extension": True})
+        else:
+            _gained(store, added, fingerprint)
+    elif claim.kind == UnitKind.ARTIFACT:
+        _artifact_progress(session, store, payload)
+    elif claim.kind == UnitKind.FINISH:
+        if payload.get("extension"):
+            _gained(store, payload.get("methods", []), fingerprint)
+        else:
+            _build_ready(store, root, fingerprint)
     return True
+
+
+def _build_ready(store: Datastore, root: Path, fingerprint: str | None) -> None:
+    manifest = GradstoreDatastore.open(root, verify=False).manifest
+    store.methods = store_methods(BuildConfig.model_validate(store.config))
+    store.dim = manifest.dim
+    store.num_examples = manifest.num_examples
+    store.checkpoints = [
+        {"index": c.index, "learning_rate": c.learning_rate, "weight": c.weight}
+        for c in manifest.checkpoints
+    ]
+    _verified(store, fingerprint)
+
+
+def _gained(store: Datastore, methods: list[str], fingerprint: str | None) -> None:
+    store.methods = sorted(set(store.methods or []) | set(methods))
+    _verified(store, fingerprint)
+
+
+def _plan_artifacts(
+    session: Session, store: Datastore, root: Path, names: list[str], extra: dict
+) -> None:
+    """One artifact unit per row range of each artifact, in slots after any earlier plan's.
+
+    ``extra`` (an extension's methods) rides in every unit's payload, so the methods stay
+    pending until the plan's finish unit is done and a failure can find the whole plan.
+    """
+    from gradstore.artifacts import plan_artifact_units
+
+    used = session.scalar(
+        select(func.max(WorkUnit.checkpoint)).where(
+            WorkUnit.datastore_id == store.id, WorkUnit.kind == UnitKind.ARTIFACT
+        )
+    )
+    first = 0 if used is None else used + 1
+    plan = {"plan": first, "artifacts": names, **extra}
+    total = 0
+    for slot, name in enumerate(names, start=first):
+        for part in plan_artifact_units(root, name):
+            session.add(
+                WorkUnit(
+                    datastore_id=store.id,
+                    kind=UnitKind.ARTIFACT,
+                    checkpoint=slot,
+                    start=part.start,
+                    end=part.end,
+                    request_id=store.request_id,
+                    payload={**plan, "artifact": name},
+                )
+            )
+            total += part.end - part.start
+    if not extra.get("extension"):
+        store.progress_total, store.progress_done = total, 0
+
+
+def _artifact_progress(session: Session, store: Datastore, payload: dict) -> None:
+    """Rows done (a build's stage progress); after the plan's last unit, its finish unit."""
+    first, last = plan_slots(payload)
+    in_plan = (
+        WorkUnit.datastore_id == store.id,
+        WorkUnit.kind == UnitKind.ARTIFACT,
+        WorkUnit.checkpoint.between(first, last),
+    )
+    if not payload.get("extension"):
+        done_rows = session.scalar(
+            select(func.sum(WorkUnit.end - WorkUnit.start)).where(
+                *in_plan, WorkUnit.state == UnitState.DONE
+            )
+        )
+        store.progress_done = int(done_rows or 0)
+    remaining = session.scalar(
+        select(func.count()).where(*in_plan, WorkUnit.state != UnitState.DONE)
+    )
+    if remaining:
+        return
+    finish = {k: v for k, v in payload.items() if k != "artifact"}
+    try:
+        with session.begin_nested():
+            session.add(
+                WorkUnit(
+                    datastore_id=store.id,
+                    kind=UnitKind.FINISH,
+                    checkpoint=first,
+                    request_id=store.request_id,
+                    payload=finish,
+                )
+            )
+    except IntegrityError:  # another worker finished the plan's last unit at the same moment
+        return
 
 
 def _verified(store: Datastore, fingerprint: str | None) -> None:
@@ -261,14 +379,23 @@ def _add_index_unit(session: Session, store: Datastore) -> None:
     store.status = DatastoreStatus.INDEX
 
 
-def fail_extension(session: Session, claim: Claim, error: str) -> None:
-    """Adding methods failed for good: the unit is failed, the store serves what it had."""
+def is_extension(session: Session, claim: Claim) -> bool:
+    """Is this unit part of adding methods to a ready store (not of a build)?"""
+    if claim.kind == UnitKind.EXTEND:
+        return True
+    if claim.kind not in PLAN_UNITS:
+        return False
     unit = session.get(WorkUnit, claim.id)
-    if unit is not None:
-        unit.state = UnitState.FAILED
-        unit.error = error
-        unit.lease_owner = None
-        unit.lease_expires_at = None
+    return bool(unit is not None and (unit.payload or {}).get("extension"))
+
+
+def fail_extension(session: Session, claim: Claim, error: str) -> None:
+    """Adding methods failed for good: the unit and the rest of its plan are failed (its
+    methods are no longer pending); the store serves what it had."""
+    unit = session.get(WorkUnit, claim.id)
+    if unit is None:
+        return
+    fail_plan(session, unit, error)
 
 
 def fail_build(session: Session, datastore_id: str, error: str) -> None:

@@ -26,7 +26,12 @@ from gradstore.db.integrity import fingerprint, without_paths
 from gradstore.db.logs import bind, current
 from gradstore.db.model_roots import resolve_directory
 from gradstore.db.models import Datastore, SelectionRecord, UnitState, WorkUnit
-from gradstore.db.queue import VERIFIABLE, queue_verification, verifications_in_progress
+from gradstore.db.queue import (
+    EXTENSION_UNITS,
+    VERIFIABLE,
+    queue_verification,
+    verifications_in_progress,
+)
 from gradstore.errors import (
     ConflictError,
     GradstoreError,
@@ -84,7 +89,8 @@ def public(store: Datastore, verifying: bool = False) -> dict:
 
 
 def pending_methods(store: Datastore) -> list[str]:
-    """Methods of extend units not yet done (nor failed) on this store."""
+    """Methods of extensions not yet done (nor failed) on this store: their extend unit, or
+    the artifact and finish units it planned."""
     from sqlalchemy.orm import object_session
 
     session = object_session(store)
@@ -93,7 +99,7 @@ def pending_methods(store: Datastore) -> list[str]:
     payloads = session.scalars(
         select(WorkUnit.payload).where(
             WorkUnit.datastore_id == store.id,
-            WorkUnit.kind == UnitKind.EXTEND,
+            WorkUnit.kind.in_(EXTENSION_UNITS),
             WorkUnit.state.in_((UnitState.PENDING, UnitState.RUNNING)),
         )
     ).all()
@@ -238,7 +244,7 @@ def _integrity_failure(
 ) -> DatastoreIntegrityError | ServiceUnavailableError:
     """Fail the store for good (until verified again), drop its engine, say why.
 
-    While an extend unit adds methods, the manifest grows under the loaded engine: that is
+    While a finish unit adds methods, the manifest grows under the loaded engine: that is
     no fault of the store, so the query is asked to retry (the unit records the new
     fingerprint when it finishes) and the store stays ready.
     """
@@ -265,10 +271,11 @@ def _integrity_failure(
 
 
 def _extending(session, store: Datastore) -> bool:
+    """Is a finish unit adding artifacts to this ready store's manifest right now?"""
     running = session.scalar(
         select(func.count()).where(
             WorkUnit.datastore_id == store.id,
-            WorkUnit.kind == UnitKind.EXTEND,
+            WorkUnit.kind == UnitKind.FINISH,
             WorkUnit.state == UnitState.RUNNING,
         )
     )
@@ -300,9 +307,11 @@ def _load(store: Datastore, session, engines, settings):
 def add_methods(datastore_id: str, body: MethodsRequest, response: Response, session: SessionDep):
     """Make a ready store serve more methods: compute the artifacts they need, nothing else.
 
-    The store stays ready and its methods keep answering while workers add the artifacts
-    (one ``extend`` work unit, leased like a build's); the new methods answer once
-    ``pending_methods`` no longer lists them. Gradient feature kinds are made by the build
+    The store stays ready and its methods keep answering while workers add the artifacts:
+    an ``extend`` unit checks the store's files, then the new artifacts are computed in row
+    ranges leased like featurize shards (several workers share them) and a ``finish`` unit
+    adds them to the manifest; the new methods answer once ``pending_methods`` no longer
+    lists them. Gradient feature kinds are made by the build
     only: a method that needs a kind the store lacks is a 409.
     """
     from gradstore.artifacts import ARTIFACTS

@@ -6,7 +6,8 @@
 - the Compose topology as processes: ``gradstore api`` + two ``gradstore worker`` on
   PostgreSQL; the shared build equals a one-worker build bit for bit; a worker killed in
   the middle of a shard loses only that shard, which another worker redoes after the lease
-  expires, and the store equals an uninterrupted build.
+  expires, and the store equals an uninterrupted build; the same for a worker killed inside
+  a unit of DELIFT's kernel while a ready store gains the method.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ FAST_LEASES = {
     # (measured: a tiny build 30x slower with the default thread count under load)
     "GRADSTORE_TORCH_THREADS": "1",
 }
+TARGETS = [{"subtask": "add", "prompt": "Q: 3+4\nA:", "completion": "7"}]
 # one example per batch and big shards: a shard takes long enough to be killed inside it
 SLOW_SHARDS = TINY_BUILD | {"shard_size": 24, "batch_size": 1}
 
@@ -70,6 +72,38 @@ def remote_select(base: str, store_id: str, targets: list[dict], tmp_path) -> li
         [sys.executable, "-m", "gradstore.cli", *command], capture_output=True, check=True
     ).stdout
     return json.loads(output)["selected"]
+
+
+def running_unit(engine, store_id: str, kind: str):
+    """A predicate: is a unit of this kind of the store running?"""
+
+    def running():
+        with engine.connect() as connection:
+            return connection.execute(
+                sa.text(
+                    "SELECT id FROM work_units WHERE datastore_id = :id "
+                    "AND kind = :kind AND state = 'running'"
+                ),
+                {"id": store_id, "kind": kind},
+            ).first()
+
+    return running
+
+
+def add_methods(client: httpx.Client, store_id: str, methods: list[str]) -> None:
+    response = client.post(f"/v1/datastores/{store_id}/methods", json={"methods": methods})
+    assert response.status_code == 202, response.text
+
+
+def wait_methods(client: httpx.Client, store_id: str, timeout: float = 180) -> dict:
+    """The store once no method is pending (and it is still ready)."""
+
+    def gained():
+        body = client.get(f"/v1/datastores/{store_id}").json()
+        assert body["status"] == "ready", body
+        return body if not body["pending_methods"] else None
+
+    return wait_until(gained, timeout, 0.2, f"datastore {store_id} to gain its methods")
 
 
 def test_embedded_serve_builds_selects_and_survives_a_kill(tmp_path, pool_file, tiny_model_dir):
@@ -162,16 +196,7 @@ def test_compose_topology_on_postgres(tmp_path, pool_file, tiny_model_dir, postg
             victim = workers.pop()
             killed = start_build(client, dataset, tiny_model_dir, SLOW_SHARDS)
 
-            def running_shard():
-                with engine.connect() as connection:
-                    return connection.execute(
-                        sa.text(
-                            "SELECT id FROM work_units WHERE datastore_id = :id "
-                            "AND kind = 'featurize' AND state = 'running'"
-                        ),
-                        {"id": killed},
-                    ).first()
-
+            running_shard = running_unit(engine, killed, "featurize")
             wait_until(running_shard, 120, 0.02, "a featurize shard to be running")
             victim.kill()  # in the middle of that shard
             workers.append(Process(["worker"], env, tmp_path / "worker-late.log"))
@@ -183,6 +208,36 @@ def test_compose_topology_on_postgres(tmp_path, pool_file, tiny_model_dir, postg
                 ).scalar()
             assert attempts == 2  # the killed shard was leased twice, nothing else
             assert manifest_files(stores / killed) == manifest_files(stores / shared)
+
+            # DELIFT's kernel added to two ready stores, one of them with its worker killed
+            # inside a kernel unit: the same bytes either way
+            add_methods(client, alone, ["delift"])
+            wait_methods(client, alone)
+            add_methods(client, killed, ["delift"])
+            running = running_unit(engine, killed, "artifact")
+            wait_until(running, 120, 0.02, "a kernel unit to be running")
+            workers.pop().kill()  # in the middle of that unit
+            workers.append(Process(["worker"], env, tmp_path / "worker-last.log"))
+            assert wait_methods(client, killed)["methods"] == ["bm25", "delift", "dsir", "less",
+                                                              "random", "rds"]  # fmt: skip
+            kernel = {k: v for k, v in manifest_files(stores / killed).items() if "delift" in k}
+            assert kernel and kernel == {
+                k: v for k, v in manifest_files(stores / alone).items() if "delift" in k
+            }
+            with engine.connect() as connection:
+                attempts = connection.execute(
+                    sa.text(
+                        "SELECT max(attempts) FROM work_units WHERE datastore_id = :id "
+                        "AND kind = 'artifact'"
+                    ),
+                    {"id": killed},
+                ).scalar()
+            assert attempts == 2  # the killed unit was leased again
+            picked = client.post(
+                f"/v1/datastores/{killed}/select",
+                json={"targets": TARGETS, "top_k": 3, "method": "delift"},
+            )
+            assert picked.status_code == 200, picked.text
     finally:
         for process in [api, *workers]:
             process.stop()

@@ -6,12 +6,16 @@ import pytest
 import torch
 from conftest import TINY_BUILD
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 from test_api import assert_problem, upload
 
+from gradstore.db.engine import make_engine, make_sessionmaker
+from gradstore.db.models import WorkUnit
 from gradstore.db.settings import Settings
 from gradstore.migrations import upgrade
 from gradstore.service.app import create_app
 from gradstore.store import Datastore
+from gradstore.worker import stages
 from gradstore.worker.runner import Worker
 
 
@@ -139,3 +143,84 @@ def test_weights_explanations_and_the_report_over_http(
     assert less["selected"][0]["id"] in page  # the top examples are listed
     missing = client.get(f"/v1/datastores/{store_id}/selections/nope/report")
     assert_problem(missing, 404, "no selection")
+
+
+def ready_store(client, settings, toy_pool_file, tiny_model_dir, methods) -> str:
+    dataset = upload(client, toy_pool_file)
+    body = {"dataset_id": dataset["id"], "model": {"path": str(tiny_model_dir)}}
+    created = client.post("/v1/datastores", json=body | {"methods": methods} | TINY_BUILD)
+    Worker(settings).run(once=True)
+    store = client.get(f"/v1/datastores/{created.json()['id']}").json()
+    assert store["status"] == "ready", store
+    return store["id"]
+
+
+def units_of(settings: Settings, store_id: str, kind: str) -> list[WorkUnit]:
+    with make_sessionmaker(make_engine(settings.database_url))() as session:
+        return list(
+            session.scalars(
+                select(WorkUnit)
+                .where(WorkUnit.datastore_id == store_id, WorkUnit.kind == kind)
+                .order_by(WorkUnit.id)
+            )
+        )
+
+
+def test_added_artifacts_are_row_units_that_several_workers_share(
+    client, settings, toy_pool_file, tiny_model_dir
+):
+    store_id = ready_store(client, settings, toy_pool_file, tiny_model_dir, ["less"])
+    url = f"/v1/datastores/{store_id}"
+    assert client.post(f"{url}/methods", json={"methods": ["rds", "dsir"]}).status_code == 202
+    first, second = Worker(settings), Worker(settings)
+    assert first.run_one()  # the extend unit: checks the store, plans the artifact units
+    planned = units_of(settings, store_id, "artifact")
+    by_artifact = {name: [u for u in planned if u.payload["artifact"] == name] for name in
+                   ("hidden_states", "ngram_counts")}  # fmt: skip
+    assert len(planned) == sum(len(v) for v in by_artifact.values())
+    for units in by_artifact.values():  # each tiles the 48 examples
+        assert [u.start for u in units] == [0, *(u.end for u in units[:-1])]
+        assert units[-1].end == 48 and all(u.state == "pending" for u in units)
+    hidden = by_artifact["hidden_states"]  # in units of shard_size (12) rows
+    assert [(u.start, u.end) for u in hidden] == [(0, 12), (12, 24), (24, 36), (36, 48)]
+    turn = 0
+    while any(u.state != "done" for u in units_of(settings, store_id, "artifact")):
+        assert client.get(url).json()["pending_methods"] == ["dsir", "rds"]
+        assert (second if turn % 2 else first).run_one()
+        turn += 1
+    owners = {u.lease_owner for u in units_of(settings, store_id, "artifact")}
+    assert owners == {first.owner, second.owner}
+    assert units_of(settings, store_id, "finish")[0].state == "pending"
+    assert client.post(f"{url}/select", json={"targets": TARGETS, "method": "rds",
+                                              "top_k": 3}).status_code == 409  # fmt: skip
+    assert second.run_one()  # the finish unit: the manifest gains both, fingerprinted
+    store = client.get(url).json()
+    assert store["methods"] == ["dsir", "less", "rds"] and store["pending_methods"] == []
+    answer = client.post(f"{url}/select", json={"targets": TARGETS, "method": "rds", "top_k": 3})
+    assert answer.status_code == 200, answer.text
+
+
+def test_an_artifact_unit_that_keeps_failing_fails_its_extension_not_the_store(
+    client, settings, toy_pool_file, tiny_model_dir, monkeypatch
+):
+    store_id = ready_store(client, settings, toy_pool_file, tiny_model_dir, ["less"])
+    url = f"/v1/datastores/{store_id}"
+    client.post(f"{url}/methods", json={"methods": ["rds"]})
+    real = stages.compute_artifact_unit
+
+    def broken_third_unit(root, unit, **kwargs):
+        if unit.start == 24:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real(root, unit, **kwargs)
+
+    monkeypatch.setattr(stages, "compute_artifact_unit", broken_third_unit)
+    Worker(settings).run(once=True)
+    store = client.get(url).json()
+    assert store["status"] == "ready" and store["pending_methods"] == []
+    assert store["methods"] == ["less"]
+    units = units_of(settings, store_id, "artifact")
+    failed = [u for u in units if u.state == "failed"]
+    assert failed and all("illegal memory access" in u.error for u in failed)
+    assert units_of(settings, store_id, "finish") == []
+    less = client.post(f"{url}/select", json={"targets": TARGETS, "top_k": 3})
+    assert less.status_code == 200, less.text

@@ -8,6 +8,7 @@ import json
 import logging
 import socket
 import threading
+from collections import Counter
 
 import pytest
 import torch
@@ -164,10 +165,12 @@ def test_one_request_followed_through_api_and_worker_logs(
     assert selects and all(r["datastore_id"] == store_id for r in selects)  # found by store
     worker = [r for r in traced if r["logger"] == "gradstore.worker"]
     kinds = {r.get("unit_kind") for r in worker}
-    assert {"warmup", "featurize", "index"} <= kinds, kinds
+    assert {"warmup", "featurize", "index", "artifact", "finish"} <= kinds, kinds
     assert all(r["datastore_id"] == store_id and r["worker"] and r["unit_id"] for r in worker)
-    finished = [r for r in worker if r["message"].startswith("finished")]
-    assert len(finished) == 1 + 8 + 1  # warmup, 2 checkpoints x 4 shards, index (verifies)
+    finished = Counter(r["unit_kind"] for r in worker if r["message"].startswith("finished"))
+    # warmup, 2 checkpoints × 4 shards, index; the default methods' extra artifacts: RDS+
+    # embeddings in 4 row units, DSIR's counts in 1; the finish unit (verifies)
+    assert finished == {"warmup": 1, "featurize": 8, "index": 1, "artifact": 5, "finish": 1}
     # every line of the build carries the id; none of another request's lines does
     assert not [
         r
@@ -186,7 +189,7 @@ def test_one_request_followed_through_api_and_worker_logs(
         if line.startswith("gradstore_worker_") and "{" in line
     }
     assert counters["gradstore_worker_examples_featurized_total"] == 96  # 48 rows x 2 ckpts
-    assert counters["gradstore_worker_units_completed_total"] == 10
+    assert counters["gradstore_worker_units_completed_total"] == sum(finished.values())
     assert counters["gradstore_worker_last_heartbeat_timestamp_seconds"] > 0
     assert "gradstore_database_up 1.0" in metrics
 
