@@ -46,8 +46,8 @@ METHODS: list[tuple[str, str, dict[str, Any]]] = [
     ("infdist (landmark 128)", "influence_distillation", {"mode": "landmark", "landmarks": 128}),
 ]
 TARGETS_PER_FAMILY = 8
-# The demo leaves out the methods whose artifacts cost several times the gradient features
-# (DELIFT's pairwise kernel: minutes more on 2 cores); bench/quality.py runs every method.
+# The demo leaves out the methods whose artifacts cost more than the rest of the build
+# (DELIFT's pairwise kernel: 1.5× it on the bench store); bench/quality.py runs every method.
 DEMO_SKIPS = ("delift",)
 
 
