@@ -289,19 +289,16 @@ def _artifact_progress(session: Session, store: Datastore, payload: dict) -> Non
     if remaining:
         return
     finish = {k: v for k, v in payload.items() if k != "artifact"}
-    try:
-        with session.begin_nested():
-            session.add(
-                WorkUnit(
-                    datastore_id=store.id,
-                    kind=UnitKind.FINISH,
-                    checkpoint=first,
-                    request_id=store.request_id,
-                    payload=finish,
-                )
-            )
-    except IntegrityError:  # another worker finished the plan's last unit at the same moment
-        return
+    _add_once(
+        session,
+        WorkUnit(
+            datastore_id=store.id,
+            kind=UnitKind.FINISH,
+            checkpoint=first,
+            request_id=store.request_id,
+            payload=finish,
+        ),
+    )
 
 
 def _verified(store: Datastore, fingerprint: str | None) -> None:
@@ -369,14 +366,20 @@ def _featurize_progress(session: Session, store: Datastore) -> None:
 
 
 def _add_index_unit(session: Session, store: Datastore) -> None:
+    index = WorkUnit(datastore_id=store.id, kind=UnitKind.INDEX, request_id=store.request_id)
+    if _add_once(session, index):
+        store.status = DatastoreStatus.INDEX
+
+
+def _add_once(session: Session, unit: WorkUnit) -> bool:
+    """Add the unit that follows a stage's last unit; False when another worker, finishing
+    another of its last units at the same moment, added it first (the unique key says)."""
     try:
         with session.begin_nested():
-            session.add(
-                WorkUnit(datastore_id=store.id, kind=UnitKind.INDEX, request_id=store.request_id)
-            )
-    except IntegrityError:  # another worker finished the last shard at the same moment
-        return
-    store.status = DatastoreStatus.INDEX
+            session.add(unit)
+    except IntegrityError:
+        return False
+    return True
 
 
 def is_extension(session: Session, claim: Claim) -> bool:

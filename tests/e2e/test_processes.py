@@ -134,16 +134,7 @@ def test_embedded_serve_builds_selects_and_survives_a_kill(tmp_path, pool_file, 
             second = start_build(client, dataset, tiny_model_dir, SLOW_SHARDS)
             database = sa.create_engine(f"sqlite:///{data / 'gradstore.db'}")
 
-            def running_shard():
-                with database.connect() as connection:
-                    return connection.execute(
-                        sa.text(
-                            "SELECT id FROM work_units WHERE datastore_id = :id "
-                            "AND kind = 'featurize' AND state = 'running'"
-                        ),
-                        {"id": second},
-                    ).first()
-
+            running_shard = running_unit(database, second, "featurize")
             wait_until(running_shard, 120, 0.02, "a featurize shard of the second build")
             database.dispose()
         serve.kill()  # the server and its worker, in the middle of that shard
