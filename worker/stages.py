@@ -90,7 +90,9 @@ def run_unit(
 ) -> str | None:
     """The unit's artifacts, written atomically; no database writes here.
 
-    Returns the store's fingerprint after a verification (index and verify units).
+    Returns the store's fingerprint after a verification (verify and extend units, and the
+    last unit of a build: index, or finish when it has extra artifacts) or after a finish
+    unit of an extension added to the manifest.
     """
     with session_factory() as session:
         store = session.get(Datastore, claim.datastore_id)
@@ -127,9 +129,9 @@ def run_unit(
         # the files the store has are checked before anything is added
         return integrity.verify(root)
     elif claim.kind == UnitKind.ARTIFACT:
-        unit = ArtifactUnit(payload["artifact"], claim.start, claim.end)
-        if not artifact_unit_done(root, unit):  # a retry after its worker wrote it and died
-            compute_artifact_unit(root, unit, device=device, on_batch=on_batch)
+        rows = ArtifactUnit(payload["artifact"], claim.start, claim.end)
+        if not artifact_unit_done(root, rows):  # a retry after its worker wrote it and died
+            compute_artifact_unit(root, rows, device=device, on_batch=on_batch)
     elif claim.kind == UnitKind.FINISH:
         for name in payload["artifacts"]:
             finish_artifact(root, name)  # checksums every unit's files as it adds them
