@@ -169,19 +169,19 @@ def run_demo(
 
 def format_table(report: dict) -> str:
     labels = list(report["mean_precision"])
-    width = max(len(f) for f in report["families"]) + 2
+    width = max(len(f) for f in [*report["families"], "query ms"]) + 2
+    column = {label: max(9, len(label) + 2) for label in labels}  # every label readable
+
+    def row(name: str, values: dict, spec: str) -> str:
+        return name.ljust(width) + "".join(f"{values[x]:>{column[x]}{spec}}" for x in labels)
+
     lines = [
         f"precision at {report['fraction']:.0%} of {report['num_examples']} pool examples "
         f"({report['selected_per_query']} selected per family; chance {report['chance']:.3f})",
-        "family".ljust(width) + "".join(label.rjust(17) for label in labels),
+        row("family", {x: x for x in labels}, ""),
     ]
-    for family, row in report["precision"].items():
-        lines.append(family.ljust(width) + "".join(f"{row[label]:17.3f}" for label in labels))
-    lines.append(
-        "mean".ljust(width) + "".join(f"{report['mean_precision'][x]:17.3f}" for x in labels)
-    )
-    lines.append(
-        "query ms".ljust(width) + "".join(f"{report['query_ms_mean'][x]:17.1f}" for x in labels)
-    )
+    lines += [row(family, values, ".3f") for family, values in report["precision"].items()]
+    lines.append(row("mean", report["mean_precision"], ".3f"))
+    lines.append(row("query ms", report["query_ms_mean"], ".1f"))
     lines.append(f"toy assets {report['assets_s']} s, datastore build {report['build_s']} s")
     return "\n".join(lines)
