@@ -266,8 +266,8 @@ def _plan_artifacts(
                 )
             )
             total += part.end - part.start
-    if not extra.get("extension"):
-        store.progress_total, store.progress_done = total, 0
+    if not extra.get("extension"):  # the stage's own rows and rate, not featurize's
+        store.progress_total, store.progress_done, store.examples_per_s = total, 0, None
 
 
 def _artifact_progress(session: Session, store: Datastore, payload: dict) -> None:
@@ -279,12 +279,7 @@ def _artifact_progress(session: Session, store: Datastore, payload: dict) -> Non
         WorkUnit.checkpoint.between(first, last),
     )
     if not payload.get("extension"):
-        done_rows = session.scalar(
-            select(func.sum(WorkUnit.end - WorkUnit.start)).where(
-                *in_plan, WorkUnit.state == UnitState.DONE
-            )
-        )
-        store.progress_done = int(done_rows or 0)
+        _stage_progress(session, store, in_plan)
     remaining = session.scalar(
         select(func.count()).where(*in_plan, WorkUnit.state != UnitState.DONE)
     )
@@ -347,19 +342,24 @@ def _plan_featurize(session: Session, store: Datastore, root: Path) -> None:
     store.num_examples = len(read_json(root / "ids.json"))
 
 
-def _featurize_progress(session: Session, store: Datastore) -> None:
-    """Rows done, and the rate of all workers together: rows over wall time since planning."""
-    shard_units = (WorkUnit.datastore_id == store.id, WorkUnit.kind == UnitKind.FEATURIZE)
+def _stage_progress(session: Session, store: Datastore, units: tuple) -> None:
+    """Rows done in the stage's ``units``, and the rate of all workers together: rows over
+    wall time since the units were planned (what the ETA of the stage divides by)."""
     done_rows = session.scalar(
         select(func.sum(WorkUnit.end - WorkUnit.start)).where(
-            *shard_units, WorkUnit.state == UnitState.DONE
+            *units, WorkUnit.state == UnitState.DONE
         )
     )
-    planned_at = session.scalar(select(func.min(WorkUnit.created_at)).where(*shard_units))
+    planned_at = session.scalar(select(func.min(WorkUnit.created_at)).where(*units))
     store.progress_done = int(done_rows or 0)
     elapsed = (utcnow() - planned_at).total_seconds() if planned_at else 0.0
     if elapsed > 0:
         store.examples_per_s = round(store.progress_done / elapsed, 2)
+
+
+def _featurize_progress(session: Session, store: Datastore) -> None:
+    shard_units = (WorkUnit.datastore_id == store.id, WorkUnit.kind == UnitKind.FEATURIZE)
+    _stage_progress(session, store, shard_units)
     remaining = session.scalar(
         select(func.count()).where(*shard_units, WorkUnit.state != UnitState.DONE)
     )

@@ -224,3 +224,26 @@ def test_an_artifact_unit_that_keeps_failing_fails_its_extension_not_the_store(
     assert units_of(settings, store_id, "finish") == []
     less = client.post(f"{url}/select", json={"targets": TARGETS, "top_k": 3})
     assert less.status_code == 200, less.text
+
+
+def test_a_build_shows_its_artifacts_stage_with_row_progress(
+    client, settings, toy_pool_file, tiny_model_dir
+):
+    dataset = upload(client, toy_pool_file)
+    body = {"dataset_id": dataset["id"], "model": {"path": str(tiny_model_dir)}}
+    created = client.post("/v1/datastores", json=body | {"methods": ["less", "rds"]} | TINY_BUILD)
+    url = f"/v1/datastores/{created.json()['id']}"
+    worker = Worker(settings)
+    while (store := client.get(url).json())["status"] != "artifacts":
+        assert store["status"] in ("queued", "warmup", "featurize", "index"), store
+        assert worker.run_one()
+    progress = store["progress"]  # RDS+ embeddings of 48 examples, in 4 units
+    assert progress["stage"] == "artifacts" and (progress["done"], progress["total"]) == (0, 48)
+    assert progress["examples_per_s"] is None  # not featurize's rate
+    assert worker.run_one()
+    progress = client.get(url).json()["progress"]
+    assert progress["done"] == 12 and progress["examples_per_s"] > 0
+    worker.run(once=True)
+    store = client.get(url).json()
+    assert store["status"] == "ready" and store["methods"] == ["less", "rds"]
+    assert store["verified_at"] is not None
