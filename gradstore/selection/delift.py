@@ -70,7 +70,7 @@ class Delift(SelectionMethod):
     summary = "DELIFT: in-context utility kernel and facility-location selection (Agarwal et al.)"
     Options = DeliftOptions
     model = "checkpoints"  # target neighbours in gradient space; utilities by the base model
-    default = False  # n·(K+1) pair forwards: more than the gradient features themselves
+    default = False  # n·(K+1) pair forwards: more than the rest of the build (bench)
     set_function = True
 
     def artifacts(self, options: MethodOptions) -> tuple[str, ...]:
