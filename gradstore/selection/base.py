@@ -157,3 +157,13 @@ def target_columns(targets: list[Example]) -> tuple[list[str], list[int]]:
     names = list(groups)
     index = {name: i for i, name in enumerate(names)}
     return names, [index[t.subtask or DEFAULT_SUBTASK] for t in targets]
+
+
+def per_target_matrix(
+    scores: np.ndarray, targets: list[Example], rows: np.ndarray | None = None, **extra: Any
+) -> ScoreMatrix:
+    """Scores whose columns are these target points, each under its subtask."""
+    subtasks, column_subtask = target_columns(targets)
+    return ScoreMatrix(
+        scores, subtasks, np.asarray(column_subtask), rows, [t.id for t in targets], **extra
+    )

@@ -8,7 +8,13 @@ import numpy as np
 from pydantic import Field
 
 from gradstore.query import QueryEngine
-from gradstore.selection.base import MethodOptions, ScoreRequest, SelectionMethod, target_columns
+from gradstore.selection.base import (
+    MethodOptions,
+    ScoreRequest,
+    SelectionMethod,
+    per_target_matrix,
+    target_columns,
+)
 from gradstore.selection.policies import PolicyName
 from gradstore.selection.scores import ScoreMatrix
 
@@ -89,8 +95,5 @@ class Bm25Selection(SelectionMethod):
         request.timings["search"] = (time.perf_counter() - started) * 1000
         scores = np.stack(columns, axis=1)
         if request.per_target:
-            return ScoreMatrix(
-                scores, subtasks, np.asarray(column_subtask),
-                column_targets=[t.id for t in request.targets],
-            )  # fmt: skip
+            return per_target_matrix(scores, request.targets)
         return ScoreMatrix.per_subtask(scores, subtasks)

@@ -29,7 +29,13 @@ from gradstore.errors import InvalidInputError
 from gradstore.icl_utility import InContextUtility
 from gradstore.query import QueryEngine
 from gradstore.search import top_k
-from gradstore.selection.base import MethodOptions, ScoreRequest, SelectionMethod, target_columns
+from gradstore.selection.base import (
+    MethodOptions,
+    ScoreRequest,
+    SelectionMethod,
+    per_target_matrix,
+    target_columns,
+)
 from gradstore.selection.scores import ScoreMatrix
 from gradstore.submodular import Objective, SparseKernel, lazy_greedy
 from gradstore.tokenization import pad_token_id
@@ -168,10 +174,7 @@ class Delift(SelectionMethod):
             scores[np.arange(len(picked)), per_column.argmax(axis=1)] = gains
         details = {"objective": request.options.objective, "gains": gains.tolist()}
         if request.per_target:
-            return ScoreMatrix(
-                scores, subtasks, np.asarray(column_subtask), rows=picked,
-                column_targets=[t.id for t in targets], details=details,
-            )  # fmt: skip
+            return per_target_matrix(scores, targets, rows=picked, details=details)
         return ScoreMatrix.per_subtask(scores, subtasks, rows=picked, details=details)
 
 

@@ -20,7 +20,13 @@ from gradstore.artifacts import ARTIFACTS
 from gradstore.artifacts.ngram_counts import NgramCounts
 from gradstore.ngrams import NgramHasher, log_probabilities
 from gradstore.query import QueryEngine
-from gradstore.selection.base import MethodOptions, ScoreRequest, SelectionMethod, target_columns
+from gradstore.selection.base import (
+    MethodOptions,
+    ScoreRequest,
+    SelectionMethod,
+    per_target_matrix,
+    target_columns,
+)
 from gradstore.selection.scores import ScoreMatrix
 
 ARTIFACT = "ngram_counts"
@@ -72,8 +78,5 @@ class Dsir(SelectionMethod):
             scores = scores + noise[:, None]
         request.timings["search"] = (time.perf_counter() - started) * 1000
         if request.per_target:
-            return ScoreMatrix(
-                scores, subtasks, np.asarray(column_subtask),
-                column_targets=[t.id for t in request.targets],
-            )  # fmt: skip
+            return per_target_matrix(scores, request.targets)
         return ScoreMatrix.per_subtask(scores, subtasks)

@@ -18,7 +18,13 @@ from pydantic import Field
 
 from gradstore.influence_features import LAYER_GRADIENTS, last_checkpoint, layer_featurizer
 from gradstore.query import QueryEngine
-from gradstore.selection.base import MethodOptions, ScoreRequest, SelectionMethod, target_columns
+from gradstore.selection.base import (
+    MethodOptions,
+    ScoreRequest,
+    SelectionMethod,
+    per_target_matrix,
+    target_columns,
+)
 from gradstore.selection.coverage import coverage_report
 from gradstore.selection.datainf import PoolBlock, datainf_scores
 from gradstore.selection.scores import ScoreMatrix
@@ -103,11 +109,9 @@ class In2Core(SelectionMethod):
             options.coverage_z,
             options.coverage_top,
         )
-        return ScoreMatrix(
+        return per_target_matrix(
             scores.astype(np.float32),
-            subtasks,
-            np.asarray(column_subtask),
-            column_targets=[t.id for t in targets],
+            targets,
             details={
                 "skipped_targets": [{"id": s.id, "reason": s.reason} for s in skipped],
                 "coverage": coverage,

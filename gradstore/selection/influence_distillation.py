@@ -26,7 +26,12 @@ from pydantic import Field
 
 from gradstore.influence_features import UPDATE_DIRECTIONS, last_checkpoint, update_featurizer
 from gradstore.query import QueryEngine
-from gradstore.selection.base import MethodOptions, ScoreRequest, SelectionMethod, target_columns
+from gradstore.selection.base import (
+    MethodOptions,
+    ScoreRequest,
+    SelectionMethod,
+    per_target_matrix,
+)
 from gradstore.selection.landmarks import DAMPING, propagate
 from gradstore.selection.policies import PolicyName
 from gradstore.selection.qp import solve_weights
@@ -108,14 +113,10 @@ class InfluenceDistillation(SelectionMethod):
             scores, used = self._landmark_scores(engine, options, last, targets["sgd"], batch)
             details["landmarks"] = used
         request.timings["search"] = (time.perf_counter() - started) * 1000
-        chosen = [request.targets[p] for p in positions]
-        subtasks, column_subtask = target_columns(chosen)
         details["skipped_targets"] = [{"id": s.id, "reason": s.reason} for s in skipped]
-        return ScoreMatrix(
+        return per_target_matrix(
             np.asarray(scores, dtype=np.float32),
-            subtasks,
-            np.asarray(column_subtask),
-            column_targets=[t.id for t in chosen],
+            [request.targets[p] for p in positions],
             details=details,
         )
 

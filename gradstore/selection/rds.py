@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 from pydantic import Field
 
 from gradstore.embeddings import HiddenStateEncoder
 from gradstore.query import QueryEngine
-from gradstore.selection.base import MethodOptions, ScoreRequest, SelectionMethod, target_columns
+from gradstore.selection.base import (
+    MethodOptions,
+    ScoreRequest,
+    SelectionMethod,
+    per_target_matrix,
+)
 from gradstore.selection.policies import PolicyName
 from gradstore.selection.scores import ScoreMatrix
 from gradstore.tokenization import pad_token_id
@@ -55,12 +59,8 @@ class Rds(SelectionMethod):
         started = time.perf_counter()
         scores = engine.scanner.artifact_scores(ARTIFACT, queries)
         request.timings["search"] = (time.perf_counter() - started) * 1000
-        targets = [request.targets[p] for p in positions]
-        subtasks, column_subtask = target_columns(targets)
-        return ScoreMatrix(
+        return per_target_matrix(
             scores,
-            subtasks,
-            np.asarray(column_subtask),
-            column_targets=[t.id for t in targets],
+            [request.targets[p] for p in positions],
             details={"skipped_targets": [{"id": s.id, "reason": s.reason} for s in skipped]},
         )
