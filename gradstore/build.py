@@ -13,12 +13,10 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from gradstore.checkpoint_model import CheckpointModel
 from gradstore.checkpoints import (
     WarmupCheckpoint,
     checkpoint_weights,
@@ -42,6 +40,7 @@ from gradstore.index import (
     train_sample_rows,
     write_index,
 )
+from gradstore.model_pool import store_model
 from gradstore.modeling import load_tokenizer, model_content_hash
 from gradstore.store import (
     SCHEMA_VERSION,
@@ -76,6 +75,7 @@ class PrepareSummary:
     num_examples: int
     skipped: list[SkippedExample]
     warnings: list[str] = field(default_factory=list)
+    truncated: int = 0  # kept examples cut to max_seq_len (prompt tokens first)
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,7 @@ def prepare(
     writer = TokenWriter(root)
     ids: list[str] = []
     skipped: list[SkippedExample] = []
+    truncated = 0
     for example in iter_jsonl(dataset_path):
         encoded = encoder.encode(example)
         if isinstance(encoded, SkippedExample):
@@ -125,6 +126,7 @@ def prepare(
         else:
             writer.add(encoded)
             ids.append(encoded.id)
+            truncated += encoded.truncated > 0
     writer.close()
     if not ids:
         raise InvalidInputError("no example of the dataset has a completion token to learn from")
@@ -142,7 +144,7 @@ def prepare(
     )
     atomic_write_json(root / "build.json", spec.model_dump(mode="json"))
     warning = None if warmup_from else warmup_warning(len(ids), config)
-    return PrepareSummary(len(ids), skipped, [warning] if warning else [])
+    return PrepareSummary(len(ids), skipped, [warning] if warning else [], truncated)
 
 
 def run_warmup_stage(
@@ -194,13 +196,6 @@ def shard_done(store_dir: str | Path, shard: Shard) -> bool:
     return all((root / shard.feature_file(k)).exists() for k in spec.config.pool_features)
 
 
-@lru_cache(maxsize=2)
-def _checkpoint_model(root: str, device: str | None) -> CheckpointModel:
-    spec = load_build_spec(Path(root))
-    checkpoints = load_checkpoints(Path(root) / "checkpoints")
-    return CheckpointModel(spec.model.path, checkpoints, spec.config.projection, device)
-
-
 def featurize_shard(
     store_dir: str | Path,
     shard: Shard,
@@ -213,11 +208,14 @@ def featurize_shard(
     spec = load_build_spec(root)
     config = spec.config
     examples = TokenStore(root).slice(shard.start, shard.end)
-    model = _checkpoint_model(str(root.resolve()), device)
+    model = store_model(root, device)
     files: dict[str, str] = {}
     with model.lock:
         featurizer = model.featurizer(
-            shard.checkpoint, config.batch_size, adam="adam" in config.pool_features
+            shard.checkpoint,
+            config.batch_size,
+            adam="adam" in config.pool_features,
+            batch_tokens=config.batch_tokens,
         )
         features = featurizer.featurize(examples, kinds=config.pool_features, on_batch=on_batch)
     dtype = np.float16 if config.dtype == "float16" else np.float32

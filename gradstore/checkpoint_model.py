@@ -79,7 +79,9 @@ class CheckpointModel:
             self._moments[index] = AdamPreconditioner(m.to(self.device), v.to(self.device))
         return self._moments[index]
 
-    def featurizer(self, index: int, batch_size: int, adam: bool) -> CheckpointFeaturizer:
+    def featurizer(
+        self, index: int, batch_size: int, adam: bool, batch_tokens: int | None = None
+    ) -> CheckpointFeaturizer:
         """A featurizer with checkpoint ``index`` active (Adam state only when asked for)."""
         self.activate(index)
         return CheckpointFeaturizer(
@@ -88,4 +90,5 @@ class CheckpointModel:
             self.preconditioner(index) if adam else None,
             self.pad_token_id,
             batch_size,
+            batch_tokens,
         )

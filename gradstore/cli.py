@@ -14,6 +14,8 @@ from typing import Annotated
 
 import typer
 
+from gradstore.assets.data_cli import data_app
+from gradstore.assets.models_cli import models_app
 from gradstore.cli_config import with_build_config
 from gradstore.config import BuildConfig
 from gradstore.extras import needs_extra
@@ -28,6 +30,8 @@ app = typer.Typer(
 toy_app = typer.Typer(no_args_is_help=True, help="Offline toy corpus and model (docs/toy.md).")
 app.add_typer(toy_app, name="toy")
 app.add_typer(remote_app, name="remote")
+app.add_typer(models_app, name="models")
+app.add_typer(data_app, name="data")
 
 
 @toy_app.command("corpus")
@@ -116,7 +120,8 @@ def build(
     summary, manifest = build_all(out, dataset, model, config, warmup_from or ())
     typer.echo(f"datastore ready at {out}")
     typer.echo(
-        f"  examples: {manifest.num_examples} (skipped {len(summary.skipped)})  "
+        f"  examples: {manifest.num_examples} (skipped {len(summary.skipped)}, "
+        f"truncated to --max-seq-len {summary.truncated})  "
         f"checkpoints: {len(manifest.checkpoints)}  dim: {manifest.dim}  "
         f"LoRA parameters: {manifest.lora_parameters}  index: {manifest.config.index_factory}"
     )

@@ -90,12 +90,25 @@ class BuildConfig(_Config):
     warmup: WarmupConfig = WarmupConfig()
     projection: ProjectionConfig = ProjectionConfig()
     max_seq_len: int = Field(
-        2048, ge=8, le=65536, description="Examples are truncated to this many tokens."
+        2048,
+        ge=8,
+        le=65536,
+        description="Longest example in tokens: a longer one loses prompt tokens from the "
+        "left first, then completion tokens from the right.",
     )
     template: Literal["auto", "tulu", "chat_template"] = Field(
         "auto", description="Prompt format: the tokenizer's chat template if it has one (auto)."
     )
     batch_size: int = Field(16, ge=1, le=4096, description="Featurization batch size.")
+    batch_tokens: int = Field(
+        512,
+        ge=8,
+        le=1 << 24,
+        description="Most padded tokens (rows × longest row) in one batch of any model pass: "
+        "bounds activation memory (a backward of a 135M model in fp32 holds about 2.4 MB a "
+        "token; raise it on a GPU). Warmup micro-batches are split by it too, their gradient "
+        "unchanged.",
+    )
     dtype: Literal["float16", "float32"] = Field("float16", description="Stored feature dtype.")
     shard_size: int = Field(1024, ge=1, description="Examples per featurize shard.")
     index_factory: str = Field(

@@ -8,6 +8,7 @@ base model is what the method specifies, and it is the cheapest strong selector 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 from peft import PeftModel
 
+from gradstore.batching import length_sorted_batches
 from gradstore.tokenization import TokenizedExample, collate
 
 
@@ -49,11 +51,13 @@ class HiddenStateEncoder:
         pad_token_id: int,
         batch_size: int,
         context: Callable[[], AbstractContextManager] = nullcontext,
+        batch_tokens: int | None = None,
     ):
         self.backbone = decoder_of(model)
         self.context = context  # e.g. a PEFT model's ``disable_adapter``: the base model
         self.pad_token_id = pad_token_id
         self.batch_size = batch_size
+        self.batch_tokens = batch_tokens or sys.maxsize  # padded tokens per batch (memory)
         self.device = next(self.backbone.parameters()).device
 
     @torch.no_grad()
@@ -65,9 +69,8 @@ class HiddenStateEncoder:
         """(n, hidden) float32, L2-normalised, rows in the order of ``examples``."""
         hidden = int(getattr(self.backbone, "config").hidden_size)  # noqa: B009
         out = np.empty((len(examples), hidden), dtype=np.float32)
-        order = sorted(range(len(examples)), key=lambda i: (len(examples[i].input_ids), i))
-        for start in range(0, len(order), self.batch_size):
-            positions = order[start : start + self.batch_size]
+        lengths = [len(e.input_ids) for e in examples]
+        for positions in length_sorted_batches(lengths, self.batch_size, self.batch_tokens):
             batch = collate([examples[i] for i in positions], self.pad_token_id)
             mask = batch["attention_mask"].to(self.device)
             with self.context():

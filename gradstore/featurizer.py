@@ -10,12 +10,14 @@ projection), kept as the baseline of bench/featurize and as a test oracle.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
+from gradstore.batching import length_sorted_batches
 from gradstore.gradients import LoraGradientComputer, iter_reference_gradients
 from gradstore.preconditioner import AdamPreconditioner
 from gradstore.tokenization import TokenizedExample, collate
@@ -37,12 +39,14 @@ class CheckpointFeaturizer:
         preconditioner: AdamPreconditioner | None,
         pad_token_id: int,
         batch_size: int,
+        batch_tokens: int | None = None,
     ):
         self.model = model
         self.projector = projector
         self.preconditioner = preconditioner
         self.pad_token_id = pad_token_id
         self.batch_size = batch_size
+        self.batch_tokens = batch_tokens or sys.maxsize  # padded tokens per batch (memory)
         self.gradients = LoraGradientComputer(model)
         # seconds spent so far on gradients and on preconditioning + projection (profiling)
         self.timings = {"gradient_s": 0.0, "projection_s": 0.0}
@@ -102,11 +106,10 @@ class CheckpointFeaturizer:
     ) -> dict[str, np.ndarray]:
         """{kind: (n, dim) float32}, rows in the order of ``examples``."""
         self._check(kinds)
-        order = sorted(range(len(examples)), key=lambda i: (len(examples[i].input_ids), i))
         dim = self.projector.dim
         out = {kind: np.empty((len(examples), dim), dtype=np.float32) for kind in kinds}
-        for start in range(0, len(order), self.batch_size):
-            positions = order[start : start + self.batch_size]
+        lengths = [len(e.input_ids) for e in examples]
+        for positions in length_sorted_batches(lengths, self.batch_size, self.batch_tokens):
             batch = collate([examples[i] for i in positions], self.pad_token_id)
             for kind, values in self._batch_features(batch, kinds).items():
                 out[kind][positions] = values

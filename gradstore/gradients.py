@@ -17,22 +17,9 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from gradstore.losses import completion_losses, per_example_losses
 from gradstore.modeling import lora_parameter_names
-from gradstore.tokenization import IGNORE_INDEX, TokenizedExample, collate
-
-
-def per_example_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over each example's labelled tokens: (B,)."""
-    shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:]
-    token_losses = nn.functional.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.shape[-1]),
-        shift_labels.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="none",
-    ).view(shift_labels.shape)
-    counts = (shift_labels != IGNORE_INDEX).sum(dim=1).clamp(min=1)
-    return token_losses.sum(dim=1) / counts
+from gradstore.tokenization import TokenizedExample, collate
 
 
 @contextmanager
@@ -147,11 +134,7 @@ class LoraGradientComputer:
         handles = [layer.register_forward_hook(tap(i)) for i, layer in enumerate(self._layers)]
         try:
             with torch.enable_grad(), eval_mode(self.model):
-                logits = self.model(
-                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-                ).logits
-                loss = per_example_losses(logits, batch["labels"]).sum()
-                del logits
+                loss = completion_losses(self.model, batch).sum()
                 missing = [self.names[i] for i in range(len(self._layers)) if i not in seen]
                 if missing:
                     raise ValueError(f"LoRA maps unused by the forward pass: {missing[:3]}")

@@ -11,12 +11,15 @@ sequences are batched by length: one forward pass scores a whole batch of pairs.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 import torch
 
+from gradstore.batching import length_sorted_batches
+from gradstore.losses import labelled_token_losses
 from gradstore.tokenization import IGNORE_INDEX, TokenizedExample, collate
 
 
@@ -50,11 +53,13 @@ class InContextUtility:
         bos_token_id: int | None,
         batch_size: int,
         context: Callable[[], AbstractContextManager] = nullcontext,
+        batch_tokens: int | None = None,
     ):
         self.model = model
         self.pad_token_id = pad_token_id
         self.bos_token_id = bos_token_id
         self.batch_size = batch_size
+        self.batch_tokens = batch_tokens or sys.maxsize  # padded tokens per batch (memory)
         self.context = context  # e.g. a PEFT model's ``disable_adapter``: the base model
         self.device = next(model.parameters()).device
 
@@ -67,21 +72,18 @@ class InContextUtility:
         """d(π_i(j)) for each (i, j) pair (j None: i alone), float64, in the pairs' order."""
         sequences = [pair_example(i, j, self.bos_token_id) for i, j in pairs]
         out = np.zeros(len(sequences), dtype=np.float64)
-        order = sorted(range(len(sequences)), key=lambda p: (len(sequences[p].input_ids), p))
-        for start in range(0, len(order), self.batch_size):
-            positions = order[start : start + self.batch_size]
+        lengths = [len(s.input_ids) for s in sequences]
+        for positions in length_sorted_batches(lengths, self.batch_size, self.batch_tokens):
             batch = collate([sequences[p] for p in positions], self.pad_token_id)
+            batch = {k: v.to(self.device) for k, v in batch.items()}
             with self.context():
-                logits = self.model(
-                    input_ids=batch["input_ids"].to(self.device),
-                    attention_mask=batch["attention_mask"].to(self.device),
-                ).logits
-            labels = batch["labels"][:, 1:].to(self.device)
-            mask = labels != IGNORE_INDEX
-            log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-            picked = log_probs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-            squared = ((picked.exp() - 1.0) ** 2 * mask).sum(dim=1)
-            counts = mask.sum(dim=1)
+                token_losses, owner = labelled_token_losses(
+                    self.model, batch["input_ids"], batch["attention_mask"], batch["labels"]
+                )
+            # d(π) = ‖p − 1‖ / sqrt(n) over the labelled tokens' probabilities p = e^(−loss)
+            gaps = (torch.exp(-token_losses.double()) - 1.0) ** 2
+            squared = gaps.new_zeros(len(positions)).index_add(0, owner, gaps)
+            counts = (batch["labels"][:, 1:] != IGNORE_INDEX).sum(dim=1)
             values = torch.where(counts > 0, squared.sqrt() / counts.clamp(min=1).sqrt(), 0.0)
             out[positions] = values.double().cpu().numpy()
             if on_batch is not None:

@@ -14,11 +14,10 @@ Distillation's landmarks) at query time with exactly the same featurizer, so the
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import lru_cache
 from pathlib import Path
 
 from gradstore.checkpoint_model import CheckpointModel
-from gradstore.checkpoints import WarmupCheckpoint, load_adam_moments, load_checkpoints
+from gradstore.checkpoints import WarmupCheckpoint, load_adam_moments
 from gradstore.config import ProjectionConfig
 from gradstore.featurizer import CheckpointFeaturizer
 from gradstore.layer_gradients import LayerFeaturizer, default_layers
@@ -53,18 +52,13 @@ def layer_plan(model_dir: str | Path, projection: ProjectionConfig) -> tuple[lis
     return layers, max(16, projection.dim // len(layers))
 
 
-@lru_cache(maxsize=1)
-def store_checkpoint_model(root: str, device: str | None) -> CheckpointModel:
-    """The base model with the store's last checkpoint, for artifact units (one per process)."""
-    from gradstore.store import load_build_spec
-
-    spec = load_build_spec(Path(root))
-    last = last_checkpoint(load_checkpoints(Path(root) / "checkpoints"))
-    return CheckpointModel(spec.model.path, [last], spec.config.projection, device)
-
-
 def layer_featurizer(
-    model: CheckpointModel, index: int, layers: Sequence[int], dim: int, batch_size: int
+    model: CheckpointModel,
+    index: int,
+    layers: Sequence[int],
+    dim: int,
+    batch_size: int,
+    batch_tokens: int | None = None,
 ) -> LayerFeaturizer:
     """Per-block features at checkpoint ``index`` with the store's projection kind and seed."""
     model.activate(index)
@@ -73,11 +67,16 @@ def layer_featurizer(
     def projector(in_dim: int, out_dim: int):
         return make_projector(projection.kind, in_dim, out_dim, projection.seed, model.device)
 
-    return LayerFeaturizer(model.model, layers, dim, projector, model.pad_token_id, batch_size)
+    return LayerFeaturizer(
+        model.model, layers, dim, projector, model.pad_token_id, batch_size, batch_tokens
+    )
 
 
 def update_featurizer(
-    model: CheckpointModel, checkpoint: WarmupCheckpoint, batch_size: int
+    model: CheckpointModel,
+    checkpoint: WarmupCheckpoint,
+    batch_size: int,
+    batch_tokens: int | None = None,
 ) -> CheckpointFeaturizer:
     """Projected, normalised a ⊙ g at ``checkpoint`` (ask it for the ``adam`` kind)."""
     model.activate(checkpoint.index)
@@ -89,4 +88,5 @@ def update_featurizer(
         direction,  # type: ignore[arg-type]  # the featurizer only calls apply_/__call__
         model.pad_token_id,
         batch_size,
+        batch_tokens,
     )

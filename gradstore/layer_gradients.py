@@ -15,6 +15,7 @@ denominators exact.
 from __future__ import annotations
 
 import re
+import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gradstore.batching import length_sorted_batches
 from gradstore.gradients import LoraGradientComputer
 from gradstore.modeling import lora_parameter_names
 from gradstore.tokenization import TokenizedExample, collate
@@ -88,6 +90,7 @@ class LayerFeaturizer:
         make_projector: Callable[[int, int], SparseJLProjector | RademacherProjector],
         pad_token_id: int,
         batch_size: int,
+        batch_tokens: int | None = None,
     ):
         blocks = lora_blocks(model)
         missing = sorted(set(layers) - set(blocks))
@@ -99,6 +102,7 @@ class LayerFeaturizer:
         self.dim = dim
         self.pad_token_id = pad_token_id
         self.batch_size = batch_size
+        self.batch_tokens = batch_tokens or sys.maxsize  # padded tokens per batch (memory)
         self.gradients = LoraGradientComputer(model, self.names)
         self.projector = make_projector(self.gradients.num_parameters, dim)
         name_layer = {n: i for i, layer in enumerate(self.layers) for n in blocks[layer]}
@@ -131,11 +135,10 @@ class LayerFeaturizer:
         examples: Sequence[TokenizedExample],
         on_batch: Callable[[int], None] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        order = sorted(range(len(examples)), key=lambda i: (len(examples[i].input_ids), i))
+        lengths = [len(e.input_ids) for e in examples]
         directions = np.empty((len(examples), len(self.layers), self.dim), dtype=np.float32)
         norms = np.empty((len(examples), len(self.layers)), dtype=np.float32)
-        for start in range(0, len(order), self.batch_size):
-            positions = order[start : start + self.batch_size]
+        for positions in length_sorted_batches(lengths, self.batch_size, self.batch_tokens):
             batch = collate([examples[i] for i in positions], self.pad_token_id)
             d, n = self._batch(batch)
             directions[positions] = d.cpu().numpy()

@@ -184,7 +184,9 @@ class QueryEngine:
         batch = self.manifest.config.batch_size
         with model.lock:
             per_checkpoint = [
-                model.featurizer(entry.index, batch, adam=False).featurize(kept, ("sgd",))["sgd"]
+                model.featurizer(
+                    entry.index, batch, adam=False, batch_tokens=self.manifest.config.batch_tokens
+                ).featurize(kept, ("sgd",))["sgd"]
                 for entry in self.manifest.checkpoints
             ]
         features = np.stack(per_checkpoint, axis=1)  # (n_kept, N_checkpoints, dim)

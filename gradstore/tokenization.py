@@ -36,6 +36,7 @@ class TokenizedExample:
     id: str
     input_ids: list[int]
     labels: list[int]
+    truncated: int = 0  # tokens cut to fit max_seq_len (prompt from the left, then the end)
 
     @property
     def num_target_tokens(self) -> int:
@@ -90,15 +91,38 @@ class ExampleEncoder:
             input_ids, labels = self._chat_template_prompt_completion(example)
         else:
             input_ids, labels = self._chat_template(_as_messages(example))
-        encoded = TokenizedExample(example.id, input_ids, labels)
+        full_length = len(input_ids)
+        input_ids, labels = self._fit(input_ids, labels)
+        encoded = TokenizedExample(example.id, input_ids, labels, full_length - len(input_ids))
         if encoded.num_target_tokens == 0:
             reason = (
-                f"no completion token left after truncation to {self.max_seq_len} tokens"
-                if len(input_ids) >= self.max_seq_len
+                f"no completion token fits in {self.max_seq_len} tokens"
+                if encoded.truncated
                 else "the completion is empty"
             )
             return SkippedExample(example.id, reason)
         return encoded
+
+    def _fit(self, input_ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
+        """At most ``max_seq_len`` tokens, losing prompt tokens before completion tokens.
+
+        Prompt tokens go from the left (a leading BOS stays, and so does the token before
+        the first labelled one, which predicts it); if that is not enough, the end is cut.
+        A long prompt thus never costs the example its completion, as plain right
+        truncation would.
+        """
+        excess = len(input_ids) - self.max_seq_len
+        if excess <= 0:
+            return input_ids, labels
+        first_label = next(
+            (i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(labels)
+        )
+        bos = self.tokenizer.bos_token_id
+        head = 1 if bos is not None and input_ids[:1] == [bos] else 0
+        cut = max(0, min(excess, first_label - 1 - head))
+        input_ids = input_ids[:head] + input_ids[head + cut :]
+        labels = labels[:head] + labels[head + cut :]
+        return input_ids[: self.max_seq_len], labels[: self.max_seq_len]
 
     def encode_all(
         self, examples: Sequence[Example], eos: bool = True
@@ -114,8 +138,8 @@ class ExampleEncoder:
         return kept, skipped
 
     def _ids(self, text: str, special: bool = True) -> list[int]:
-        ids = self.tokenizer(text, add_special_tokens=special)["input_ids"]
-        return list(ids[: self.max_seq_len])
+        """The whole text's IDs; ``_fit`` cuts them to the length limit afterwards."""
+        return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
 
     def _tulu_prompt_completion(self, example: Example, eos: bool) -> tuple[list[int], list[int]]:
         prompt, completion = example.prompt or "", example.completion or ""
@@ -143,8 +167,6 @@ class ExampleEncoder:
                 so_far += "<|assistant|>\n"
             end = len(self._ids(so_far))
             labels[start:end] = [IGNORE_INDEX] * len(labels[start:end])
-            if end >= self.max_seq_len:
-                break
         return input_ids, labels
 
     def _chat_template_prompt_completion(self, example: Example) -> tuple[list[int], list[int]]:

@@ -18,11 +18,13 @@ import torch
 from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from gradstore.batching import pack
 from gradstore.checkpoints import WarmupCheckpoint, save_checkpoint
 from gradstore.config import BuildConfig
 from gradstore.files import atomic_write_json
+from gradstore.losses import completion_loss_sums
 from gradstore.modeling import attach_new_lora, load_base_model, load_tokenizer, resolve_device
-from gradstore.tokenization import IGNORE_INDEX, TokenizedExample, collate, pad_token_id
+from gradstore.tokenization import TokenizedExample, collate, pad_token_id
 
 
 def warmup_sample(n: int, fraction: float, seed: int) -> list[int]:
@@ -43,14 +45,33 @@ def warmup_plan(num_examples: int, batch_size: int, gradient_accumulation: int) 
     return accumulation, math.ceil(micro_batches / accumulation)
 
 
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the batch's completion tokens (next-token, labels shifted)."""
-    return torch.nn.functional.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(),
-        labels[:, 1:].flatten(),
-        ignore_index=IGNORE_INDEX,
-        reduction="mean",
-    )
+def micro_batch_step(
+    model: torch.nn.Module,
+    examples: Sequence[TokenizedExample],
+    pad: int,
+    device: torch.device,
+    batch_tokens: int,
+    scale: float,
+) -> float | None:
+    """Backward of ``scale`` × the micro-batch's loss; returns that loss (None: no label).
+
+    The loss is HF's causal-LM loss, the mean cross-entropy over all of the micro-batch's
+    completion tokens. Rows run in pieces of at most ``batch_tokens`` padded tokens, each
+    piece's token sum divided by the whole micro-batch's token count, so the accumulated
+    gradient is the micro-batch's whatever the pieces.
+    """
+    total = sum(e.num_target_tokens for e in examples)
+    if total == 0:
+        return None  # no completion token: nothing to learn, and no NaN
+    lengths = [len(e.input_ids) for e in examples]
+    loss = 0.0
+    for rows in pack(range(len(examples)), lengths, len(examples), batch_tokens):
+        batch = collate([examples[i] for i in rows], pad)
+        sums, _ = completion_loss_sums(model, {k: v.to(device) for k, v in batch.items()})
+        piece = sums.sum() / total
+        (piece * scale).backward()
+        loss += piece.item()
+    return loss
 
 
 def run_warmup(
@@ -108,16 +129,12 @@ def run_warmup(
                     for i in range(0, len(rows), settings.batch_size)
                 ]
                 for batch_rows in micro:
-                    batch = collate([sample[i] for i in batch_rows], pad)
-                    batch = {k: v.to(device_) for k, v in batch.items()}
-                    if not (batch["labels"][:, 1:] != IGNORE_INDEX).any():
-                        continue  # no completion token: nothing to learn, and no NaN
-                    logits = model(
-                        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-                    ).logits
-                    loss = causal_lm_loss(logits, batch["labels"])
-                    (loss / len(micro)).backward()
-                    losses.append(loss.item())
+                    loss = micro_batch_step(
+                        model, [sample[i] for i in batch_rows], pad, device_, config.batch_tokens,
+                        scale=1 / len(micro),
+                    )  # fmt: skip
+                    if loss is not None:
+                        losses.append(loss)
                 rates.append(scheduler.get_last_lr()[0])  # the rate this step uses
                 optimizer.step()
                 scheduler.step()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -43,16 +45,24 @@ def contract_pool() -> list:
     return pool
 
 
-def build_store(root: Path, model_dir: Path, pool: list, config: BuildConfig, methods=None) -> Path:
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch on one thread, as the stores here are built: a float sum may group by the thread
+    count, so a rerun compared byte for byte with a build must run as the build did."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def build_store(root: Path, model_dir: Path, pool: list, config: BuildConfig, methods=None) -> Path:
+    with one_thread():
         write_jsonl(pool, root / "pool.jsonl")
         build_all(
             root / "store", root / "pool.jsonl", model_dir, config, progress=False, methods=methods
         )
-    finally:
-        torch.set_num_threads(threads)
     return root / "store"
 
 

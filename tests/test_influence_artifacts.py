@@ -17,9 +17,9 @@ from gradstore.influence_features import (
     UPDATE_DIRECTIONS,
     last_checkpoint,
     layer_featurizer,
-    store_checkpoint_model,
     update_featurizer,
 )
+from gradstore.model_pool import store_model
 from gradstore.preconditioner import AdamUpdateDirection
 from gradstore.query import QueryEngine
 from gradstore.selection import extra_artifacts, run_selection
@@ -63,7 +63,7 @@ def test_a_ready_store_gains_both_without_recomputing_anything(less_only_store, 
     # rows equal the reference loop: one example at a time at the last checkpoint
     datastore = Datastore.open(store)
     tokens = TokenStore(store)
-    model = store_checkpoint_model(str(store), None)
+    model = store_model(store)
     last = last_checkpoint(load_checkpoints(store / "checkpoints"))
     assert last.step is not None and last.step > 0
     rows = [0, 5, len(tokens) - 1]

@@ -77,19 +77,41 @@ def test_prompt_completion_adds_a_space_and_eos(tokenizer):
     assert encoded.num_target_tokens == n(" 4") + 1
 
 
-def test_truncation_and_skip_report(tokenizer):
-    examples = load_examples(
+def test_a_long_prompt_loses_its_left_end_and_keeps_the_completion(tokenizer):
+    long, fits = load_examples(
         [
             {"id": "long", "prompt": "x" * 50, "completion": "yes"},
             {"id": "fits", "prompt": "x" * 5, "completion": "yes"},
         ]
     )
-    kept, skipped = ExampleEncoder(tokenizer, 20, "tulu").encode_all(examples)
-    assert [k.id for k in kept] == ["fits"]
-    assert skipped == [
-        SkippedExample("long", "no completion token left after truncation to 20 tokens")
-    ]
-    assert all(len(k.input_ids) <= 20 for k in kept)
+    whole = ExampleEncoder(tokenizer, 4096, "tulu").encode(long)
+    kept, skipped = ExampleEncoder(tokenizer, 20, "tulu").encode_all([long, fits])
+    assert [k.id for k in kept] == ["long", "fits"] and skipped == []
+    cut = kept[0]
+    assert isinstance(whole, TokenizedExample)
+    assert len(cut.input_ids) == 20 and cut.truncated == len(whole.input_ids) - 20
+    assert kept[1].truncated == 0
+    # the same tokens as the whole encoding with prompt tokens dropped from the left
+    head = 1 if whole.input_ids[0] == tokenizer.bos_token_id else 0
+    dropped = len(whole.input_ids) - 20
+    assert cut.input_ids == whole.input_ids[:head] + whole.input_ids[head + dropped :]
+    assert cut.labels == whole.labels[:head] + whole.labels[head + dropped :]
+    assert cut.num_target_tokens == whole.num_target_tokens  # the completion is whole
+
+
+def test_a_long_completion_is_cut_at_its_end(tokenizer):
+    (example,) = load_examples([{"id": "c", "prompt": "x", "completion": "y" * 60}])
+    whole = ExampleEncoder(tokenizer, 4096, "tulu").encode(example)
+    cut = ExampleEncoder(tokenizer, 20, "tulu").encode(example)
+    assert isinstance(whole, TokenizedExample) and isinstance(cut, TokenizedExample)
+    assert cut.input_ids == whole.input_ids[:20] and cut.labels == whole.labels[:20]
+    assert 0 < cut.num_target_tokens < whole.num_target_tokens
+
+
+def test_an_empty_completion_is_skipped_and_reported(tokenizer):
+    examples = load_examples([{"id": "empty", "prompt": "x" * 5 + " ", "completion": ""}])
+    kept, skipped = ExampleEncoder(tokenizer, 20, "tulu").encode_all(examples, eos=False)
+    assert kept == [] and skipped == [SkippedExample("empty", "the completion is empty")]
 
 
 def test_chat_template_labels_the_assistant_turns():

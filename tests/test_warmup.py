@@ -17,7 +17,7 @@ from gradstore.modeling import (
     lora_parameter_names,
 )
 from gradstore.tokenization import TokenizedExample, collate
-from gradstore.warmup import run_warmup, warmup_plan, warmup_sample
+from gradstore.warmup import micro_batch_step, run_warmup, warmup_plan, warmup_sample
 
 PAD = 0  # the tiny byte tokenizer's <pad>
 
@@ -135,3 +135,27 @@ def test_tiny_data_still_makes_a_step_per_epoch():
     assert warmup_plan(3, batch_size=8, gradient_accumulation=16) == (1, 1)
     assert warmup_plan(40, batch_size=8, gradient_accumulation=16) == (5, 1)
     assert warmup_plan(40, batch_size=8, gradient_accumulation=2) == (2, 3)
+
+
+def test_a_micro_batch_split_by_tokens_has_the_whole_micro_batch_gradient(tiny_model_dir):
+    """HF's loss: the mean over all of the micro-batch's completion tokens, whatever pieces
+    the token budget cuts it into."""
+    model = attach_new_lora(load_base_model(tiny_model_dir, "cpu"), LoraConfig(r=4), seed=0)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:  # B starts at zero, which would zero every A gradient
+            torch.nn.init.normal_(param, std=0.2)
+    model.eval()  # no dropout: both sides see the same function
+    examples = pool(6)
+    batch = collate(examples, PAD)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    whole = torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=-100
+    )
+    (whole * 0.5).backward()
+    expected = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    model.zero_grad(set_to_none=True)
+    loss = micro_batch_step(model, examples, PAD, torch.device("cpu"), 12, scale=0.5)
+    assert loss == pytest.approx(whole.item(), rel=1e-5)
+    got = [p.grad for p in model.parameters() if p.requires_grad]
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)

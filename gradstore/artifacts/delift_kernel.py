@@ -12,26 +12,17 @@ index stage (``needs_features``).
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from gradstore.artifacts.base import ArtifactBuilder, ArtifactUnit, ProgressCallback
 from gradstore.icl_utility import InContextUtility
+from gradstore.model_pool import store_base_model
 from gradstore.store import BuildSpec, Datastore, TokenStore
 
 PARTS = ("neighbours", "utility", "base")
 QUERY_BLOCK = 128  # rows whose neighbours one pass over the features finds
-
-
-@lru_cache(maxsize=1)
-def _base_model(model_dir: str, device: str | None):
-    from gradstore.modeling import load_base_model, load_tokenizer
-    from gradstore.tokenization import pad_token_id
-
-    tokenizer = load_tokenizer(model_dir)
-    return load_base_model(model_dir, device), pad_token_id(tokenizer), tokenizer.bos_token_id
 
 
 def feature_kind(store: Datastore) -> str:
@@ -96,12 +87,16 @@ class DeliftKernel(ArtifactBuilder):
         rows = np.arange(unit.start, unit.end)
         neighbours = nearest_neighbours(store, rows, spec.config.delift.neighbours)
         tokens = TokenStore(root)
-        model, pad, bos = _base_model(spec.model.path, device)
-        utility = InContextUtility(model, pad, bos, spec.config.batch_size)
+        model, as_base = store_base_model(root, device)
+        utility = InContextUtility(
+            model.model, model.pad_token_id, model.tokenizer.bos_token_id,
+            spec.config.batch_size, as_base, batch_tokens=spec.config.batch_tokens,
+        )  # fmt: skip
         examples = [tokens[int(r)] for r in rows]
-        base = utility.distances([(e, None) for e in examples], on_batch=None)
         pairs = [(examples[p], tokens[int(j)]) for p in range(len(rows)) for j in neighbours[p]]
-        with_demo = utility.distances(pairs).reshape(neighbours.shape)
+        with model.lock:
+            base = utility.distances([(e, None) for e in examples], on_batch=None)
+            with_demo = utility.distances(pairs).reshape(neighbours.shape)
         if on_batch is not None:
             on_batch(len(rows))
         files = dict(zip(PARTS, self.unit_files(unit), strict=True))

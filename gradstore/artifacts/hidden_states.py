@@ -6,22 +6,14 @@ base model — no adapter, so a store gains it without touching its checkpoints 
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from gradstore.artifacts.base import ArtifactBuilder, ArtifactUnit, ProgressCallback
 from gradstore.embeddings import HiddenStateEncoder
+from gradstore.model_pool import store_base_model
 from gradstore.store import BuildSpec, TokenStore
-
-
-@lru_cache(maxsize=1)
-def _base_model(model_dir: str, device: str | None):
-    from gradstore.modeling import load_base_model, load_tokenizer
-    from gradstore.tokenization import pad_token_id
-
-    return load_base_model(model_dir, device), pad_token_id(load_tokenizer(model_dir))
 
 
 class HiddenStates(ArtifactBuilder):
@@ -49,7 +41,12 @@ class HiddenStates(ArtifactBuilder):
         on_batch: ProgressCallback | None,
     ) -> dict[str, np.ndarray]:
         examples = TokenStore(root).slice(unit.start, unit.end)
-        model, pad = _base_model(spec.model.path, device)
-        vectors = HiddenStateEncoder(model, pad, spec.config.batch_size).embed(examples, on_batch)
+        model, as_base = store_base_model(root, device)
+        encoder = HiddenStateEncoder(
+            model.model, model.pad_token_id, spec.config.batch_size, as_base,
+            batch_tokens=spec.config.batch_tokens,
+        )  # fmt: skip
+        with model.lock:
+            vectors = encoder.embed(examples, on_batch)
         dtype = np.float16 if spec.config.dtype == "float16" else np.float32
         return {self.unit_files(unit)[0]: vectors.astype(dtype)}

@@ -24,9 +24,9 @@ from gradstore.influence_features import (
     last_checkpoint,
     layer_featurizer,
     layer_plan,
-    store_checkpoint_model,
     update_featurizer,
 )
+from gradstore.model_pool import store_model
 from gradstore.store import BuildSpec, TokenStore
 
 
@@ -69,11 +69,13 @@ class LayerGradients(ArtifactBuilder):
         device: str | None,
         on_batch: ProgressCallback | None,
     ) -> dict[str, np.ndarray]:
-        model = store_checkpoint_model(str(root), device)
+        model = store_model(root, device)
         last = last_checkpoint(list(model.checkpoints.values()))
         layers, dim = layer_plan(spec.model.path, spec.config.projection)
         with model.lock:
-            featurizer = layer_featurizer(model, last.index, layers, dim, spec.config.batch_size)
+            featurizer = layer_featurizer(
+                model, last.index, layers, dim, spec.config.batch_size, spec.config.batch_tokens
+            )
             directions, norms = featurizer.featurize(
                 TokenStore(root).slice(unit.start, unit.end), on_batch
             )
@@ -108,10 +110,12 @@ class UpdateDirections(ArtifactBuilder):
         device: str | None,
         on_batch: ProgressCallback | None,
     ) -> dict[str, np.ndarray]:
-        model = store_checkpoint_model(str(root), device)
+        model = store_model(root, device)
         last = last_checkpoint(load_checkpoints(root / "checkpoints"))
         with model.lock:
-            featurizer = update_featurizer(model, last, spec.config.batch_size)
+            featurizer = update_featurizer(
+                model, last, spec.config.batch_size, spec.config.batch_tokens
+            )
             features = featurizer.featurize(
                 TokenStore(root).slice(unit.start, unit.end), ("adam",), on_batch
             )["adam"]

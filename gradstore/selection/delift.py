@@ -144,6 +144,7 @@ class Delift(SelectionMethod):
         utility = InContextUtility(
             model, pad_token_id(engine.tokenizer), engine.tokenizer.bos_token_id,
             engine.manifest.config.batch_size, context,
+            batch_tokens=engine.manifest.config.batch_tokens,
         )  # fmt: skip
         pairs = [(encoded[q], tokens[int(i)]) for q in range(len(kept)) for i in nearest[q]]
         with lock:

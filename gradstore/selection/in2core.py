@@ -85,6 +85,7 @@ class In2Core(SelectionMethod):
                 params["layers"],
                 params["dim_per_layer"],
                 engine.manifest.config.batch_size,
+                engine.manifest.config.batch_tokens,
             )
             directions, norms = featurizer.featurize(kept)
         request.timings["target_gradients"] = (time.perf_counter() - started) * 1000

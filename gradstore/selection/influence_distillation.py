@@ -102,7 +102,9 @@ class InfluenceDistillation(SelectionMethod):
         last = last_checkpoint(list(model.checkpoints.values()))
         batch = engine.manifest.config.batch_size
         with model.lock:
-            targets = model.featurizer(last.index, batch, adam=False).featurize(kept, ("sgd",))
+            targets = model.featurizer(
+                last.index, batch, adam=False, batch_tokens=engine.manifest.config.batch_tokens
+            ).featurize(kept, ("sgd",))
         request.timings["target_gradients"] = (time.perf_counter() - started) * 1000
 
         started = time.perf_counter()
@@ -126,9 +128,9 @@ class InfluenceDistillation(SelectionMethod):
         tokens = TokenStore(engine.datastore.root)
         model = engine.model
         with model.lock:
-            directions = update_featurizer(model, last, batch).featurize(
-                [tokens[int(r)] for r in rows], ("adam",)
-            )["adam"]
+            directions = update_featurizer(
+                model, last, batch, engine.manifest.config.batch_tokens
+            ).featurize([tokens[int(r)] for r in rows], ("adam",))["adam"]
         exact = directions @ targets.T  # (L, m)
         blocks = embedding_blocks(engine, options.embeddings)
         landmarks = _rows_of(blocks, rows)

@@ -51,7 +51,11 @@ class Rds(SelectionMethod):
         kept, positions, skipped = engine.encode_targets(request.targets, eos=options.target_eos)
         model, context, lock = engine.base_model()
         encoder = HiddenStateEncoder(
-            model, pad_token_id(engine.tokenizer), engine.manifest.config.batch_size, context
+            model,
+            pad_token_id(engine.tokenizer),
+            engine.manifest.config.batch_size,
+            context,
+            batch_tokens=engine.manifest.config.batch_tokens,
         )
         with lock:
             queries = encoder.embed(kept)

@@ -1,8 +1,10 @@
 """Does a selection teach the target? Fine-tune a fresh LoRA on it and measure target loss.
 
-The quality benchmarks' yardstick: a LoRA adapter (r = 8) trained on the base toy model
-with the selected examples only, then the mean completion loss on held-out examples of the
-target's skill (lower is better). Seeded: the same training set gives the same loss.
+The quality benchmarks' yardstick: a LoRA adapter (r = 8) trained on the base model (the toy
+one or a real one) with the selected examples only, then the mean completion loss on held-out
+examples of the target's skill (lower is better). Seeded: the same training set gives the same
+loss. Batches are cut to ``batch_tokens`` padded tokens (a real model's activations) and the
+loss never builds the full-vocabulary logits.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ from pathlib import Path
 
 import torch
 
+from gradstore.batching import length_sorted_batches, pack
 from gradstore.config import LoraConfig
-from gradstore.gradients import per_example_losses
+from gradstore.losses import completion_losses
 from gradstore.modeling import attach_new_lora, load_base_model
 from gradstore.tokenization import TokenizedExample, collate
 
 BATCH_SIZE = 8
+BATCH_TOKENS = 2048
 
 
 def fine_tune(
@@ -39,9 +43,11 @@ def fine_tune(
     for _ in range(epochs):
         order = torch.randperm(len(train), generator=generator).tolist()
         for start in range(0, len(order), BATCH_SIZE):
-            batch = collate([train[i] for i in order[start : start + BATCH_SIZE]], pad)
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            per_example_losses(logits.logits, batch["labels"]).mean().backward()
+            rows = order[start : start + BATCH_SIZE]
+            lengths = {i: len(train[i].input_ids) for i in rows}
+            for piece in pack(rows, lengths, len(rows), BATCH_TOKENS):  # same gradient
+                batch = collate([train[i] for i in piece], pad)
+                (completion_losses(model, batch).sum() / len(rows)).backward()
             optimizer.step()
             optimizer.zero_grad()
     return model.eval()
@@ -50,12 +56,11 @@ def fine_tune(
 @torch.no_grad()
 def target_loss(model, evaluation: Sequence[TokenizedExample], pad: int) -> float:
     """Mean completion loss over the evaluation examples."""
-    losses = []
-    for start in range(0, len(evaluation), 64):
-        batch = collate(evaluation[start : start + 64], pad)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        losses.append(per_example_losses(logits.logits, batch["labels"]))
-    return float(torch.cat(losses).mean())
+    losses = torch.zeros(len(evaluation))
+    lengths = [len(e.input_ids) for e in evaluation]
+    for rows in length_sorted_batches(lengths, 64, BATCH_TOKENS):
+        losses[rows] = completion_losses(model, collate([evaluation[i] for i in rows], pad))
+    return float(losses.mean())
 
 
 def fine_tune_and_evaluate(
