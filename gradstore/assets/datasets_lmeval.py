@@ -15,7 +15,7 @@ import re
 from pathlib import PurePosixPath
 from typing import Any
 
-import yaml  # type: ignore[import-untyped]
+import yaml
 
 from gradstore.assets.datasets_common import WheelReader, field, text_field
 from gradstore.assets.wheels import CorruptAssetError
@@ -60,9 +60,7 @@ def split_template(template: str, variable: str, member: str) -> tuple[str, str]
     return question, lead
 
 
-def exemplar(
-    template: tuple[str, str], variable: str, value: str, target: str
-) -> tuple[str, str]:
+def exemplar(template: tuple[str, str], variable: str, value: str, target: str) -> tuple[str, str]:
     question, lead = template
     prompt = question.replace("{{" + variable + "}}", value) + ANSWER_MARKER
     return prompt, (lead + target).lstrip()

