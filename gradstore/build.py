@@ -202,13 +202,21 @@ def featurize_shard(
     device: str | None = None,
     on_batch: ProgressCallback | None = None,
 ) -> ShardResult:
-    """Compute and atomically write one shard's features of every pool feature kind."""
+    """Compute and atomically write one shard's features of every pool feature kind.
+
+    At the last checkpoint, when the build serves Influence Distillation, the same backward
+    also yields the rows' a ⊙ g features: they are written as that shard's unit of the
+    ``update_directions`` artifact, which the artifact stage then finds done (one backward
+    per pool example per checkpoint, not a second pass over the pool).
+    """
     started = time.perf_counter()
     root = Path(store_dir)
     spec = load_build_spec(root)
     config = spec.config
     examples = TokenStore(root).slice(shard.start, shard.end)
     model = store_model(root, device)
+    update_unit = _update_directions_unit(root, spec, shard, max(model.checkpoints))
+    kinds = [*config.pool_features, *(["update"] if update_unit else [])]
     files: dict[str, str] = {}
     with model.lock:
         featurizer = model.featurizer(
@@ -216,13 +224,35 @@ def featurize_shard(
             config.batch_size,
             adam="adam" in config.pool_features,
             batch_tokens=config.batch_tokens,
+            update=update_unit is not None,
         )
-        features = featurizer.featurize(examples, kinds=config.pool_features, on_batch=on_batch)
+        features = featurizer.featurize(examples, kinds=kinds, on_batch=on_batch)
     dtype = np.float16 if config.dtype == "float16" else np.float32
     for kind in config.pool_features:
         relative = shard.feature_file(kind)
         files[relative] = atomic_save_npy(root / relative, features[kind].astype(dtype))
+    if update_unit is not None:
+        from gradstore.artifacts import get_artifact
+
+        (relative,) = get_artifact(update_unit.artifact).unit_files(update_unit)
+        files[relative] = atomic_save_npy(root / relative, features["update"].astype(dtype))
     return ShardResult(shard, files, len(examples), time.perf_counter() - started)
+
+
+def _update_directions_unit(root: Path, spec: BuildSpec, shard: Shard, last: int):
+    """The ``update_directions`` unit this shard can fill in passing, if the build wants it
+    and it is not written yet (its rows are the shard's: both are ``shard_size`` long)."""
+    if shard.checkpoint != last:
+        return None
+    from gradstore.artifacts import ArtifactUnit, artifact_unit_done
+    from gradstore.influence_features import UPDATE_DIRECTIONS
+    from gradstore.selection import DEFAULT_METHODS, extra_artifacts
+
+    methods = spec.config.methods if spec.config.methods is not None else DEFAULT_METHODS
+    if UPDATE_DIRECTIONS not in extra_artifacts(methods):
+        return None
+    unit = ArtifactUnit(UPDATE_DIRECTIONS, shard.start, shard.end)
+    return None if artifact_unit_done(root, unit) else unit
 
 
 def build_index(store_dir: str | Path) -> Manifest:
@@ -359,7 +389,9 @@ def build_all(
     from gradstore.artifacts import add_artifacts
     from gradstore.selection import DEFAULT_METHODS, extra_artifacts
 
-    methods = config.methods if methods is None else methods
+    if methods is not None:  # recorded in build.json: the featurize shards read it too
+        config = config.model_copy(update={"methods": list(methods)})
+    methods = config.methods
     extra = extra_artifacts(DEFAULT_METHODS if methods is None else methods)
     summary = prepare(store_dir, dataset_path, model_dir, config, warmup_from)
     for warning in summary.warnings if progress else ():

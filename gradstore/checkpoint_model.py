@@ -24,7 +24,7 @@ from gradstore.modeling import (
     lora_parameter_names,
     resolve_device,
 )
-from gradstore.preconditioner import AdamPreconditioner
+from gradstore.preconditioner import AdamPreconditioner, AdamUpdateDirection
 from gradstore.projection import make_projector
 from gradstore.tokenization import pad_token_id
 
@@ -53,6 +53,7 @@ class CheckpointModel:
             c.index: load_file(str(Path(c.path) / "adapter_model.safetensors")) for c in checkpoints
         }
         self._moments: dict[int, AdamPreconditioner] = {}
+        self._directions: dict[int, AdamUpdateDirection] = {}
         self.num_lora_parameters = sum(
             p.numel() for _, p in self.model.named_parameters() if p.requires_grad
         )
@@ -79,10 +80,24 @@ class CheckpointModel:
             self._moments[index] = AdamPreconditioner(m.to(self.device), v.to(self.device))
         return self._moments[index]
 
+    def update_direction(self, index: int) -> AdamUpdateDirection:
+        """Influence Distillation's a ⊙ g at checkpoint ``index`` (its second moment)."""
+        if index not in self._directions:
+            checkpoint = self.checkpoints[index]
+            _, v = load_adam_moments(checkpoint.path, self.model)
+            self._directions[index] = AdamUpdateDirection(v.to(self.device), checkpoint.step)
+        return self._directions[index]
+
     def featurizer(
-        self, index: int, batch_size: int, adam: bool, batch_tokens: int | None = None
+        self,
+        index: int,
+        batch_size: int,
+        adam: bool,
+        batch_tokens: int | None = None,
+        update: bool = False,
     ) -> CheckpointFeaturizer:
-        """A featurizer with checkpoint ``index`` active (Adam state only when asked for)."""
+        """A featurizer with checkpoint ``index`` active; the Adam state (``adam``: Γ,
+        ``update``: a ⊙ g) is loaded only when asked for."""
         self.activate(index)
         return CheckpointFeaturizer(
             self.model,
@@ -91,4 +106,5 @@ class CheckpointModel:
             self.pad_token_id,
             batch_size,
             batch_tokens,
+            self.update_direction(index) if update else None,
         )

@@ -19,10 +19,12 @@ import torch
 
 from gradstore.batching import length_sorted_batches
 from gradstore.gradients import LoraGradientComputer, iter_reference_gradients
-from gradstore.preconditioner import AdamPreconditioner
+from gradstore.preconditioner import AdamPreconditioner, AdamUpdateDirection
 from gradstore.tokenization import TokenizedExample, collate
 
-FEATURE_KINDS = ("adam", "sgd")
+# "sgd": the plain gradient g; "adam": LESS's Γ (the checkpoint's Adam moments); "update":
+# Influence Distillation's a ⊙ g (the ``update_directions`` artifact), from the same backward.
+FEATURE_KINDS = ("adam", "sgd", "update")
 
 
 def _normalise(x: torch.Tensor) -> np.ndarray:
@@ -40,10 +42,12 @@ class CheckpointFeaturizer:
         pad_token_id: int,
         batch_size: int,
         batch_tokens: int | None = None,
+        update_direction: AdamUpdateDirection | None = None,
     ):
         self.model = model
         self.projector = projector
         self.preconditioner = preconditioner
+        self.update_direction = update_direction
         self.pad_token_id = pad_token_id
         self.batch_size = batch_size
         self.batch_tokens = batch_tokens or sys.maxsize  # padded tokens per batch (memory)
@@ -57,13 +61,20 @@ class CheckpointFeaturizer:
             raise ValueError(f"unknown feature kinds {sorted(unknown)}; known: {FEATURE_KINDS}")
         if "adam" in kinds and self.preconditioner is None:
             raise ValueError("'adam' features need the checkpoint's Adam moments")
+        if "update" in kinds and self.update_direction is None:
+            raise ValueError("'update' features need the checkpoint's Adam update direction")
+
+    def _transform(self, kind: str) -> AdamPreconditioner | AdamUpdateDirection | None:
+        """What a kind does to the plain gradient before projecting it (None: nothing)."""
+        return {"sgd": None, "adam": self.preconditioner, "update": self.update_direction}[kind]
 
     def _features(self, grads: torch.Tensor, kinds: Sequence[str]) -> dict[str, np.ndarray]:
         """All kinds of whole (B, P) gradients, the reference's way (one projection each)."""
         started = time.perf_counter()
         out = {}
         for kind in kinds:
-            rows = self.preconditioner(grads) if kind == "adam" else grads  # type: ignore[misc]
+            transform = self._transform(kind)
+            rows = transform(grads) if transform is not None else grads
             out[kind] = _normalise(self.projector.project(rows))
         self.timings["projection_s"] += time.perf_counter() - started
         return out
@@ -77,17 +88,22 @@ class CheckpointFeaturizer:
         outputs = {kind: torch.zeros(rows, self.projector.dim, device=device) for kind in kinds}
         projection_s = 0.0
 
+        # the plain kind first (it only reads g), then the transforms, each in place on g,
+        # the last one on g itself and the others on a copy
+        heads = sorted(kinds, key=lambda kind: self._transform(kind) is not None)
+
         def project(offset: int, grads: torch.Tensor) -> None:
             nonlocal projection_s
             started = time.perf_counter()
             grads = grads.to(device)
-            if "sgd" in kinds:
-                self.projector.accumulate(
-                    outputs["sgd"], grads, offset, reuse_input="adam" not in kinds
-                )
-            if "adam" in kinds:
-                adam = self.preconditioner.apply_(grads, offset)  # type: ignore[union-attr]
-                self.projector.accumulate(outputs["adam"], adam, offset, reuse_input=True)
+            for position, kind in enumerate(heads):
+                last = position == len(heads) - 1
+                transform = self._transform(kind)
+                if transform is None:
+                    self.projector.accumulate(outputs[kind], grads, offset, reuse_input=last)
+                    continue
+                rows = transform.apply_(grads if last else grads.clone(), offset)
+                self.projector.accumulate(outputs[kind], rows, offset, reuse_input=True)
             projection_s += time.perf_counter() - started
 
         started = time.perf_counter()

@@ -17,11 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gradstore.checkpoint_model import CheckpointModel
-from gradstore.checkpoints import WarmupCheckpoint, load_adam_moments
+from gradstore.checkpoints import WarmupCheckpoint
 from gradstore.config import ProjectionConfig
 from gradstore.featurizer import CheckpointFeaturizer
 from gradstore.layer_gradients import LayerFeaturizer, default_layers
-from gradstore.preconditioner import AdamUpdateDirection
 from gradstore.projection import make_projector
 
 LAYER_GRADIENTS = "layer_gradients"
@@ -78,15 +77,7 @@ def update_featurizer(
     batch_size: int,
     batch_tokens: int | None = None,
 ) -> CheckpointFeaturizer:
-    """Projected, normalised a ⊙ g at ``checkpoint`` (ask it for the ``adam`` kind)."""
-    model.activate(checkpoint.index)
-    _, exp_avg_sq = load_adam_moments(checkpoint.path, model.model)
-    direction = AdamUpdateDirection(exp_avg_sq.to(model.device), checkpoint.step)
-    return CheckpointFeaturizer(
-        model.model,
-        model.projector,
-        direction,  # type: ignore[arg-type]  # the featurizer only calls apply_/__call__
-        model.pad_token_id,
-        batch_size,
-        batch_tokens,
+    """Projected, normalised a ⊙ g at ``checkpoint`` (ask it for the ``update`` kind)."""
+    return model.featurizer(
+        checkpoint.index, batch_size, adam=False, batch_tokens=batch_tokens, update=True
     )

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from gradstore.featurizer import CheckpointFeaturizer
 from gradstore.gradients import reference_per_example_gradients
-from gradstore.preconditioner import AdamPreconditioner
+from gradstore.preconditioner import AdamPreconditioner, AdamUpdateDirection
 from gradstore.projection import (
     PROJECTION_KINDS,
     DenseReferenceProjector,
@@ -59,20 +59,25 @@ def test_batched_features_equal_the_one_at_a_time_loop(model):
     ids=["sjlt", "sjlt-uncached", "rademacher-streamed"],
 )
 def test_module_by_module_projection_equals_the_whole_gradient_reference(model, make):
-    """Per-module Adam + projection inside backward = whole gradient, Adam, dense matrix."""
+    """Per-module Adam + projection inside backward = whole gradient, Adam, dense matrix;
+    any set of heads (g, Γ, a ⊙ g) from one backward."""
     batch = examples([5, 13, 8, 22, 3, 16, 10, 7, 19], seed=4)
     n = sum(p.numel() for p in model.parameters() if p.requires_grad)
     projector = make(n)
     adam = AdamPreconditioner(*moments(n))
+    update = AdamUpdateDirection(moments(n)[1], step=7)
     grads = reference_per_example_gradients(model, batch, 0)
     dense = DenseReferenceProjector(n, 256, 1) if projector.kind == "rademacher" else None
     matrix = dense.matrix if dense is not None else projector.matrix().double()
-    for kinds in (("sgd", "adam"), ("adam",), ("sgd",)):
-        featurizer = CheckpointFeaturizer(model, projector, adam, 0, batch_size=2)
+    heads = (("sgd", "adam"), ("adam",), ("sgd",), ("update",), ("adam", "update", "sgd"))
+    for kinds in heads:
+        featurizer = CheckpointFeaturizer(
+            model, projector, adam, 0, batch_size=2, update_direction=update
+        )
         got = featurizer.featurize(batch, kinds=kinds)
         assert list(got) == list(kinds)
         for kind in kinds:
-            rows = adam(grads) if kind == "adam" else grads
+            rows = {"adam": adam(grads), "update": update(grads), "sgd": grads}[kind]
             expected = torch.nn.functional.normalize((rows.double() @ matrix).float()).numpy()
             np.testing.assert_allclose(got[kind], expected, atol=1e-4)
         assert featurizer.timings["gradient_s"] > 0 and featurizer.timings["projection_s"] > 0

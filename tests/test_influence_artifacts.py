@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from stores import copy_store
+from stores import CONTRACT_BUILD, build_store, contract_pool, copy_store, one_thread
 from test_artifacts import TARGETS, file_states
 
 from gradstore.artifacts import add_artifacts
@@ -68,9 +68,9 @@ def test_a_ready_store_gains_both_without_recomputing_anything(less_only_store, 
     assert last.step is not None and last.step > 0
     rows = [0, 5, len(tokens) - 1]
     examples = [tokens[r] for r in rows]
-    reference = update_featurizer(model, last, 1).featurize_one_at_a_time(examples, ("adam",))
+    reference = update_featurizer(model, last, 1).featurize_one_at_a_time(examples, ("update",))
     stored = np.concatenate([b.arrays[0] for b in datastore.artifact_blocks(UPDATE_DIRECTIONS)])
-    np.testing.assert_allclose(stored[rows], reference["adam"], atol=2e-3)
+    np.testing.assert_allclose(stored[rows], reference["update"], atol=2e-3)
 
     params = datastore.artifact_entry(LAYER_GRADIENTS).params
     single = layer_featurizer(model, last.index, params["layers"], params["dim_per_layer"], 1)
@@ -80,3 +80,31 @@ def test_a_ready_store_gains_both_without_recomputing_anything(less_only_store, 
     stored_norms = np.concatenate([np.load(store / f) for f in files[1::2]])
     np.testing.assert_allclose(stored_dirs[rows], directions, atol=2e-3)
     np.testing.assert_allclose(stored_norms[rows], norms, rtol=1e-4)
+
+
+def test_featurize_writes_the_update_directions_from_its_own_backward(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """A build serving Influence Distillation runs one backward per example per checkpoint:
+    the last checkpoint's shards write a ⊙ g beside LESS's features, and those bytes are
+    what the artifact's own unit computes."""
+    from gradstore.artifacts import compute_artifact_unit, plan_artifact_units
+    from gradstore.artifacts.influence import UpdateDirections
+
+    def second_pass(*args, **kwargs):
+        raise AssertionError("update_directions computed by a second pass over the pool")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(UpdateDirections, "compute", second_pass)
+        store = build_store(
+            tmp_path, tiny_model_dir, contract_pool()[:20], CONTRACT_BUILD,
+            ["less", "influence_distillation"],
+        )  # fmt: skip
+    manifest = Datastore.open(store, verify=True).manifest
+    assert UPDATE_DIRECTIONS in manifest.artifacts
+    for unit in plan_artifact_units(store, UPDATE_DIRECTIONS):
+        (relative,) = UpdateDirections().unit_files(unit)
+        (store / relative).unlink()
+        with one_thread():
+            result = compute_artifact_unit(store, unit)
+        assert result.files[relative] == manifest.files[relative].sha256

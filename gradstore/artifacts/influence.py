@@ -117,6 +117,6 @@ class UpdateDirections(ArtifactBuilder):
                 model, last, spec.config.batch_size, spec.config.batch_tokens
             )
             features = featurizer.featurize(
-                TokenStore(root).slice(unit.start, unit.end), ("adam",), on_batch
-            )["adam"]
+                TokenStore(root).slice(unit.start, unit.end), ("update",), on_batch
+            )["update"]
         return {self.unit_files(unit)[0]: features.astype(_dtype(spec))}

@@ -130,7 +130,7 @@ class InfluenceDistillation(SelectionMethod):
         with model.lock:
             directions = update_featurizer(
                 model, last, batch, engine.manifest.config.batch_tokens
-            ).featurize([tokens[int(r)] for r in rows], ("adam",))["adam"]
+            ).featurize([tokens[int(r)] for r in rows], ("update",))["update"]
         exact = directions @ targets.T  # (L, m)
         blocks = embedding_blocks(engine, options.embeddings)
         landmarks = _rows_of(blocks, rows)
