@@ -203,8 +203,31 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of everything.")] = 0,
     fraction: Annotated[float, typer.Option(help="Share of the pool to select.")] = 0.05,
     json_out: Annotated[Path | None, typer.Option(help="Also write the results as JSON.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="A real model instead of the toy assets: a known name (gradstore models "
+            "list) or a local model directory; the pool and targets are then real data "
+            "(Arena-Hard, AlpacaEval, GSM8K, HumanEval; docs/data.md)."
+        ),
+    ] = None,
+    per_source: Annotated[
+        int,
+        typer.Option(help="With --model: pool examples per Arena-Hard category and of AlpacaEval."),
+    ] = 20,
 ) -> None:
-    """End to end on the toy assets: build, select for each family, print precision."""
+    """End to end: build, select for each target skill with every method, print precision.
+
+    On the toy assets by default; with --model, on a real pretrained model and real data.
+    """
+    if model is not None:
+        from gradstore.real_demo import format_real_table, run_real_demo
+
+        real = run_real_demo(work_dir, model, per_source=per_source, fraction=fraction, seed=seed)
+        typer.echo(format_real_table(real))
+        if json_out:
+            json_out.write_text(json.dumps(real, indent=2))
+        return
     from gradstore.demo import format_table, run_demo
 
     report = run_demo(work_dir, per_family=per_family, seed=seed, fraction=fraction)
