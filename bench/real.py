@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,6 +44,10 @@ from gradstore.store import Datastore, TokenStore
 from gradstore.threads import use_threads
 from gradstore.tokenization import ExampleEncoder, pad_token_id
 from gradstore.toy.finetune import fine_tune, target_loss
+
+
+def machine() -> str:
+    return f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} thread(s)"
 
 
 def build_in_child(args, store: Path, pool_file: Path) -> dict:
@@ -143,46 +149,72 @@ def measure_losses(model, encoder, pool, held_out, selections, epochs) -> dict:
     return losses
 
 
-def measure_speed(store: Path, repeats: int, rows: int) -> dict:
-    """Featurize tokens/s against a plain batched LoRA forward+backward, interleaved."""
-    from gradstore.batching import length_sorted_batches
+def measure_speed(
+    store: Path, model_dir: Path, repeats: int, rows: int, batch_rows: int, bergson: str | None
+) -> dict:
+    """Tokens/s of the store's featurizer (LESS's Adam features), of a plain batched LoRA
+    forward+backward over the same batches (the model-bound limit) and, given its venv's
+    python, of bergson on the same model, adapter and tokens; interleaved rounds."""
     from gradstore.losses import completion_losses
     from gradstore.model_pool import store_model
     from gradstore.tokenization import collate
 
     datastore = Datastore.open(store)
-    config = datastore.manifest.config
     model = store_model(store)
-    examples = TokenStore(store).slice(0, min(rows, datastore.manifest.num_examples))
+    count = min(rows, datastore.manifest.num_examples)
+    # shortest first, batch_rows at a time: the same batches for every contender
+    examples = sorted(TokenStore(store).slice(0, count), key=lambda e: len(e.input_ids))
+    batches = [examples[i : i + batch_rows] for i in range(0, len(examples), batch_rows)]
     tokens = sum(len(e.input_ids) for e in examples)
-    lengths = [len(e.input_ids) for e in examples]
-    index = datastore.manifest.checkpoints[-1].index
+    checkpoint = datastore.manifest.checkpoints[-1].index
+    unbounded = batch_rows * max(len(e.input_ids) for e in examples)
 
     def featurize() -> None:
-        featurizer = model.featurizer(index, config.batch_size, True, config.batch_tokens)
+        featurizer = model.featurizer(checkpoint, batch_rows, True, unbounded)
         featurizer.featurize(examples, ("adam",))
 
     def plain() -> None:
-        model.activate(index)
-        for rows_ in length_sorted_batches(lengths, config.batch_size, config.batch_tokens):
-            batch = collate([examples[i] for i in rows_], model.pad_token_id)
-            completion_losses(model.model, batch).sum().backward()
+        model.activate(checkpoint)
+        for batch in batches:
+            completion_losses(model.model, collate(batch, model.pad_token_id)).sum().backward()
         model.model.zero_grad(set_to_none=True)
 
-    rates: dict[str, list[float]] = {"featurize": [], "plain": []}
+    contenders = {"featurize": featurize, "plain": plain}
+    if bergson:
+        work = Path(tempfile.mkdtemp(prefix="gradstore-bergson-"))
+        records = [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]
+        (work / "tokens.json").write_text(json.dumps(records))
+        command = [
+            bergson, str(Path(__file__).with_name("peer_bergson.py")),
+            "--model", str(model_dir),
+            "--adapter", str(store / "checkpoints" / f"ckpt-{checkpoint}"),
+            "--examples", str(work / "tokens.json"), "--dim", str(datastore.manifest.dim),
+            "--batch-size", str(batch_rows), "--threads", str(torch.get_num_threads()),
+            "--repeats", "1", "--json",
+        ]  # fmt: skip
+
+        def peer() -> None:
+            subprocess.run(command, capture_output=True, text=True, check=True)
+
+        contenders["bergson"] = peer
+    rates: dict[str, list[float]] = {name: [] for name in contenders}
     featurize()  # warm-up: projector and caches
     for _ in range(repeats):
-        for name, run in (("featurize", featurize), ("plain", plain)):
+        for name, run in contenders.items():
             started = time.perf_counter()
             run()
             rates[name].append(tokens / (time.perf_counter() - started))
     median = {k: statistics.median(v) for k, v in rates.items()}
-    return {
+    result = {
         "tokens": tokens,
         "examples": len(examples),
+        "batch_rows": batch_rows,
         "tokens_per_s": {k: [round(r, 1) for r in v] for k, v in rates.items()},
         "ratio_to_limit": round(median["featurize"] / median["plain"], 3),
     }
+    if bergson:
+        result["ratio_to_bergson"] = round(median["featurize"] / median["bergson"], 3)
+    return result
 
 
 def main() -> None:
@@ -206,6 +238,9 @@ def main() -> None:
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--no-finetune", action="store_true")
     parser.add_argument("--speed-rows", type=int, default=32)
+    parser.add_argument("--speed-batch-rows", type=int, default=4)
+    parser.add_argument("--bergson-python", help="Python of a venv with bergson (speed only).")
+    parser.add_argument("--speed-only", action="store_true", help="Only the speed, on --store.")
     parser.add_argument("--speed-repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
@@ -221,6 +256,13 @@ def main() -> None:
         print(json.dumps(timed_build(args.model, args.store, args.pool_file, args.build_config)))
         return
     args.methods = [m for m in args.methods.split(",") if m]
+    if args.speed_only:
+        speed = measure_speed(
+            args.store, args.model, args.speed_repeats, args.speed_rows,
+            args.speed_batch_rows, args.bergson_python,
+        )  # fmt: skip
+        print(json.dumps({"machine": machine(), "speed": speed}))
+        return
 
     args.work_dir.mkdir(parents=True, exist_ok=True)
     setting = real_setting(args.pool_per_source, args.targets_per_category, args.seed)
@@ -241,10 +283,12 @@ def main() -> None:
         losses = measure_losses(
             args.model, encoder, pool, held_out, selections, args.finetune_epochs
         )
-    speed = measure_speed(store, args.speed_repeats, args.speed_rows)
+    speed = measure_speed(
+        store, args.model, args.speed_repeats, args.speed_rows, args.speed_batch_rows,
+        args.bergson_python,
+    )  # fmt: skip
     report = {
-        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} torch thread(s)",
+        "machine": machine(),
         "model": str(args.model),
         "pool": len(pool),
         "pool_by_category": {

@@ -55,8 +55,6 @@ _TARGETS_BY_TYPE = {
     "phi3": ["qkv_proj", "o_proj"],
 }
 
-_HASH_CHUNK = 1 << 20
-
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """The device asked for, else CUDA when there is one, else the CPU."""
@@ -186,6 +184,5 @@ def model_content_hash(model_dir: str | Path) -> str:
         digest.update(len(relative).to_bytes(8, "little") + relative)
         digest.update(path.stat().st_size.to_bytes(8, "little"))
         with open(path, "rb") as handle:
-            while chunk := handle.read(_HASH_CHUNK):
-                digest.update(chunk)
+            hashlib.file_digest(handle, lambda: digest)  # feeds the file into ``digest``
     return digest.hexdigest()

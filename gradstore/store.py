@@ -35,7 +35,7 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -214,14 +214,6 @@ class TokenWriter:
         offsets = np.concatenate([[0], np.cumsum(self._lengths, dtype=np.int64)])
         atomic_save_npy(self.dir / "offsets.npy", offsets.astype(np.int64))
         return len(self._lengths)
-
-
-def save_tokens(root: Path, examples: Iterable[TokenizedExample]) -> int:
-    """Store tokenised examples as three flat arrays so shards can slice them cheaply."""
-    writer = TokenWriter(root)
-    for example in examples:
-        writer.add(example)
-    return writer.close()
 
 
 class TokenStore(Sequence[TokenizedExample]):

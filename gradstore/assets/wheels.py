@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from gradstore.errors import GradstoreError, InvalidInputError
+from gradstore.files import sha256_file
 
 
 class AssetFetchError(GradstoreError):
@@ -57,17 +58,12 @@ def cache_root() -> Path:
     return Path(configured) if configured else Path.home() / ".cache" / "gradstore"
 
 
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 def fetch_wheel(spec: WheelSpec, cache_dir: Path | None = None, timeout_s: float = 1800) -> Path:
     """The wheel's path in the cache, downloading it first if it is not there (or is corrupt)."""
     directory = (cache_dir or cache_root()) / "wheels"
     directory.mkdir(parents=True, exist_ok=True)
     for cached in directory.glob(_wheel_glob(spec)):
-        if spec.sha256 is None or file_sha256(cached) == spec.sha256:
+        if spec.sha256 is None or sha256_file(cached) == spec.sha256:
             return cached
         cached.unlink()  # a corrupt or foreign copy: fetch again
     with tempfile.TemporaryDirectory(dir=directory, prefix=".download-") as staging:
@@ -90,7 +86,7 @@ def fetch_wheel(spec: WheelSpec, cache_dir: Path | None = None, timeout_s: float
                 f"reachable index or mirror ({tail or 'no wheel was downloaded'})"
             )
         wheel = wheels[0]
-        if spec.sha256 is not None and (actual := file_sha256(wheel)) != spec.sha256:
+        if spec.sha256 is not None and (actual := sha256_file(wheel)) != spec.sha256:
             raise CorruptAssetError(
                 f"{wheel.name}: sha256 {actual} is not the pinned {spec.sha256}"
             )

@@ -23,10 +23,11 @@ from gradstore.assets.datasets import (
     sidecar_path,
 )
 from gradstore.assets.datasets_sharegpt import array_elements
-from gradstore.assets.wheels import CorruptAssetError, WheelSpec, file_sha256
+from gradstore.assets.wheels import CorruptAssetError, WheelSpec
 from gradstore.cli import app
 from gradstore.errors import InvalidInputError
 from gradstore.examples import read_jsonl
+from gradstore.files import sha256_file
 
 BBH = "lm_eval/tasks/bbh/cot_fewshot/"
 BOOLEAN_EXPRESSIONS = """dataset_name: "boolean_expressions"
@@ -128,7 +129,7 @@ def install_fake(
     wheel = cache / "wheels" / f"{stem}-py3-none-any.whl"
     wheel.parent.mkdir(parents=True, exist_ok=True)
     wheel.write_bytes(raw if raw is not None else wheel_bytes(files, f"{stem}.dist-info", tamper))
-    pinned = WheelSpec(spec.package, spec.version, file_sha256(wheel))
+    pinned = WheelSpec(spec.package, spec.version, sha256_file(wheel))
     source = dataclasses.replace(KNOWN_DATASETS[name], wheel=pinned)
     monkeypatch.setitem(KNOWN_DATASETS, name, source)
 

