@@ -170,3 +170,21 @@ def test_every_method_documents_itself():
         assert schema.get("additionalProperties") is False
         assert "aggregate" in schema["properties"]
         assert np.all([p.get("description") for p in schema["properties"].values()])
+
+
+# DELIFT's utility is how much an example helps the model answer the target in context:
+# copying a demonstration's answer takes a trained model (tests/e2e/test_real_model.py checks
+# it on SmolLM2); the tiny model here is random.
+@pytest.mark.parametrize("method", [m for m in METHOD_NAMES if m not in ("random", "delift")])
+def test_scores_point_the_right_way(engine, contract_store, method):
+    """A target that is a copy of a pool example: every method must rank that example (or its
+    planted twin) at the top, whatever its scale or direction of scores."""
+    from gradstore.examples import read_jsonl
+
+    pool = read_jsonl(contract_store.parent / "pool.jsonl")
+    twins = {DUPLICATES[0], DUPLICATES[1], pool[5].id}
+    for index in (5, 12, 25):
+        copy = pool[index].model_copy(update={"id": "target", "subtask": "copy"})
+        result = run_selection(engine, [copy], method, top_k=3)
+        expected = twins if pool[index].id in twins else {pool[index].id}
+        assert ids_of(result)[0] in expected, (method, index, ids_of(result))
