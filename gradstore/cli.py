@@ -318,8 +318,14 @@ def spread_multi_value_flags(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
-    """The ``gradstore`` command."""
-    app(args=spread_multi_value_flags(sys.argv[1:]), prog_name="gradstore")
+    """The ``gradstore`` command: a gradstore error is one line on stderr and exit 1."""
+    from gradstore.errors import GradstoreError
+
+    try:
+        app(args=spread_multi_value_flags(sys.argv[1:]), prog_name="gradstore")
+    except GradstoreError as error:
+        typer.echo(f"error: {error}", err=True)
+        sys.exit(1)
 
 
 def _register_plugins(target: typer.Typer) -> None:
