@@ -173,13 +173,17 @@ def measure_speed(
         featurizer = model.featurizer(checkpoint, batch_rows, True, unbounded)
         featurizer.featurize(examples, ("adam",))
 
+    def with_update() -> None:  # LESS's Γ and Influence Distillation's a ⊙ g, one backward
+        featurizer = model.featurizer(checkpoint, batch_rows, True, unbounded, update=True)
+        featurizer.featurize(examples, ("adam", "update"))
+
     def plain() -> None:
         model.activate(checkpoint)
         for batch in batches:
             completion_losses(model.model, collate(batch, model.pad_token_id)).sum().backward()
         model.model.zero_grad(set_to_none=True)
 
-    contenders = {"featurize": featurize, "plain": plain}
+    contenders = {"featurize": featurize, "featurize + update": with_update, "plain": plain}
     if bergson:
         work = Path(tempfile.mkdtemp(prefix="gradstore-bergson-"))
         records = [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]
@@ -211,6 +215,7 @@ def measure_speed(
         "batch_rows": batch_rows,
         "tokens_per_s": {k: [round(r, 1) for r in v] for k, v in rates.items()},
         "ratio_to_limit": round(median["featurize"] / median["plain"], 3),
+        "update_head_extra": round(median["featurize"] / median["featurize + update"] - 1, 3),
     }
     if bergson:
         result["ratio_to_bergson"] = round(median["featurize"] / median["bergson"], 3)
