@@ -214,7 +214,7 @@ def demo(
     per_source: Annotated[
         int,
         typer.Option(help="With --model: pool examples per Arena-Hard category and of AlpacaEval."),
-    ] = 20,
+    ] = 16,
 ) -> None:
     """End to end: build, select for each target skill with every method, print precision.
 
