@@ -167,21 +167,32 @@ def run_demo(
     }
 
 
-def format_table(report: dict) -> str:
-    labels = list(report["mean_precision"])
-    width = max(len(f) for f in [*report["families"], "query ms"]) + 2
-    column = {label: max(9, len(label) + 2) for label in labels}  # every label readable
+def method_columns(
+    first: str, labels: Sequence[str], rows: Sequence[tuple[str, dict, str]]
+) -> list[str]:
+    """A header and one line per (name, {label: value}, format spec) row, one column per
+    method label, each as wide as its label (every label readable), right-aligned."""
+    width = max(len(name) for name in [first, *(row[0] for row in rows)]) + 2
+    column = {label: max(9, len(label) + 2) for label in labels}
 
-    def row(name: str, values: dict, spec: str) -> str:
+    def line(name: str, values: dict, spec: str) -> str:
         return name.ljust(width) + "".join(f"{values[x]:>{column[x]}{spec}}" for x in labels)
 
-    lines = [
-        f"precision at {report['fraction']:.0%} of {report['num_examples']} pool examples "
-        f"({report['selected_per_query']} selected per family; chance {report['chance']:.3f})",
-        row("family", {x: x for x in labels}, ""),
+    return [line(first, {x: x for x in labels}, ""), *(line(*row) for row in rows)]
+
+
+def format_table(report: dict) -> str:
+    labels = list(report["mean_precision"])
+    rows = [(family, values, ".3f") for family, values in report["precision"].items()]
+    rows += [
+        ("mean", report["mean_precision"], ".3f"),
+        ("query ms", report["query_ms_mean"], ".1f"),
     ]
-    lines += [row(family, values, ".3f") for family, values in report["precision"].items()]
-    lines.append(row("mean", report["mean_precision"], ".3f"))
-    lines.append(row("query ms", report["query_ms_mean"], ".1f"))
-    lines.append(f"toy assets {report['assets_s']} s, datastore build {report['build_s']} s")
-    return "\n".join(lines)
+    return "\n".join(
+        [
+            f"precision at {report['fraction']:.0%} of {report['num_examples']} pool examples "
+            f"({report['selected_per_query']} selected per family; chance {report['chance']:.3f})",
+            *method_columns("family", labels, rows),
+            f"toy assets {report['assets_s']} s, datastore build {report['build_s']} s",
+        ]
+    )

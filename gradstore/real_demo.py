@@ -192,21 +192,16 @@ def run_real_demo(
 
 
 def format_real_table(report: dict[str, Any]) -> str:
-    labels = list(report["mean_share"])
-    column = {label: max(9, len(label) + 2) for label in labels}
-    width = max(len(c) for c in [*CATEGORIES, "warm query ms"]) + 2
+    from gradstore.demo import method_columns
 
-    def row(name: str, values: dict, spec: str) -> str:
-        return name.ljust(width) + "".join(f"{values[x]:>{column[x]}{spec}}" for x in labels)
-
+    rows = [(c, values, ".3f") for c, values in report["share"].items()]
+    rows += [("mean", report["mean_share"], ".3f"), ("warm query ms", report["query_ms"], ".0f")]
     chance_text = ", ".join(f"{c} {v:.2f}" for c, v in report["chance"].items())
-    lines = [
-        f"share of the selection in the target's category, {report['fraction']:.0%} of "
-        f"{report['num_examples']} pool examples (chance: {chance_text})",
-        row("category", {x: x for x in labels}, ""),
-    ]
-    lines += [row(c, values, ".3f") for c, values in report["share"].items()]
-    lines.append(row("mean", report["mean_share"], ".3f"))
-    lines.append(row("warm query ms", report["query_ms"], ".0f"))
-    lines.append(f"model and data {report['assets_s']} s, datastore build {report['build_s']} s")
-    return "\n".join(lines)
+    return "\n".join(
+        [
+            f"share of the selection in the target's category, {report['fraction']:.0%} of "
+            f"{report['num_examples']} pool examples (chance: {chance_text})",
+            *method_columns("category", list(report["mean_share"]), rows),
+            f"model and data {report['assets_s']} s, datastore build {report['build_s']} s",
+        ]
+    )
