@@ -49,11 +49,3 @@ def store_base_model(
     """(the store's model, the context that runs it as the plain base model)."""
     model = store_model(store_dir, device)
     return model, model.model.disable_adapter
-
-
-def release() -> None:
-    """Drop the loaded model (tests, and a worker between unrelated jobs)."""
-    global _loaded
-    with _lock:
-        _loaded = None
-    gc.collect()
