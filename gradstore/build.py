@@ -7,7 +7,6 @@ killed stage is simply run again, and two workers produce the same bytes as one.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import sys
 import time
@@ -62,7 +61,7 @@ from gradstore.store import (
     utc_now,
     write_manifest,
 )
-from gradstore.tokenization import ExampleEncoder, SkippedExample
+from gradstore.tokenization import ExampleEncoder, SkippedExample, tokenizer_hash
 from gradstore.validation import check_build_request, warmup_warning
 
 CHECKPOINTS_DONE = "checkpoints/complete.json"
@@ -84,16 +83,6 @@ class ShardResult:
     files: dict[str, str]
     rows: int
     seconds: float
-
-
-def tokenizer_hash(tokenizer, template: str) -> str:
-    """Identifies what the tokenizer does to text: vocabulary, specials, template."""
-    digest = hashlib.sha256()
-    digest.update(template.encode())
-    digest.update(repr(sorted(tokenizer.get_vocab().items())).encode())
-    digest.update(repr(tokenizer.all_special_tokens).encode())
-    digest.update(str(getattr(tokenizer, "chat_template", "") or "").encode())
-    return digest.hexdigest()
 
 
 def prepare(

@@ -58,8 +58,8 @@ class QueryEngine:
     @cached_property
     def tokenizer(self):
         """The model directory's tokenizer, refused unless it is the store's."""
-        from gradstore.build import tokenizer_hash
         from gradstore.modeling import load_tokenizer
+        from gradstore.tokenization import tokenizer_hash
 
         tokenizer = load_tokenizer(self.manifest.model.path)
         if tokenizer_hash(tokenizer, self.manifest.template) != self.manifest.tokenizer_hash:

@@ -18,6 +18,7 @@ turn). Appending EOS to targets measurably moves the ranking away from the refer
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -227,3 +228,13 @@ def collate(batch: Sequence[TokenizedExample], pad_token_id: int) -> dict[str, t
 def pad_token_id(tokenizer) -> int:
     """The pad ID, falling back to EOS (padding never reaches the loss)."""
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def tokenizer_hash(tokenizer, template: str) -> str:
+    """Identifies what the tokenizer does to text: vocabulary, specials, template."""
+    digest = hashlib.sha256()
+    digest.update(template.encode())
+    digest.update(repr(sorted(tokenizer.get_vocab().items())).encode())
+    digest.update(repr(tokenizer.all_special_tokens).encode())
+    digest.update(str(getattr(tokenizer, "chat_template", "") or "").encode())
+    return digest.hexdigest()
