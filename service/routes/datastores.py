@@ -7,8 +7,6 @@ from pathlib import Path
 
 from fastapi import APIRouter, Response
 from fastapi.encoders import jsonable_encoder
-from sqlalchemy import delete, func, select, update
-from sqlalchemy.exc import IntegrityError
 
 from gradstore.api_models import (
     ACTIVE_BUILD,
@@ -19,19 +17,15 @@ from gradstore.api_models import (
     MethodsRequest,
     SelectRequest,
     SelectResponse,
-    UnitKind,
 )
 from gradstore.config import BuildConfig
+from gradstore.db import jobs
 from gradstore.db.integrity import fingerprint, without_paths
 from gradstore.db.logs import bind, current
 from gradstore.db.model_roots import resolve_directory
-from gradstore.db.models import Datastore, SelectionRecord, UnitState, WorkUnit
-from gradstore.db.queue import (
-    EXTENSION_UNITS,
-    VERIFIABLE,
-    queue_verification,
-    verifications_in_progress,
-)
+from gradstore.db.models import Datastore
+from gradstore.db.queue import verifications_in_progress
+from gradstore.db.units import VERIFIABLE
 from gradstore.errors import (
     ConflictError,
     GradstoreError,
@@ -83,27 +77,9 @@ def public(store: Datastore, verifying: bool = False) -> dict:
         "verifying": verifying,
         "config": store.config,
         "methods": store.methods or [],
-        "pending_methods": pending_methods(store),
+        "pending_methods": jobs.pending_methods_of(store),
         "created_at": store.created_at,
     }
-
-
-def pending_methods(store: Datastore) -> list[str]:
-    """Methods of extensions not yet done (nor failed) on this store: their extend unit, or
-    the artifact and finish units it planned."""
-    from sqlalchemy.orm import object_session
-
-    session = object_session(store)
-    if session is None:
-        return []
-    payloads = session.scalars(
-        select(WorkUnit.payload).where(
-            WorkUnit.datastore_id == store.id,
-            WorkUnit.kind.in_(EXTENSION_UNITS),
-            WorkUnit.state.in_((UnitState.PENDING, UnitState.RUNNING)),
-        )
-    ).all()
-    return sorted({m for p in payloads for m in (p or {}).get("methods", [])})
 
 
 def check_methods(methods: list[str]) -> list[str]:
@@ -151,21 +127,16 @@ def create_datastore(
             "save_pretrained (nothing is downloaded from a hub)"
         )
     plan = check_submission(model_dir, config, warmup_dirs, dataset.num_examples)
-    request_id = current("request_id")
-    store = Datastore(
+    store = jobs.enqueue_build(
+        session,
         dataset_id=dataset.id,
         model_path=str(model_dir),
         config=config.model_dump(mode="json"),
         warmup_from=[str(d) for d in warmup_dirs],
-        path="",
         warnings=plan.warnings,
-        request_id=request_id,
+        request_id=current("request_id"),
+        datastores_dir=settings.datastores_dir,
     )
-    session.add(store)
-    session.flush()
-    store.path = str((settings.datastores_dir / store.id).resolve())
-    session.add(WorkUnit(datastore_id=store.id, kind=UnitKind.WARMUP, request_id=request_id))
-    session.commit()
     log.info("build queued", extra={"datastore_id": store.id, "warnings": len(plan.warnings)})
     for warning in plan.warnings:
         log.warning("build %s: %s", store.id, warning, extra={"datastore_id": store.id})
@@ -175,10 +146,8 @@ def create_datastore(
 
 @router.get("", response_model=DatastorePage)
 def list_datastores(session: SessionDep, limit: Limit = 100, offset: Offset = 0):
-    rows = session.scalars(
-        select(Datastore).order_by(Datastore.created_at, Datastore.id).offset(offset).limit(limit)
-    ).all()
-    count = session.scalar(select(func.count()).select_from(Datastore))
+    rows = jobs.list_datastores(session, limit, offset)
+    count = jobs.count_datastores(session)
     verifying = verifications_in_progress(session, [r.id for r in rows])
     return {"data": [public(r, r.id in verifying) for r in rows], "count": count}
 
@@ -201,10 +170,7 @@ def delete_datastore(
     store = get_store_or_404(session, datastore_id)
     engines.evict(store.id)
     was_building = store.status in ACTIVE_BUILD
-    session.execute(delete(SelectionRecord).where(SelectionRecord.datastore_id == store.id))
-    session.execute(delete(WorkUnit).where(WorkUnit.datastore_id == store.id))
-    session.delete(store)
-    session.commit()
+    jobs.remove_datastore(session, store)
     remove_tree(selection_results_dir(settings, store.id))
     remove_tree(store.path)
     log.info(
@@ -230,11 +196,7 @@ def verify_datastore(datastore_id: str, session: SessionDep, settings: SettingsD
             f"datastore {store.id} is {store.status}: only a ready datastore, or one failed by "
             "an integrity check, can be verified"
         )
-    try:
-        queue_verification(session, store.id, settings.max_attempts, current("request_id"))
-        session.commit()
-    except IntegrityError:  # queued by someone else at the same moment
-        session.rollback()
+    jobs.request_verification(session, store.id, settings.max_attempts, current("request_id"))
     log.info("verification queued", extra={"datastore_id": store.id})
     return public(store, verifying=True)
 
@@ -248,7 +210,7 @@ def _integrity_failure(
     no fault of the store, so the query is asked to retry (the unit records the new
     fingerprint when it finishes) and the store stays ready.
     """
-    if _extending(session, store):
+    if jobs.extending(session, store.id):
         engines.evict(store.id)
         return ServiceUnavailableError(
             f"datastore {store.id} is gaining methods and its manifest is being updated; "
@@ -256,30 +218,13 @@ def _integrity_failure(
             settings.retry_after_seconds,
         )
     reason = without_paths(exc.detail, store.path, settings.data_dir.resolve())
-    session.execute(
-        update(Datastore)
-        .where(Datastore.id == store.id, Datastore.status == DatastoreStatus.READY)
-        .values(status=DatastoreStatus.FAILED, error=f"integrity check failed: {reason}")
-    )
-    session.commit()
+    jobs.fail_integrity(session, store.id, reason)
     engines.evict(store.id)
     INTEGRITY_FAILURES.inc()
     log.error("datastore failed its integrity check: %s", reason, extra={"datastore_id": store.id})
     return DatastoreIntegrityError(
         f"datastore {store.id} failed its integrity check and is now marked failed: {reason}"
     )
-
-
-def _extending(session, store: Datastore) -> bool:
-    """Is a finish unit adding artifacts to this ready store's manifest right now?"""
-    running = session.scalar(
-        select(func.count()).where(
-            WorkUnit.datastore_id == store.id,
-            WorkUnit.kind == UnitKind.FINISH,
-            WorkUnit.state == UnitState.RUNNING,
-        )
-    )
-    return bool(running)
 
 
 def _load(store: Datastore, session, engines, settings):
@@ -334,20 +279,7 @@ def add_methods(datastore_id: str, body: MethodsRequest, response: Response, ses
     if not new:
         response.status_code = 200
         return public(store)
-    count = session.scalar(
-        select(func.count()).where(
-            WorkUnit.datastore_id == store.id, WorkUnit.kind == UnitKind.EXTEND
-        )
-    )
-    session.add(
-        WorkUnit(
-            datastore_id=store.id,
-            kind=UnitKind.EXTEND,
-            checkpoint=int(count or 0),  # one unit per request (unique with kind and start)
-            payload={"methods": new},
-        )
-    )
-    session.commit()
+    jobs.request_methods(session, store, new)
     return public(store)
 
 
@@ -414,7 +346,8 @@ def select_training_data(
         except ManifestMismatchError as exc:
             raise _integrity_failure(session, store, engines, settings, exc) from None
     observe_phases(result.method, result.timings_ms)
-    record = SelectionRecord(
+    record = jobs.record_selection(
+        session,
         datastore_id=store.id,
         method=result.method,
         num_targets=len(targets),
@@ -423,8 +356,6 @@ def select_training_data(
         | {"target_ids": [t.id for t in targets]},
         timings_ms=result.timings_ms,
     )
-    session.add(record)
-    session.flush()
     answer = {
         "datastore_id": store.id,
         "method": result.method,
