@@ -46,14 +46,23 @@ def enqueue_build(
     session: Session,
     *,
     dataset_id: str,
-    model_path: str,
+    model_path: str | None,
     config: dict,
     warmup_from: list[str],
     warnings: list[str],
     request_id: str | None,
     datastores_dir: Path,
 ) -> Datastore:
-    """A queued datastore and its first unit, committed; workers take it from there."""
+    """A queued datastore and its first unit, committed; workers take it from there.
+
+    The first unit is the warmup when a method of the store reads gradient features, else
+    ``prepare`` (the pool and the manifest, with or without a model).
+    """
+    from gradstore.build import needs_features, store_methods
+    from gradstore.config import BuildConfig
+
+    methods = store_methods(BuildConfig.model_validate(config))
+    first = UnitKind.WARMUP if needs_features(methods) else UnitKind.PREPARE
     store = Datastore(
         dataset_id=dataset_id,
         model_path=model_path,
@@ -66,7 +75,7 @@ def enqueue_build(
     session.add(store)
     session.flush()
     store.path = str((datastores_dir / store.id).resolve())
-    session.add(new_unit(store.id, UnitKind.WARMUP, request_id=request_id))
+    session.add(new_unit(store.id, first, request_id=request_id))
     session.commit()
     return store
 

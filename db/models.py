@@ -81,7 +81,7 @@ class Datastore(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
     status: Mapped[str] = mapped_column(String(16), default=DatastoreStatus.QUEUED, index=True)
-    model_path: Mapped[str] = mapped_column(Text)
+    model_path: Mapped[str | None] = mapped_column(Text, nullable=True)  # None: none needed
     config: Mapped[dict] = mapped_column(JSON)
     warmup_from: Mapped[list] = mapped_column(JSON, default=list)
     path: Mapped[str] = mapped_column(Text)

@@ -30,6 +30,7 @@ class UnitKind(StrEnum):
     methods to a ready store: its artifact units and their finish unit follow it.
     """
 
+    PREPARE = "prepare"  # a build without gradient features: the pool, then the manifest
     WARMUP = "warmup"
     FEATURIZE = "featurize"
     INDEX = "index"
@@ -40,7 +41,7 @@ class UnitKind(StrEnum):
 
 
 class NoPayload(BaseModel):
-    """Units placed by their row alone (warmup, featurize, index, verify)."""
+    """Units placed by their row alone (prepare, warmup, featurize, index, verify)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -64,6 +65,7 @@ class PlanPayload(BaseModel):
 
 
 PAYLOADS: dict[UnitKind, type[BaseModel]] = {
+    UnitKind.PREPARE: NoPayload,
     UnitKind.WARMUP: NoPayload,
     UnitKind.FEATURIZE: NoPayload,
     UnitKind.INDEX: NoPayload,
@@ -88,6 +90,7 @@ class WorksOn:
 
 _BUILD = WorksOn(ACTIVE_BUILD)
 WORKS_ON: dict[UnitKind, WorksOn] = {
+    UnitKind.PREPARE: _BUILD,
     UnitKind.WARMUP: _BUILD,
     UnitKind.FEATURIZE: _BUILD,
     UnitKind.INDEX: _BUILD,

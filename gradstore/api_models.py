@@ -152,7 +152,11 @@ class DatastoreCreate(BuildConfig):
         },
     )
     dataset_id: UnicodeStr = Field(max_length=64)
-    model: ModelRef
+    model: ModelRef | None = Field(
+        None,
+        description="The model; may be left out only when every method reads the text alone "
+        "(bm25, dsir, random): such a store builds in seconds, without warmup or gradients.",
+    )
     warmup_from: list[Annotated[UnicodeStr, Field(max_length=4096)]] = Field(
         default_factory=list,
         max_length=64,

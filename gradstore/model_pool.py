@@ -25,7 +25,7 @@ _loaded: tuple[tuple[str, str | None], CheckpointModel] | None = None
 def store_model(store_dir: str | Path, device: str | None = None) -> CheckpointModel:
     """The base model of the store with every warmup checkpoint, loaded once per process."""
     from gradstore.checkpoints import load_checkpoints
-    from gradstore.store import load_build_spec
+    from gradstore.store import load_build_spec, needed_model
 
     global _loaded
     root = Path(store_dir).resolve()
@@ -38,7 +38,9 @@ def store_model(store_dir: str | Path, device: str | None = None) -> CheckpointM
             gc.collect()
         spec = load_build_spec(root)
         checkpoints = load_checkpoints(root / "checkpoints")
-        model = CheckpointModel(spec.model.path, checkpoints, spec.config.projection, device)
+        model = CheckpointModel(
+            needed_model(spec).path, checkpoints, spec.config.projection, device
+        )
         _loaded = (key, model)
         return model
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gradstore.config import BuildConfig
-from gradstore.errors import InvalidInputError
+from gradstore.errors import ConflictError, InvalidInputError
 from gradstore.index import check_factory
 
 MIN_WARMUP_STEPS = 8  # below this the adapter barely leaves its initialisation
@@ -81,6 +81,46 @@ def check_build_request(
         if (warning := warmup_warning(num_examples, config)) is not None:
             warnings.append(warning)
     return BuildPlan(sample, steps, warnings)
+
+
+def check_without_model(config: BuildConfig, warmup_from: Sequence[object] = ()) -> BuildPlan:
+    """A request without a model: only for methods that read the pool's text alone."""
+    from gradstore.build import methods_needing_a_model, store_methods
+
+    check_factory(config.index_factory)
+    needing = methods_needing_a_model(store_methods(config))
+    if needing:
+        raise InvalidInputError(
+            f"a model is needed: {', '.join(needing)} run the model (the default methods do); "
+            "only methods that read the text alone (bm25, dsir, random) build without one"
+        )
+    if warmup_from:
+        raise InvalidInputError("warmup_from needs a model, and these methods need no warmup")
+    return BuildPlan(None, None, [])
+
+
+def check_extension(methods: Sequence[str], has_model: bool, kinds: set[str]) -> None:
+    """Can a ready store gain ``methods``? A 409 saying what only a new build can make:
+    the gradient features of ``kinds`` are the build's, and so is the model (a store built
+    without one cannot be given one later)."""
+    from gradstore.artifacts import ARTIFACTS
+    from gradstore.build import methods_needing_a_model
+    from gradstore.selection import method_requirements
+
+    needing = [] if has_model else methods_needing_a_model(methods)
+    if needing:
+        raise ConflictError(
+            f"this datastore was built without a model; {', '.join(needing)} need one, and a "
+            "model cannot be added to a built store: create a new datastore with model.path "
+            "and these methods"
+        )
+    for method in methods:
+        for artifact in method_requirements(method).artifacts:
+            if not ARTIFACTS[artifact].extendable and artifact.split(".", 1)[-1] not in kinds:
+                raise ConflictError(
+                    f"method {method!r} needs {artifact!r}, which only a build makes: create "
+                    f"a datastore whose pool_features include {artifact.split('.', 1)[-1]!r}"
+                )
 
 
 def _check_model_and_targets(model_dir: Path, config: BuildConfig) -> None:

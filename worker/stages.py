@@ -72,8 +72,10 @@ def run_unit(
 
 
 def mark_started(session: Session, claim: Claim) -> None:
-    """queued → warmup, in one conditional statement so that it never undoes a cancel."""
-    if claim.kind == UnitKind.WARMUP:
+    """queued → the first unit's stage, in one conditional statement so that it never undoes
+    a cancel."""
+    starts = unit_type(claim.kind).starts
+    if starts is not None:
         session.execute(
             update(Datastore)
             .where(
@@ -81,7 +83,7 @@ def mark_started(session: Session, claim: Claim) -> None:
                 Datastore.status == DatastoreStatus.QUEUED,
                 Datastore.cancel_requested.is_(False),
             )
-            .values(status=DatastoreStatus.WARMUP)
+            .values(status=starts)
         )
 
 

@@ -6,7 +6,9 @@ atomically and never the database) and ``on_done`` (the transition, inside the s
 transaction that marks the unit done: the next units, progress, the store's status).
 
 A build runs warmup → featurize shards → index → (artifact units → finish) when its
-methods need artifacts beyond the gradient features; its last unit ends with a full
+methods need artifacts beyond the gradient features; a build whose methods read no
+gradient features (BM25, DSIR, random) runs prepare → (artifact units → finish), with or
+without a model (``gradstore.build.needs_features``). Its last unit ends with a full
 verification of the store (db/integrity.py): a store is ready only once every byte
 matched its manifest, and its fingerprint is recorded then. ``extend`` starts adding
 methods to a ready store, ``verify`` re-checks one.
@@ -37,6 +39,7 @@ from gradstore.artifacts import (
     compute_artifact_unit,
     finish_artifact,
 )
+from gradstore.build import store_methods
 from gradstore.config import BuildConfig
 from gradstore.db import integrity
 from gradstore.db.jobs import next_plan
@@ -69,7 +72,7 @@ class UnitRun:
     root: Path
     dataset_path: str
     dataset_sha256: str
-    model_path: str
+    model_path: str | None
     config: BuildConfig
     warmup_from: list[str]
     device: str | None
@@ -87,19 +90,13 @@ class UnitType(Generic[P]):
     payload: type[P]
     run: Callable[[UnitRun, P], str | None]
     on_done: Callable[[Session, Datastore, Claim, P, str | None], None]
+    starts: DatastoreStatus | None = None  # a queued store's status once this is claimed
 
     def still_wanted(self, store: Datastore | None) -> bool:
         return store_wanted(store, self.kind)
 
     def payload_of(self, claim: Claim) -> P:
         return payload_of(self.kind, claim.payload, self.payload)
-
-
-def store_methods(config: BuildConfig) -> list[str]:
-    """The methods a store is built to serve: its config's, else the default set."""
-    from gradstore.selection import DEFAULT_METHODS
-
-    return list(config.methods) if config.methods is not None else list(DEFAULT_METHODS)
 
 
 def missing_artifacts(root: Path, methods: list[str]) -> list[str]:
@@ -110,12 +107,14 @@ def missing_artifacts(root: Path, methods: list[str]) -> list[str]:
     return [name for name in extra_artifacts(methods) if name not in have]
 
 
-# warmup: tokenise the pool, train (or import) the warmup checkpoints; plan the shards
+# prepare: the pool (tokenised when there is a model), then the manifest: a build whose
+# methods read no gradient features; its artifact units follow, or it is verified and ready
 
 
-def _run_warmup(job: UnitRun, _: NoPayload) -> None:
+def _prepare_pool(job: UnitRun) -> None:
     if job.model_roots:  # rows written before the roots were set are held to them too
-        resolve_directory(job.model_path, job.model_roots, "model.path")
+        if job.model_path is not None:
+            resolve_directory(job.model_path, job.model_roots, "model.path")
         for directory in job.warmup_from:
             resolve_directory(directory, job.model_roots, "warmup_from")
     build.prepare(job.root, job.dataset_path, job.model_path, job.config, job.warmup_from)
@@ -123,6 +122,25 @@ def _run_warmup(job: UnitRun, _: NoPayload) -> None:
         raise ManifestMismatchError(
             "the dataset's stored file no longer matches the sha256 recorded at upload"
         )
+
+
+def _run_prepare(job: UnitRun, payload: NoPayload) -> str | None:
+    _prepare_pool(job)
+    return _run_index(job, payload)
+
+
+def _prepare_done(
+    session: Session, store: Datastore, claim: Claim, payload: NoPayload, fingerprint
+) -> None:
+    store.skipped = read_json(Path(store.path) / "skipped.json")
+    _index_done(session, store, claim, payload, fingerprint)
+
+
+# warmup: tokenise the pool, train (or import) the warmup checkpoints; plan the shards
+
+
+def _run_warmup(job: UnitRun, _: NoPayload) -> None:
+    _prepare_pool(job)
     build.run_warmup_stage(job.root, device=job.device, progress=job.progress)
     return None
 
@@ -273,7 +291,8 @@ def _extend_done(
 UNITS: dict[UnitKind, UnitType[Any]] = {
     unit.kind: unit
     for unit in (
-        UnitType(UnitKind.WARMUP, NoPayload, _run_warmup, _warmup_done),
+        UnitType(UnitKind.PREPARE, NoPayload, _run_prepare, _prepare_done, DatastoreStatus.INDEX),
+        UnitType(UnitKind.WARMUP, NoPayload, _run_warmup, _warmup_done, DatastoreStatus.WARMUP),
         UnitType(UnitKind.FEATURIZE, NoPayload, _run_featurize, _featurize_done),
         UnitType(UnitKind.INDEX, NoPayload, _run_index, _index_done),
         UnitType(UnitKind.ARTIFACT, PlanPayload, _run_artifact, _artifact_done),
@@ -298,7 +317,7 @@ def unit_type(kind: str) -> UnitType[Any]:
 def _build_ready(store: Datastore, root: Path, fingerprint: str | None) -> None:
     manifest = GradstoreDatastore.open(root, verify=False).manifest
     store.methods = store_methods(BuildConfig.model_validate(store.config))
-    store.dim = manifest.dim
+    store.dim = manifest.dim or None  # no gradient features: no dimension
     store.num_examples = manifest.num_examples
     store.checkpoints = [
         {"index": c.index, "learning_rate": c.learning_rate, "weight": c.weight}

@@ -1,4 +1,5 @@
-"""work units: ``plan`` and ``artifact`` columns, so ``checkpoint`` is only a checkpoint
+"""work units: ``plan`` and ``artifact`` columns, so ``checkpoint`` is only a checkpoint;
+datastores without a model (``model_path`` NULL: methods that read only the text)
 
 Before, an artifact plan's units sat in consecutive ``checkpoint`` slots (the plan's first
 slot and the artifact's name in the payload) and an extend unit's ``checkpoint`` counted
@@ -46,6 +47,8 @@ def _rows(bind, kinds: tuple[str, ...]):
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("datastores") as batch:
+        batch.alter_column("model_path", existing_type=sa.Text(), nullable=True)
     with op.batch_alter_table("work_units", naming_convention=CONVENTION) as batch:
         batch.add_column(sa.Column("plan", sa.Integer(), nullable=False, server_default="0"))
         batch.add_column(sa.Column("artifact", sa.String(64), nullable=False, server_default=""))
@@ -96,3 +99,6 @@ def downgrade() -> None:
         batch.drop_column("artifact")
         batch.drop_column("plan")
         batch.create_unique_constraint(OLD_NAME, list(OLD_KEY))
+    op.execute("UPDATE datastores SET model_path = '' WHERE model_path IS NULL")
+    with op.batch_alter_table("datastores") as batch:
+        batch.alter_column("model_path", existing_type=sa.Text(), nullable=False)

@@ -44,7 +44,8 @@ from gradstore.service.errors import DatastoreIntegrityError, ServiceUnavailable
 from gradstore.service.metrics import INTEGRITY_FAILURES, SELECT_SECONDS, observe_phases
 from gradstore.service.problems import problem_responses
 from gradstore.service.routes.datasets import Limit, Offset, get_dataset_or_404, looks_like_id
-from gradstore.service.submission import build_config, check_submission
+from gradstore.service.submission import build_config, check_bounds, check_submission
+from gradstore.validation import check_extension, check_without_model
 
 ERRORS = problem_responses(400, 401, 404, 409, 413, 422, 503)
 router = APIRouter(prefix="/v1/datastores", tags=["datastores"], responses=ERRORS)
@@ -107,13 +108,17 @@ def create_datastore(
 ):
     """Queue a build; workers pick it up. Poll the ``Location`` until status is ready.
 
+    Without ``model``, methods that read the text alone (bm25, dsir, random) get a store in
+    seconds: no warmup, no gradient features.
+
     Everything that can be known now is checked now: the paths (inside the model roots),
     the options, the index factory, the LoRA targets against the model, the template and
     the warmup checkpoints. ``warnings`` says what will work but probably not as meant
     (a warmup too short to move the adapter).
     """
     dataset = get_dataset_or_404(session, body.dataset_id)
-    model_dir = resolve_directory(body.model.path, settings.roots, "model.path")
+    model = body.model.path if body.model is not None else None
+    model_dir = None if model is None else resolve_directory(model, settings.roots, "model.path")
     warmup_dirs = [
         resolve_directory(d, settings.roots, f"warmup_from[{i}]")
         for i, d in enumerate(body.warmup_from)
@@ -121,16 +126,20 @@ def create_datastore(
     config = build_config(body)
     if config.methods is not None:
         config = config.model_copy(update={"methods": check_methods(config.methods)})
-    if not (model_dir / "config.json").is_file():
+    if model_dir is None:  # methods that read the text alone
+        check_bounds(config, dataset.num_examples)
+        plan = check_without_model(config, warmup_dirs)
+    elif not (model_dir / "config.json").is_file():
         raise InvalidInputError(
-            f"model.path {body.model.path!r} has no config.json: give a directory saved with "
+            f"model.path {model!r} has no config.json: give a directory saved with "
             "save_pretrained (nothing is downloaded from a hub)"
         )
-    plan = check_submission(model_dir, config, warmup_dirs, dataset.num_examples)
+    else:
+        plan = check_submission(model_dir, config, warmup_dirs, dataset.num_examples)
     store = jobs.enqueue_build(
         session,
         dataset_id=dataset.id,
-        model_path=str(model_dir),
+        model_path=None if model_dir is None else str(model_dir),
         config=config.model_dump(mode="json"),
         warmup_from=[str(d) for d in warmup_dirs],
         warnings=plan.warnings,
@@ -259,21 +268,12 @@ def add_methods(datastore_id: str, body: MethodsRequest, response: Response, ses
     lists them. Gradient feature kinds are made by the build
     only: a method that needs a kind the store lacks is a 409.
     """
-    from gradstore.artifacts import ARTIFACTS
-    from gradstore.selection import method_requirements
-
     store = get_store_or_404(session, datastore_id)
     methods = check_methods(body.methods)
     if store.status != DatastoreStatus.READY:
         raise NotReadyError(f"datastore {datastore_id} is {store.status}; add methods once ready")
-    kinds = set(BuildConfig.model_validate(store.config).pool_features)
-    for method in methods:
-        for artifact in method_requirements(method).artifacts:
-            if not ARTIFACTS[artifact].extendable and artifact.split(".", 1)[-1] not in kinds:
-                raise ConflictError(
-                    f"method {method!r} needs {artifact!r}, which only a build makes: create "
-                    f"a datastore whose pool_features include {artifact.split('.', 1)[-1]!r}"
-                )
+    features = BuildConfig.model_validate(store.config).pool_features if store.checkpoints else []
+    check_extension(methods, store.model_path is not None, set(features))
     new = [m for m in methods if m not in (store.methods or [])]
     response.headers["Location"] = f"/v1/datastores/{store.id}"
     if not new:
