@@ -58,11 +58,11 @@ def enqueue_build(
     The first unit is the warmup when a method of the store reads gradient features, else
     ``prepare`` (the pool and the manifest, with or without a model).
     """
-    from gradstore.build import needs_features, store_methods
+    from gradstore.build import needs_warmup, store_methods
     from gradstore.config import BuildConfig
 
     methods = store_methods(BuildConfig.model_validate(config))
-    first = UnitKind.WARMUP if needs_features(methods) else UnitKind.PREPARE
+    first = UnitKind.WARMUP if needs_warmup(methods) else UnitKind.PREPARE
     store = Datastore(
         dataset_id=dataset_id,
         model_path=model_path,

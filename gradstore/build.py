@@ -4,9 +4,10 @@ The CLI runs the stages in a row (``build_all``); workers run the same functions
 leased unit at a time. Every stage is idempotent and writes its outputs atomically, so a
 killed stage is simply run again, and two workers produce the same bytes as one.
 
-Warmup and featurize are pulled in only by methods that read gradient features
-(``needs_features``): a store for BM25, DSIR and random goes prepare → index (its
-manifest, no features) in seconds, and needs no model at all (``needs_model``).
+Warmup and featurize are pulled in only by methods that run the warmup checkpoints or read
+gradient features (``needs_warmup``): a store for BM25, DSIR, random or RDS+ goes
+prepare → index (its manifest, no features), and one for the first three in seconds and
+without any model (``methods_needing_a_model``).
 """
 
 from __future__ import annotations
@@ -98,16 +99,27 @@ def store_methods(config: BuildConfig) -> list[str]:
     return list(config.methods) if config.methods is not None else list(DEFAULT_METHODS)
 
 
-def needs_features(methods: Sequence[str]) -> bool:
-    """Does any of ``methods`` read gradient features (which only warmup + featurize make)?"""
+def methods_needing_the_warmup(methods: Sequence[str]) -> list[str]:
+    """Those of ``methods`` that run the warmup checkpoints (at query time, or to make an
+    artifact) or read gradient features: they pull in warmup, featurize and index."""
     from gradstore.artifacts import ARTIFACTS
     from gradstore.selection import method_requirements
 
-    return any(
-        not ARTIFACTS[name].extendable
-        for method in methods
-        for name in method_requirements(method).artifacts
-    )
+    def needs(method: str) -> bool:
+        required = method_requirements(method)
+        return required.model == "checkpoints" or any(
+            not ARTIFACTS[name].extendable
+            or ARTIFACTS[name].needs_checkpoints
+            or ARTIFACTS[name].needs_features
+            for name in required.artifacts
+        )
+
+    return [m for m in methods if needs(m)]
+
+
+def needs_warmup(methods: Sequence[str]) -> bool:
+    """Does a store for ``methods`` need the warmup, gradient features and their index?"""
+    return bool(methods_needing_the_warmup(methods))
 
 
 def methods_needing_a_model(methods: Sequence[str]) -> list[str]:
@@ -332,7 +344,7 @@ def build_index(store_dir: str | Path) -> Manifest:
     """
     root = Path(store_dir)
     spec = load_build_spec(root)
-    if needs_features(store_methods(spec.config)):
+    if needs_warmup(store_methods(spec.config)):
         manifest = _feature_manifest(root, spec)
     else:
         manifest = _text_manifest(root, spec)
@@ -499,7 +511,7 @@ def build_all(
     summary = prepare(store_dir, dataset_path, model_dir, config, warmup_from)
     for warning in summary.warnings if progress else ():
         tqdm.write(f"warning: {warning}", file=sys.stderr)
-    if needs_features(store_methods(config)):
+    if needs_warmup(store_methods(config)):
         run_warmup_stage(store_dir, device=device, progress=progress)
         shards = [s for s in plan_shards(store_dir) if not shard_done(store_dir, s)]
         total = sum(s.end - s.start for s in shards)

@@ -99,12 +99,14 @@ def check_without_model(config: BuildConfig, warmup_from: Sequence[object] = ())
     return BuildPlan(None, None, [])
 
 
-def check_extension(methods: Sequence[str], has_model: bool, kinds: set[str]) -> None:
+def check_extension(
+    methods: Sequence[str], has_model: bool, has_warmup: bool, kinds: set[str]
+) -> None:
     """Can a ready store gain ``methods``? A 409 saying what only a new build can make:
-    the gradient features of ``kinds`` are the build's, and so is the model (a store built
-    without one cannot be given one later)."""
+    the model, the warmup checkpoints and the gradient features of ``kinds`` (a store built
+    without them cannot be given them later)."""
     from gradstore.artifacts import ARTIFACTS
-    from gradstore.build import methods_needing_a_model
+    from gradstore.build import methods_needing_a_model, methods_needing_the_warmup
     from gradstore.selection import method_requirements
 
     needing = [] if has_model else methods_needing_a_model(methods)
@@ -113,6 +115,13 @@ def check_extension(methods: Sequence[str], has_model: bool, kinds: set[str]) ->
             f"this datastore was built without a model; {', '.join(needing)} need one, and a "
             "model cannot be added to a built store: create a new datastore with model.path "
             "and these methods"
+        )
+    needing = [] if has_warmup else methods_needing_the_warmup(methods)
+    if needing:
+        raise ConflictError(
+            f"this datastore was built without the warmup (its methods needed none); "
+            f"{', '.join(needing)} need its checkpoints or gradient features, which only a "
+            "build makes: create a new datastore with these methods"
         )
     for method in methods:
         for artifact in method_requirements(method).artifacts:

@@ -6,12 +6,12 @@ atomically and never the database) and ``on_done`` (the transition, inside the s
 transaction that marks the unit done: the next units, progress, the store's status).
 
 A build runs warmup → featurize shards → index → (artifact units → finish) when its
-methods need artifacts beyond the gradient features; a build whose methods read no
-gradient features (BM25, DSIR, random) runs prepare → (artifact units → finish), with or
-without a model (``gradstore.build.needs_features``). Its last unit ends with a full
-verification of the store (db/integrity.py): a store is ready only once every byte
-matched its manifest, and its fingerprint is recorded then. ``extend`` starts adding
-methods to a ready store, ``verify`` re-checks one.
+methods need artifacts beyond the gradient features; a build whose methods need neither the
+warmup nor gradient features (BM25, DSIR, random, RDS+) runs prepare → (artifact units →
+finish), with a model or, for the text methods, without (``gradstore.build.needs_warmup``).
+A build's last unit ends with a full verification of the store (db/integrity.py): a store
+is ready only once every byte matched its manifest, and its fingerprint is recorded then.
+``extend`` starts adding methods to a ready store, ``verify`` re-checks one.
 
 Extra artifacts (RDS+ embeddings, DELIFT's kernel, ...) are leased in row units like the
 featurize shards, so several workers share them, a killed worker's unit is taken again and

@@ -272,8 +272,8 @@ def add_methods(datastore_id: str, body: MethodsRequest, response: Response, ses
     methods = check_methods(body.methods)
     if store.status != DatastoreStatus.READY:
         raise NotReadyError(f"datastore {datastore_id} is {store.status}; add methods once ready")
-    features = BuildConfig.model_validate(store.config).pool_features if store.checkpoints else []
-    check_extension(methods, store.model_path is not None, set(features))
+    features: set[str] = set(BuildConfig.model_validate(store.config).pool_features)
+    check_extension(methods, store.model_path is not None, bool(store.checkpoints), features)
     new = [m for m in methods if m not in (store.methods or [])]
     response.headers["Location"] = f"/v1/datastores/{store.id}"
     if not new:

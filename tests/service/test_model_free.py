@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from test_api import assert_problem, upload
 
-from gradstore.build import methods_needing_a_model, needs_features
+from gradstore.build import methods_needing_a_model, methods_needing_the_warmup, needs_warmup
 from gradstore.cli import app, spread_multi_value_flags
 from gradstore.db.settings import Settings
 from gradstore.migrations import upgrade
@@ -25,8 +25,10 @@ TARGETS = [
 
 
 def test_which_methods_pull_in_the_warmup_and_the_model():
-    assert not needs_features(TEXT_METHODS) and methods_needing_a_model(TEXT_METHODS) == []
-    assert needs_features(["bm25", "less"]) and not needs_features(["rds", "dsir"])
+    assert not needs_warmup(TEXT_METHODS) and methods_needing_a_model(TEXT_METHODS) == []
+    assert needs_warmup(["bm25", "less"]) and not needs_warmup(["rds", "dsir"])
+    everything = ["less", "rds", "in2core", "influence_distillation", "delift", *TEXT_METHODS]
+    assert methods_needing_the_warmup(everything) == everything[:1] + everything[2:5]
     assert methods_needing_a_model(["bm25", "rds", "less"]) == ["rds", "less"]
 
 
@@ -124,3 +126,26 @@ def test_the_api_builds_a_text_store_without_a_model(client, settings, toy_pool_
     assert verified.status_code == 202
     Worker(settings).run(once=True)
     assert client.get(url).json()["status"] == "ready"
+
+
+def test_an_rds_store_skips_the_warmup_and_cannot_gain_methods_that_need_it(
+    client, settings, toy_pool_file, tiny_model_dir
+):
+    from conftest import TINY_BUILD
+
+    dataset = upload(client, toy_pool_file)
+    body = {"dataset_id": dataset["id"], "model": {"path": str(tiny_model_dir)}}
+    created = client.post("/v1/datastores", json=body | {"methods": ["rds", "bm25"]} | TINY_BUILD)
+    assert created.status_code == 202, created.text
+    Worker(settings).run(once=True)
+    url = f"/v1/datastores/{created.json()['id']}"
+    store = client.get(url).json()
+    assert store["status"] == "ready" and store["checkpoints"] == [], store
+    answer = client.post(f"{url}/select", json={"targets": TARGETS, "method": "rds", "top_k": 5})
+    assert answer.status_code == 200, answer.text
+    for method in ("less", "in2core"):
+        refused = client.post(f"{url}/methods", json={"methods": [method]})
+        assert_problem(refused, 409, "built without the warmup")
+    assert client.post(f"{url}/methods", json={"methods": ["dsir"]}).status_code == 202
+    Worker(settings).run(once=True)
+    assert client.get(url).json()["methods"] == ["bm25", "dsir", "rds"]
