@@ -73,9 +73,11 @@ def check_build_request(
     _check_template(model_dir, config)
     for directory in warmup_from:
         _check_warmup_directory(Path(directory))
+    from gradstore.build import needs_warmup, store_methods
+
     warnings: list[str] = []
     sample = steps = None
-    if num_examples is not None and not warmup_from:
+    if num_examples is not None and not warmup_from and needs_warmup(store_methods(config)):
         sample, per_epoch, _ = warmup_steps(num_examples, config)
         steps = per_epoch * config.warmup.epochs
         if (warning := warmup_warning(num_examples, config)) is not None:
