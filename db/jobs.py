@@ -128,14 +128,17 @@ def next_plan(session: Session, datastore_id: str) -> int:
     return 1 if used is None else int(used) + 1
 
 
-def request_methods(session: Session, store: Datastore, methods: list[str]) -> None:
-    """Queue one extend unit that adds ``methods`` to a ready store; committed."""
+def request_methods(
+    session: Session, store: Datastore, methods: list[str], request_id: str | None
+) -> None:
+    """Queue one extend unit that adds ``methods`` to a ready store; committed. The request
+    that asked for it is on the log lines of its units."""
     session.add(
         new_unit(
             store.id,
             UnitKind.EXTEND,
             ExtendPayload(methods=methods),
-            request_id=store.request_id,
+            request_id=request_id,
             plan=next_plan(session, store.id),
         )
     )

@@ -200,7 +200,7 @@ def _index_done(
     root = Path(store.path)
     missing = missing_artifacts(root, store_methods(BuildConfig.model_validate(store.config)))
     if missing:
-        _plan_artifacts(session, store, root, PlanPayload(artifacts=missing))
+        _plan_artifacts(session, store, root, PlanPayload(artifacts=missing), store.request_id)
         store.status = DatastoreStatus.ARTIFACTS
     else:
         _build_ready(store, root, fingerprint)
@@ -227,7 +227,7 @@ def _artifact_done(session: Session, store: Datastore, claim: Claim, plan: PlanP
         _stage_progress(session, store, in_plan)
     if not _remaining(session, in_plan):
         finish = new_unit(
-            store.id, UnitKind.FINISH, plan, request_id=store.request_id, plan=claim.plan
+            store.id, UnitKind.FINISH, plan, request_id=claim.request_id, plan=claim.plan
         )
         _add_once(session, finish)
 
@@ -283,7 +283,7 @@ def _extend_done(
     missing = missing_artifacts(root, request.methods)
     if missing:
         plan = PlanPayload(artifacts=missing, methods=request.methods, extension=True)
-        _plan_artifacts(session, store, root, plan)
+        _plan_artifacts(session, store, root, plan, claim.request_id)
     else:
         _gained(store, request.methods, fingerprint)
 
@@ -341,8 +341,11 @@ def _verified(store: Datastore, fingerprint: str | None) -> None:
     store.error = None
 
 
-def _plan_artifacts(session: Session, store: Datastore, root: Path, plan: PlanPayload) -> None:
-    """One artifact unit per row range of each artifact of ``plan``, under a new number."""
+def _plan_artifacts(
+    session: Session, store: Datastore, root: Path, plan: PlanPayload, request_id: str | None
+) -> None:
+    """One artifact unit per row range of each artifact of ``plan``, under a new number;
+    ``request_id``: the request that asked for them (the build's, or an extension's)."""
     from gradstore.artifacts import plan_artifact_units
 
     number = next_plan(session, store.id)
@@ -354,7 +357,7 @@ def _plan_artifacts(session: Session, store: Datastore, root: Path, plan: PlanPa
                     store.id,
                     UnitKind.ARTIFACT,
                     plan,
-                    request_id=store.request_id,
+                    request_id=request_id,
                     plan=number,
                     artifact=name,
                     start=part.start,

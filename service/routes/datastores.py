@@ -279,7 +279,7 @@ def add_methods(datastore_id: str, body: MethodsRequest, response: Response, ses
     if not new:
         response.status_code = 200
         return public(store)
-    jobs.request_methods(session, store, new)
+    jobs.request_methods(session, store, new, current("request_id"))
     return public(store)
 
 
