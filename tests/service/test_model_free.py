@@ -60,7 +60,7 @@ def test_the_cli_builds_a_text_store_without_a_model_and_selects(toy_pool_file, 
             "--method", method, "--json",
         )  # fmt: skip
         assert chosen.exit_code == 0, chosen.output
-        assert len(json.loads(chosen.output)["selected"]) == 5
+        assert len(json.loads(chosen.stdout)["selected"]) == 5, chosen.output
     less = run_cli(
         "select", "--store", str(store), "--targets", str(targets), "--top-k", "5",
         "--method", "less",
