@@ -37,6 +37,8 @@ def fingerprint(store: Datastore) -> str:
             raise ManifestMismatchError(f"datastore file {relative} is missing") from None
         fields = (relative, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
         digest.update(("\0".join(map(str, fields)) + "\n").encode())
+    if store.manifest.model is None:  # built without a model
+        return digest.hexdigest()
     model_dir = Path(store.manifest.model.path)
     try:
         for path in _model_files(model_dir):
@@ -57,8 +59,8 @@ def verify(root: str | Path) -> str:
     store = Datastore(Path(root), read_manifest(Path(root)))
     before = fingerprint(store)
     store = Datastore.open(root, verify=True)
-    model_dir = store.manifest.model.path
-    if model_content_hash(model_dir) != store.manifest.model.content_hash:
+    model = store.manifest.model
+    if model is not None and model_content_hash(model.path) != model.content_hash:
         raise ManifestMismatchError(
             "the model directory's content is not the one the datastore was built with"
         )

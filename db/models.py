@@ -81,7 +81,7 @@ class Datastore(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
     status: Mapped[str] = mapped_column(String(16), default=DatastoreStatus.QUEUED, index=True)
-    model_path: Mapped[str] = mapped_column(Text)
+    model_path: Mapped[str | None] = mapped_column(Text, nullable=True)  # None: none needed
     config: Mapped[dict] = mapped_column(JSON)
     warmup_from: Mapped[list] = mapped_column(JSON, default=list)
     path: Mapped[str] = mapped_column(Text)
@@ -108,16 +108,27 @@ class Datastore(Base):
 
 
 class WorkUnit(Base):
-    """One leasable piece of a build: the warmup, a featurize shard, or the index."""
+    """One leasable piece of work on a store (its kinds: ``gradstore.db.units``).
+
+    ``(kind, plan, artifact, checkpoint, start)`` place it, uniquely per store: ``checkpoint``
+    is a warmup checkpoint (featurize shards), ``plan`` numbers artifact plans and requests
+    to add methods, ``artifact`` names an artifact unit's artifact.
+    """
 
     __tablename__ = "work_units"
-    __table_args__ = (UniqueConstraint("datastore_id", "kind", "checkpoint", "start"),)
+    __table_args__ = (
+        UniqueConstraint(
+            "datastore_id", "kind", "plan", "artifact", "checkpoint", "start", name="uq_work_unit"
+        ),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     datastore_id: Mapped[str] = mapped_column(
         ForeignKey("datastores.id", ondelete="CASCADE"), index=True
     )
     kind: Mapped[str] = mapped_column(String(16))  # a UnitKind
     checkpoint: Mapped[int] = mapped_column(Integer, default=0)
+    plan: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    artifact: Mapped[str] = mapped_column(String(64), default="", server_default="")
     start: Mapped[int] = mapped_column(Integer, default=0)
     end: Mapped[int] = mapped_column(Integer, default=0)
     state: Mapped[str] = mapped_column(String(16), default=UnitState.PENDING, index=True)
@@ -127,7 +138,7 @@ class WorkUnit(Base):
     seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    payload: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # e.g. methods to add
+    payload: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # its kind's model
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

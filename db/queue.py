@@ -25,17 +25,18 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
-from gradstore.api_models import ACTIVE_BUILD, DatastoreStatus, UnitKind
+from gradstore.api_models import ACTIVE_BUILD, DatastoreStatus
 from gradstore.db.engine import transaction
 from gradstore.db.models import Datastore, UnitState, WorkUnit
-
-# units of an artifact plan: a build's (its store is active) or an extension's (ready)
-PLAN_UNITS = (UnitKind.ARTIFACT, UnitKind.FINISH)
-# units that add methods to a ready store: failing for good fails them, not the store
-EXTENSION_UNITS = (UnitKind.EXTEND, *PLAN_UNITS)
-# stores a verify unit may run on: a failed one only if it was verified once (its failure
-# was an integrity check, and restored files can make it ready again)
-VERIFIABLE = (DatastoreStatus.READY, DatastoreStatus.FAILED)
+from gradstore.db.units import (
+    EXTENSION_UNITS,
+    OUTSIDE_BUILD,
+    PLAN_UNITS,
+    VERIFIABLE,
+    WORKS_ON,
+    UnitKind,
+    new_unit,
+)
 
 __all__ = [
     "ACTIVE_BUILD",
@@ -47,7 +48,6 @@ __all__ = [
     "complete",
     "fail_exhausted",
     "fail_plan",
-    "plan_slots",
     "queue_verification",
     "release_dead_local_leases",
     "renew",
@@ -66,6 +66,23 @@ class Claim:
     end: int
     attempts: int
     request_id: str | None = None
+    plan: int = 0
+    artifact: str = ""
+    payload: dict | None = None  # read through its kind's model (gradstore.db.units)
+
+
+def claimable_store() -> ColumnElement[bool]:
+    """The unit's store is in a state its kind works on (``WORKS_ON``), as one condition."""
+    return or_(
+        *(
+            and_(
+                WorkUnit.kind == kind,
+                Datastore.status.in_(rule.statuses),
+                *([Datastore.cancel_requested.is_(False)] if rule.stopped_by_cancel else []),
+            )
+            for kind, rule in WORKS_ON.items()
+        )
+    )
 
 
 def _now() -> datetime:
@@ -82,24 +99,7 @@ def claim_next(
             select(WorkUnit.id)
             .join(Datastore, Datastore.id == WorkUnit.datastore_id)
             .where(
-                or_(
-                    and_(
-                        WorkUnit.kind.not_in((UnitKind.VERIFY, UnitKind.EXTEND)),
-                        Datastore.status.in_(ACTIVE_BUILD),
-                        Datastore.cancel_requested.is_(False),
-                    ),
-                    and_(  # the artifact plan of an extension
-                        WorkUnit.kind.in_(PLAN_UNITS),
-                        Datastore.status == DatastoreStatus.READY,
-                        Datastore.cancel_requested.is_(False),
-                    ),
-                    and_(WorkUnit.kind == UnitKind.VERIFY, Datastore.status.in_(VERIFIABLE)),
-                    and_(
-                        WorkUnit.kind == UnitKind.EXTEND,
-                        Datastore.status == DatastoreStatus.READY,
-                        Datastore.cancel_requested.is_(False),
-                    ),
-                ),
+                claimable_store(),
                 or_(
                     WorkUnit.state == UnitState.PENDING,
                     and_(
@@ -132,6 +132,9 @@ def claim_next(
                 WorkUnit.end,
                 WorkUnit.attempts,
                 WorkUnit.request_id,
+                WorkUnit.plan,
+                WorkUnit.artifact,
+                WorkUnit.payload,
             )
         ).first()
     return Claim(**row._asdict()) if row else None
@@ -189,7 +192,7 @@ def fail_exhausted(factory: sessionmaker[Session], max_attempts: int) -> list[st
             .join(Datastore, Datastore.id == WorkUnit.datastore_id)
             .where(
                 Datastore.status.in_(ACTIVE_BUILD),
-                WorkUnit.kind != UnitKind.EXTEND,
+                WorkUnit.kind.not_in(OUTSIDE_BUILD),
                 WorkUnit.state == UnitState.RUNNING,
                 WorkUnit.lease_expires_at < _now(),
                 WorkUnit.attempts >= max_attempts,
@@ -227,27 +230,15 @@ def fail_exhausted(factory: sessionmaker[Session], max_attempts: int) -> list[st
     return failed
 
 
-def plan_slots(payload: dict) -> tuple[int, int]:
-    """The [first, last] checkpoint slots of a plan's artifact units."""
-    first = int(payload["plan"])
-    return first, first + len(payload["artifacts"]) - 1
-
-
 def fail_plan(session: Session, unit: WorkUnit, error: str) -> None:
     """Fail ``unit`` and, for an artifact or finish unit, every unfinished unit of its plan."""
     units = [unit]
-    if unit.kind in PLAN_UNITS and unit.payload:
-        first, last = plan_slots(unit.payload)
+    if unit.kind in PLAN_UNITS:
         units += session.scalars(
             select(WorkUnit).where(
                 WorkUnit.datastore_id == unit.datastore_id,
-                or_(
-                    and_(
-                        WorkUnit.kind == UnitKind.ARTIFACT,
-                        WorkUnit.checkpoint.between(first, last),
-                    ),
-                    and_(WorkUnit.kind == UnitKind.FINISH, WorkUnit.checkpoint == first),
-                ),
+                WorkUnit.kind.in_(PLAN_UNITS),
+                WorkUnit.plan == unit.plan,
                 WorkUnit.state.in_((UnitState.PENDING, UnitState.RUNNING)),
                 WorkUnit.id != unit.id,
             )
@@ -323,7 +314,7 @@ def queue_verification(
             WorkUnit.datastore_id == datastore_id, WorkUnit.kind == UnitKind.VERIFY
         )
     )
-    session.add(WorkUnit(datastore_id=datastore_id, kind=UnitKind.VERIFY, request_id=request_id))
+    session.add(new_unit(datastore_id, UnitKind.VERIFY, request_id=request_id))
     session.flush()
     return True
 

@@ -2,8 +2,8 @@
 
 Torch-free (pydantic and the build configuration only), so a notebook can import the
 client without the numeric stack. Response models allow extra fields: a newer server may
-add fields without breaking an older client. Statuses and unit kinds are enums, the only
-place their values are spelled.
+add fields without breaking an older client. Statuses are enums, the only place their
+values are spelled (the workers' unit kinds are no word of the API: gradstore.db.units).
 """
 
 from __future__ import annotations
@@ -31,23 +31,6 @@ class DatastoreStatus(StrEnum):
     READY = "ready"
     FAILED = "failed"
     CANCELLED = "cancelled"
-
-
-class UnitKind(StrEnum):
-    """The work units of a build, in stage order; featurize and artifact units are shards.
-
-    ``verify`` is no build stage: a full check of a ready (or integrity-failed) store
-    against its manifest, queued on demand and on a schedule. ``extend`` starts adding
-    methods to a ready store: its artifact units and their finish unit follow it.
-    """
-
-    WARMUP = "warmup"
-    FEATURIZE = "featurize"
-    INDEX = "index"
-    ARTIFACT = "artifact"  # rows [start, end) of one extra artifact (payload: its name)
-    FINISH = "finish"  # adds a plan's finished artifacts to the manifest, then verifies
-    VERIFY = "verify"
-    EXTEND = "extend"  # artifacts for more methods, added to a ready store
 
 
 # A build in one of these states is still running (or waiting for) its workers.
@@ -169,7 +152,11 @@ class DatastoreCreate(BuildConfig):
         },
     )
     dataset_id: UnicodeStr = Field(max_length=64)
-    model: ModelRef
+    model: ModelRef | None = Field(
+        None,
+        description="The model; may be left out only when every method reads the text alone "
+        "(bm25, dsir, random): such a store builds in seconds, without warmup or gradients.",
+    )
     warmup_from: list[Annotated[UnicodeStr, Field(max_length=4096)]] = Field(
         default_factory=list,
         max_length=64,

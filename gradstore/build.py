@@ -3,6 +3,11 @@
 The CLI runs the stages in a row (``build_all``); workers run the same functions, one
 leased unit at a time. Every stage is idempotent and writes its outputs atomically, so a
 killed stage is simply run again, and two workers produce the same bytes as one.
+
+Warmup and featurize are pulled in only by methods that run the warmup checkpoints or read
+gradient features (``needs_warmup``): a store for BM25, DSIR, random or RDS+ goes
+prepare → index (its manifest, no features), and one for the first three in seconds and
+without any model (``methods_needing_a_model``).
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ from gradstore.store import (
     gradient_artifact,
     load_build_spec,
     manifest_lock,
+    needed_model,
     read_manifest,
     utc_now,
     write_manifest,
@@ -85,18 +91,65 @@ class ShardResult:
     seconds: float
 
 
+def store_methods(config: BuildConfig) -> list[str]:
+    """The methods a store is built to serve: its config's, else the default set."""
+    from gradstore.selection import DEFAULT_METHODS
+
+    return list(config.methods) if config.methods is not None else list(DEFAULT_METHODS)
+
+
+def methods_needing_the_warmup(methods: Sequence[str]) -> list[str]:
+    """Those of ``methods`` that run the warmup checkpoints (at query time, or to make an
+    artifact) or read gradient features: they pull in warmup, featurize and index."""
+    from gradstore.artifacts import ARTIFACTS
+    from gradstore.selection import method_requirements
+
+    def needs(method: str) -> bool:
+        required = method_requirements(method)
+        return required.model == "checkpoints" or any(
+            not ARTIFACTS[name].extendable
+            or ARTIFACTS[name].needs_checkpoints
+            or ARTIFACTS[name].needs_features
+            for name in required.artifacts
+        )
+
+    return [m for m in methods if needs(m)]
+
+
+def needs_warmup(methods: Sequence[str]) -> bool:
+    """Does a store for ``methods`` need the warmup, gradient features and their index?"""
+    return bool(methods_needing_the_warmup(methods))
+
+
+def methods_needing_a_model(methods: Sequence[str]) -> list[str]:
+    """Those of ``methods`` whose store or queries run the model (or its tokenizer)."""
+    from gradstore.artifacts import ARTIFACTS
+    from gradstore.selection import method_requirements
+
+    def needs(method: str) -> bool:
+        required = method_requirements(method)
+        return required.model != "none" or any(
+            ARTIFACTS[name].needs_model or not ARTIFACTS[name].extendable
+            for name in required.artifacts
+        )
+
+    return [m for m in methods if needs(m)]
+
+
 def prepare(
     store_dir: str | Path,
     dataset_path: str | Path,
-    model_dir: str | Path,
+    model_dir: str | Path | None,
     config: BuildConfig,
     warmup_from: Sequence[str | Path] = (),
 ) -> PrepareSummary:
     """Tokenise the pool and record what to build; fails early on unusable input.
 
     The dataset is read line by line and its tokens streamed to disk: RAM holds the IDs,
-    not the pool.
+    not the pool. Without a model (methods that need none) the pool is kept as text only.
     """
+    if model_dir is None:
+        return _prepare_text(Path(store_dir), Path(dataset_path), config)
     root, model_dir = Path(store_dir), Path(model_dir)
     if not model_dir.is_dir():
         raise InvalidInputError(f"model path {model_dir} is not a local directory")
@@ -136,6 +189,33 @@ def prepare(
     return PrepareSummary(len(ids), skipped, [warning] if warning else [], truncated)
 
 
+def _prepare_text(root: Path, dataset_path: Path, config: BuildConfig) -> PrepareSummary:
+    """A pool for methods that read only its text: every example kept, no tokens, no model."""
+    unserved = methods_needing_a_model(store_methods(config))
+    if unserved:
+        raise InvalidInputError(
+            f"a model is needed: {', '.join(unserved)} run the model; only methods that read "
+            "the text alone (bm25, dsir, random) build without one"
+        )
+    ids = [example.id for example in iter_jsonl(dataset_path)]
+    if not ids:
+        raise InvalidInputError("the dataset has no examples")
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_file(root / "examples.jsonl", lambda tmp: shutil.copyfile(dataset_path, tmp))
+    atomic_write_json(root / "ids.json", ids)
+    atomic_write_json(root / "skipped.json", [])
+    spec = BuildSpec(
+        dataset_path=str(dataset_path.resolve()),
+        dataset_sha256=sha256_file(dataset_path),
+        model=None,
+        template=config.template,
+        tokenizer_hash="",
+        config=config,
+    )
+    atomic_write_json(root / "build.json", spec.model_dump(mode="json"))
+    return PrepareSummary(len(ids), [])
+
+
 def run_warmup_stage(
     store_dir: str | Path, device: str | None = None, progress: bool = False
 ) -> list[WarmupCheckpoint]:
@@ -148,13 +228,13 @@ def run_warmup_stage(
     shutil.rmtree(target, ignore_errors=True)  # a killed earlier attempt
     if spec.warmup_from:
         checkpoints = import_reference_checkpoints(
-            [Path(d) for d in spec.warmup_from], Path(spec.model.path), target
+            [Path(d) for d in spec.warmup_from], Path(needed_model(spec).path), target
         )
     else:
         from gradstore.warmup import run_warmup
 
         checkpoints = run_warmup(
-            Path(spec.model.path),
+            Path(needed_model(spec).path),
             TokenStore(root),  # rows are read when the warmup sample asks for them
             spec.config,
             target,
@@ -253,6 +333,50 @@ def build_index(store_dir: str | Path) -> Manifest:
     """
     root = Path(store_dir)
     spec = load_build_spec(root)
+    if needs_warmup(store_methods(spec.config)):
+        manifest = _feature_manifest(root, spec)
+    else:
+        manifest = _text_manifest(root, spec)
+    # leftovers of killed writers are not part of the store; artifact units may be running
+    remove_stale_temporaries(root, skip=(ARTIFACTS_DIR,))
+    manifest.files = {
+        str(path.relative_to(root)): FileEntry(sha256=sha256_file(path), size=path.stat().st_size)
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and _core_file(root, path)
+    }
+    with manifest_lock(root):
+        _keep_finished_artifacts(root, manifest)
+        write_manifest(root, manifest)
+    return manifest
+
+
+def _text_manifest(root: Path, spec: BuildSpec) -> Manifest:
+    """The manifest of a store without gradient features: no checkpoints, shards, index."""
+    config = spec.config
+    return Manifest(
+        schema_version=SCHEMA_VERSION,
+        created_at=utc_now(),
+        model=spec.model,
+        template=spec.template,
+        tokenizer_hash=spec.tokenizer_hash,
+        config=config,
+        dataset_sha256=spec.dataset_sha256,
+        num_examples=len(read_json(root / "ids.json")),
+        num_skipped=len(read_json(root / "skipped.json")),
+        lora_parameters=0,
+        dim=0,
+        dtype=config.dtype,
+        projection=config.projection.model_dump(),
+        kinds=[],
+        checkpoints=[],
+        shards={},
+        indexes=[],
+        files={},
+    )
+
+
+def _feature_manifest(root: Path, spec: BuildSpec) -> Manifest:
+    """The manifest of the gradient features: every shard there, indexed."""
     config = spec.config
     shards = plan_shards(root)
     missing = [s.name for s in shards if not shard_done(root, s)]
@@ -300,16 +424,6 @@ def build_index(store_dir: str | Path) -> Manifest:
             files=[f for c in checkpoints for f in shard_files[f"ckpt-{c.index}/{kind}"]],
             created_at=manifest.created_at,
         )
-    # leftovers of killed writers are not part of the store; artifact units may be running
-    remove_stale_temporaries(root, skip=(ARTIFACTS_DIR,))
-    manifest.files = {
-        str(path.relative_to(root)): FileEntry(sha256=sha256_file(path), size=path.stat().st_size)
-        for path in sorted(root.rglob("*"))
-        if path.is_file() and _core_file(root, path)
-    }
-    with manifest_lock(root):
-        _keep_finished_artifacts(root, manifest)
-        write_manifest(root, manifest)
     return manifest
 
 
@@ -360,7 +474,7 @@ def _lora_parameter_count(checkpoint: WarmupCheckpoint) -> int:
 def build_all(
     store_dir: str | Path,
     dataset_path: str | Path,
-    model_dir: str | Path,
+    model_dir: str | Path | None,
     config: BuildConfig,
     warmup_from: Sequence[str | Path] = (),
     device: str | None = None,
@@ -371,7 +485,8 @@ def build_all(
 
     ``methods`` are the selection methods the store must serve (default: the config's
     ``methods``, else every method whose artifacts cost less than the gradient features);
-    their extra artifacts are computed after the index stage.
+    their extra artifacts are computed after the index stage. Warmup and featurize run only
+    when a method reads gradient features; ``model_dir`` None builds a text-only store.
     """
     from tqdm import tqdm
 
@@ -385,12 +500,13 @@ def build_all(
     summary = prepare(store_dir, dataset_path, model_dir, config, warmup_from)
     for warning in summary.warnings if progress else ():
         tqdm.write(f"warning: {warning}", file=sys.stderr)
-    run_warmup_stage(store_dir, device=device, progress=progress)
-    shards = [s for s in plan_shards(store_dir) if not shard_done(store_dir, s)]
-    total = sum(s.end - s.start for s in shards)
-    with tqdm(total=total, desc="featurize", unit="ex", disable=not progress) as bar:
-        for shard in shards:
-            featurize_shard(store_dir, shard, device=device, on_batch=bar.update)
+    if needs_warmup(store_methods(config)):
+        run_warmup_stage(store_dir, device=device, progress=progress)
+        shards = [s for s in plan_shards(store_dir) if not shard_done(store_dir, s)]
+        total = sum(s.end - s.start for s in shards)
+        with tqdm(total=total, desc="featurize", unit="ex", disable=not progress) as bar:
+            for shard in shards:
+                featurize_shard(store_dir, shard, device=device, on_batch=bar.update)
     manifest = build_index(store_dir)
     if extra:
         manifest = add_artifacts(store_dir, extra, device=device, progress=progress)

@@ -97,8 +97,14 @@ def toy_model(
 @with_build_config
 def build(
     dataset: Annotated[Path, typer.Option(help="Pool of training examples (JSONL).")],
-    model: Annotated[Path, typer.Option(help="Local Hugging Face causal-LM directory.")],
     out: Annotated[Path, typer.Option(help="Datastore directory to create.")],
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            help="Local Hugging Face causal-LM directory; not needed when every --methods "
+            "reads the text alone (bm25 dsir random)."
+        ),
+    ] = None,
     warmup_from: Annotated[
         list[Path] | None,
         typer.Option(help="Reuse an existing LESS warmup: a checkpoint dir (repeat per epoch)."),

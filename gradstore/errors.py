@@ -77,3 +77,10 @@ class ManifestMismatchError(GradstoreError):
 class PayloadTooLargeError(GradstoreError):
     status = 413
     title = "Payload too large"
+
+
+class MissingExtraError(GradstoreError):
+    """An optional dependency group (pip extra) this feature needs is not installed: a
+    fault of the installation (the service's own extra brings every one it uses)."""
+
+    title = "Optional dependency missing"

@@ -24,6 +24,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
         "pydantic_settings",
     ),
     "cpu or gpu": ("faiss",),
+    "report": ("matplotlib",),
 }
 
 P = ParamSpec("P")
@@ -46,6 +47,17 @@ def install_hint(extra: str) -> str:
     if extra == "cpu or gpu":
         return "pip install 'gradstore[cpu]' (or 'gradstore[gpu]' with CUDA)"
     return f"pip install 'gradstore[{extra}]'"
+
+
+def require_extra(extra: str, what: str) -> None:
+    """Raise a ``MissingExtraError`` naming ``what`` needs ``extra`` when it is missing."""
+    missing = missing_modules(extra)
+    if missing:
+        from gradstore.errors import MissingExtraError
+
+        raise MissingExtraError(
+            f"{what} needs the {extra} extra (missing: {', '.join(missing)}); {install_hint(extra)}"
+        )
 
 
 def needs_extra(extra: str) -> Callable[[Callable[P, R]], Callable[P, R]]:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from gradstore.errors import InvalidInputError, ManifestMismatchError
+from gradstore.errors import ConflictError, InvalidInputError, ManifestMismatchError
 from gradstore.examples import Example
 from gradstore.modeling import resolve_device
 from gradstore.search import FeatureScanner
@@ -61,6 +61,8 @@ class QueryEngine:
         from gradstore.modeling import load_tokenizer
         from gradstore.tokenization import tokenizer_hash
 
+        if self.manifest.model is None:
+            raise ConflictError("this datastore was built without a model")
         tokenizer = load_tokenizer(self.manifest.model.path)
         if tokenizer_hash(tokenizer, self.manifest.template) != self.manifest.tokenizer_hash:
             raise ManifestMismatchError(
@@ -128,6 +130,15 @@ class QueryEngine:
         artifact added since the store was opened is picked up here."""
         from gradstore.artifacts import missing_artifact_error
 
+        if self.manifest.model is None and method is not None:
+            from gradstore.build import methods_needing_a_model
+
+            if methods_needing_a_model([method]):
+                raise ConflictError(
+                    f"this datastore was built without a model (for methods that read the "
+                    f"text alone); method {method!r} needs one, and a model cannot be added "
+                    "to a built store: build a new datastore with a model"
+                )
         missing = [n for n in names if n not in self.manifest.artifact_names()]
         if missing and self.datastore.refresh():
             missing = [n for n in names if n not in self.manifest.artifact_names()]

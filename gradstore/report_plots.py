@@ -15,12 +15,21 @@ import numpy as np
 WIDTH, HEIGHT, DPI = 7.0, 3.0, 110
 
 
-def _figure():
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend; a clear error when the extra is missing."""
+    from gradstore.extras import require_extra
+
+    require_extra("report", "the HTML report")
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _figure():
+    plt = _pyplot()
     return plt, *plt.subplots(figsize=(WIDTH, HEIGHT), dpi=DPI)
 
 
@@ -35,10 +44,7 @@ def _encode(plt, figure) -> str:
 def score_histogram(scores_by_method: dict[str, Sequence[float]]) -> str:
     """One histogram of the selected examples' scores per method, side by side: methods'
     scores are on different scales (cosines, BM25, marginal gains), so never one axis."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     methods = list(scores_by_method)
     figure, axes = plt.subplots(1, len(methods), figsize=(WIDTH, HEIGHT), dpi=DPI, squeeze=False)

@@ -69,7 +69,7 @@ class BuildSpec(BaseModel):
     schema_version: int = SCHEMA_VERSION
     dataset_path: str
     dataset_sha256: str
-    model: ModelInfo
+    model: ModelInfo | None  # None: a store whose methods need no model (BM25, DSIR, random)
     template: str
     tokenizer_hash: str
     config: BuildConfig
@@ -104,6 +104,18 @@ class ArtifactEntry(BaseModel):
     created_at: str
 
 
+def needed_model(record: BuildSpec | Manifest) -> ModelInfo:
+    """The store's model, for what runs it; a store built without one says so (409)."""
+    if record.model is None:
+        from gradstore.errors import ConflictError
+
+        raise ConflictError(
+            "this datastore was built without a model (its methods read the text alone); "
+            "build a new datastore with a model for methods that run one"
+        )
+    return record.model
+
+
 def gradient_artifact(kind: str) -> str:
     """The artifact name of a pool gradient feature kind (``adam`` → ``gradients.adam``)."""
     return f"gradients.{kind}"
@@ -115,7 +127,7 @@ class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     schema_version: int
     created_at: str
-    model: ModelInfo
+    model: ModelInfo | None  # None: built without a model (no tokens, no gradient features)
     template: str
     tokenizer_hash: str
     config: BuildConfig

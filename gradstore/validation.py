@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gradstore.config import BuildConfig
-from gradstore.errors import InvalidInputError
+from gradstore.errors import ConflictError, InvalidInputError
 from gradstore.index import check_factory
 
 MIN_WARMUP_STEPS = 8  # below this the adapter barely leaves its initialisation
@@ -73,14 +73,65 @@ def check_build_request(
     _check_template(model_dir, config)
     for directory in warmup_from:
         _check_warmup_directory(Path(directory))
+    from gradstore.build import needs_warmup, store_methods
+
     warnings: list[str] = []
     sample = steps = None
-    if num_examples is not None and not warmup_from:
+    if num_examples is not None and not warmup_from and needs_warmup(store_methods(config)):
         sample, per_epoch, _ = warmup_steps(num_examples, config)
         steps = per_epoch * config.warmup.epochs
         if (warning := warmup_warning(num_examples, config)) is not None:
             warnings.append(warning)
     return BuildPlan(sample, steps, warnings)
+
+
+def check_without_model(config: BuildConfig, warmup_from: Sequence[object] = ()) -> BuildPlan:
+    """A request without a model: only for methods that read the pool's text alone."""
+    from gradstore.build import methods_needing_a_model, store_methods
+
+    check_factory(config.index_factory)
+    needing = methods_needing_a_model(store_methods(config))
+    if needing:
+        raise InvalidInputError(
+            f"a model is needed: {', '.join(needing)} run the model (the default methods do); "
+            "only methods that read the text alone (bm25, dsir, random) build without one"
+        )
+    if warmup_from:
+        raise InvalidInputError("warmup_from needs a model, and these methods need no warmup")
+    return BuildPlan(None, None, [])
+
+
+def check_extension(
+    methods: Sequence[str], has_model: bool, has_warmup: bool, kinds: set[str]
+) -> None:
+    """Can a ready store gain ``methods``? A 409 saying what only a new build can make:
+    the model, the warmup checkpoints and the gradient features of ``kinds`` (a store built
+    without them cannot be given them later)."""
+    from gradstore.artifacts import ARTIFACTS
+    from gradstore.build import methods_needing_a_model, methods_needing_the_warmup
+    from gradstore.selection import method_requirements
+
+    needing = [] if has_model else methods_needing_a_model(methods)
+    if needing:
+        raise ConflictError(
+            f"this datastore was built without a model; {', '.join(needing)} need one, and a "
+            "model cannot be added to a built store: create a new datastore with model.path "
+            "and these methods"
+        )
+    needing = [] if has_warmup else methods_needing_the_warmup(methods)
+    if needing:
+        raise ConflictError(
+            f"this datastore was built without the warmup (its methods needed none); "
+            f"{', '.join(needing)} need its checkpoints or gradient features, which only a "
+            "build makes: create a new datastore with these methods"
+        )
+    for method in methods:
+        for artifact in method_requirements(method).artifacts:
+            if not ARTIFACTS[artifact].extendable and artifact.split(".", 1)[-1] not in kinds:
+                raise ConflictError(
+                    f"method {method!r} needs {artifact!r}, which only a build makes: create "
+                    f"a datastore whose pool_features include {artifact.split('.', 1)[-1]!r}"
+                )
 
 
 def _check_model_and_targets(model_dir: Path, config: BuildConfig) -> None:

@@ -28,7 +28,6 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
-from gradstore.api_models import UnitKind
 from gradstore.db.engine import make_engine, make_sessionmaker, transaction
 from gradstore.db.logs import log_context
 from gradstore.db.models import Datastore, WorkerRecord, utcnow
@@ -41,6 +40,7 @@ from gradstore.db.queue import (
     schedule_verifications,
 )
 from gradstore.db.settings import Settings
+from gradstore.db.units import UnitKind
 from gradstore.errors import ManifestMismatchError
 from gradstore.files import remove_tree
 from gradstore.worker.stages import (

@@ -27,7 +27,7 @@ from gradstore.influence_features import (
     update_featurizer,
 )
 from gradstore.model_pool import store_model
-from gradstore.store import BuildSpec, TokenStore
+from gradstore.store import BuildSpec, TokenStore, needed_model
 
 
 def _dtype(spec: BuildSpec) -> type:
@@ -49,7 +49,7 @@ class LayerGradients(ArtifactBuilder):
         return [f"{stem}.npy", f"{stem}.norms.npy"]
 
     def params(self, spec: BuildSpec) -> dict:
-        layers, dim = layer_plan(spec.model.path, spec.config.projection)
+        layers, dim = layer_plan(needed_model(spec).path, spec.config.projection)
         return {
             "checkpoint": "last",
             "layers": layers,
@@ -71,7 +71,7 @@ class LayerGradients(ArtifactBuilder):
     ) -> dict[str, np.ndarray]:
         model = store_model(root, device)
         last = last_checkpoint(list(model.checkpoints.values()))
-        layers, dim = layer_plan(spec.model.path, spec.config.projection)
+        layers, dim = layer_plan(needed_model(spec).path, spec.config.projection)
         with model.lock:
             featurizer = layer_featurizer(
                 model, last.index, layers, dim, spec.config.batch_size, spec.config.batch_tokens

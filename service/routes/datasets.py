@@ -11,7 +11,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import func, select
 
 from gradstore.api_models import (
     DatasetCreate,
@@ -20,6 +19,7 @@ from gradstore.api_models import (
     ExampleRecord,
     dataset_name,
 )
+from gradstore.db import records
 from gradstore.db.logs import bind
 from gradstore.db.models import Dataset
 from gradstore.errors import InvalidInputError, NotFoundError, PayloadTooLargeError
@@ -183,7 +183,7 @@ def _store(session, settings, name: str, data: bytes, count: int) -> Dataset:
 def _remove_if_unused(session, path, digest: str) -> None:
     """Remove a file no dataset record names (when the database can say so)."""
     try:
-        used = session.scalar(select(func.count()).where(Dataset.sha256 == digest))
+        used = records.datasets_with_sha256(session, digest)
     except Exception:  # the database is down: an orphan is better than a lost dataset
         log.warning("could not check whether %s is still used; left in place", path.name)
         return
@@ -193,10 +193,8 @@ def _remove_if_unused(session, path, digest: str) -> None:
 
 @router.get("", response_model=DatasetPage)
 def list_datasets(session: SessionDep, limit: Limit = 100, offset: Offset = 0):
-    rows = session.scalars(
-        select(Dataset).order_by(Dataset.created_at, Dataset.id).offset(offset).limit(limit)
-    ).all()
-    return {"data": rows, "count": session.scalar(select(func.count()).select_from(Dataset))}
+    rows = records.list_datasets(session, limit, offset)
+    return {"data": rows, "count": records.count_datasets(session)}
 
 
 def looks_like_id(value: str) -> bool:

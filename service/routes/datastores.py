@@ -7,8 +7,6 @@ from pathlib import Path
 
 from fastapi import APIRouter, Response
 from fastapi.encoders import jsonable_encoder
-from sqlalchemy import delete, func, select, update
-from sqlalchemy.exc import IntegrityError
 
 from gradstore.api_models import (
     ACTIVE_BUILD,
@@ -19,19 +17,15 @@ from gradstore.api_models import (
     MethodsRequest,
     SelectRequest,
     SelectResponse,
-    UnitKind,
 )
 from gradstore.config import BuildConfig
+from gradstore.db import jobs
 from gradstore.db.integrity import fingerprint, without_paths
 from gradstore.db.logs import bind, current
 from gradstore.db.model_roots import resolve_directory
-from gradstore.db.models import Datastore, SelectionRecord, UnitState, WorkUnit
-from gradstore.db.queue import (
-    EXTENSION_UNITS,
-    VERIFIABLE,
-    queue_verification,
-    verifications_in_progress,
-)
+from gradstore.db.models import Datastore
+from gradstore.db.queue import verifications_in_progress
+from gradstore.db.units import VERIFIABLE
 from gradstore.errors import (
     ConflictError,
     GradstoreError,
@@ -50,7 +44,8 @@ from gradstore.service.errors import DatastoreIntegrityError, ServiceUnavailable
 from gradstore.service.metrics import INTEGRITY_FAILURES, SELECT_SECONDS, observe_phases
 from gradstore.service.problems import problem_responses
 from gradstore.service.routes.datasets import Limit, Offset, get_dataset_or_404, looks_like_id
-from gradstore.service.submission import build_config, check_submission
+from gradstore.service.submission import build_config, check_bounds, check_submission
+from gradstore.validation import check_extension, check_without_model
 
 ERRORS = problem_responses(400, 401, 404, 409, 413, 422, 503)
 router = APIRouter(prefix="/v1/datastores", tags=["datastores"], responses=ERRORS)
@@ -83,27 +78,9 @@ def public(store: Datastore, verifying: bool = False) -> dict:
         "verifying": verifying,
         "config": store.config,
         "methods": store.methods or [],
-        "pending_methods": pending_methods(store),
+        "pending_methods": jobs.pending_methods_of(store),
         "created_at": store.created_at,
     }
-
-
-def pending_methods(store: Datastore) -> list[str]:
-    """Methods of extensions not yet done (nor failed) on this store: their extend unit, or
-    the artifact and finish units it planned."""
-    from sqlalchemy.orm import object_session
-
-    session = object_session(store)
-    if session is None:
-        return []
-    payloads = session.scalars(
-        select(WorkUnit.payload).where(
-            WorkUnit.datastore_id == store.id,
-            WorkUnit.kind.in_(EXTENSION_UNITS),
-            WorkUnit.state.in_((UnitState.PENDING, UnitState.RUNNING)),
-        )
-    ).all()
-    return sorted({m for p in payloads for m in (p or {}).get("methods", [])})
 
 
 def check_methods(methods: list[str]) -> list[str]:
@@ -131,13 +108,17 @@ def create_datastore(
 ):
     """Queue a build; workers pick it up. Poll the ``Location`` until status is ready.
 
+    Without ``model``, methods that read the text alone (bm25, dsir, random) get a store in
+    seconds: no warmup, no gradient features.
+
     Everything that can be known now is checked now: the paths (inside the model roots),
     the options, the index factory, the LoRA targets against the model, the template and
     the warmup checkpoints. ``warnings`` says what will work but probably not as meant
     (a warmup too short to move the adapter).
     """
     dataset = get_dataset_or_404(session, body.dataset_id)
-    model_dir = resolve_directory(body.model.path, settings.roots, "model.path")
+    model = body.model.path if body.model is not None else None
+    model_dir = None if model is None else resolve_directory(model, settings.roots, "model.path")
     warmup_dirs = [
         resolve_directory(d, settings.roots, f"warmup_from[{i}]")
         for i, d in enumerate(body.warmup_from)
@@ -145,27 +126,26 @@ def create_datastore(
     config = build_config(body)
     if config.methods is not None:
         config = config.model_copy(update={"methods": check_methods(config.methods)})
-    if not (model_dir / "config.json").is_file():
+    if model_dir is None:  # methods that read the text alone
+        check_bounds(config, dataset.num_examples)
+        plan = check_without_model(config, warmup_dirs)
+    elif not (model_dir / "config.json").is_file():
         raise InvalidInputError(
-            f"model.path {body.model.path!r} has no config.json: give a directory saved with "
+            f"model.path {model!r} has no config.json: give a directory saved with "
             "save_pretrained (nothing is downloaded from a hub)"
         )
-    plan = check_submission(model_dir, config, warmup_dirs, dataset.num_examples)
-    request_id = current("request_id")
-    store = Datastore(
+    else:
+        plan = check_submission(model_dir, config, warmup_dirs, dataset.num_examples)
+    store = jobs.enqueue_build(
+        session,
         dataset_id=dataset.id,
-        model_path=str(model_dir),
+        model_path=None if model_dir is None else str(model_dir),
         config=config.model_dump(mode="json"),
         warmup_from=[str(d) for d in warmup_dirs],
-        path="",
         warnings=plan.warnings,
-        request_id=request_id,
+        request_id=current("request_id"),
+        datastores_dir=settings.datastores_dir,
     )
-    session.add(store)
-    session.flush()
-    store.path = str((settings.datastores_dir / store.id).resolve())
-    session.add(WorkUnit(datastore_id=store.id, kind=UnitKind.WARMUP, request_id=request_id))
-    session.commit()
     log.info("build queued", extra={"datastore_id": store.id, "warnings": len(plan.warnings)})
     for warning in plan.warnings:
         log.warning("build %s: %s", store.id, warning, extra={"datastore_id": store.id})
@@ -175,10 +155,8 @@ def create_datastore(
 
 @router.get("", response_model=DatastorePage)
 def list_datastores(session: SessionDep, limit: Limit = 100, offset: Offset = 0):
-    rows = session.scalars(
-        select(Datastore).order_by(Datastore.created_at, Datastore.id).offset(offset).limit(limit)
-    ).all()
-    count = session.scalar(select(func.count()).select_from(Datastore))
+    rows = jobs.list_datastores(session, limit, offset)
+    count = jobs.count_datastores(session)
     verifying = verifications_in_progress(session, [r.id for r in rows])
     return {"data": [public(r, r.id in verifying) for r in rows], "count": count}
 
@@ -201,10 +179,7 @@ def delete_datastore(
     store = get_store_or_404(session, datastore_id)
     engines.evict(store.id)
     was_building = store.status in ACTIVE_BUILD
-    session.execute(delete(SelectionRecord).where(SelectionRecord.datastore_id == store.id))
-    session.execute(delete(WorkUnit).where(WorkUnit.datastore_id == store.id))
-    session.delete(store)
-    session.commit()
+    jobs.remove_datastore(session, store)
     remove_tree(selection_results_dir(settings, store.id))
     remove_tree(store.path)
     log.info(
@@ -230,11 +205,7 @@ def verify_datastore(datastore_id: str, session: SessionDep, settings: SettingsD
             f"datastore {store.id} is {store.status}: only a ready datastore, or one failed by "
             "an integrity check, can be verified"
         )
-    try:
-        queue_verification(session, store.id, settings.max_attempts, current("request_id"))
-        session.commit()
-    except IntegrityError:  # queued by someone else at the same moment
-        session.rollback()
+    jobs.request_verification(session, store.id, settings.max_attempts, current("request_id"))
     log.info("verification queued", extra={"datastore_id": store.id})
     return public(store, verifying=True)
 
@@ -248,7 +219,7 @@ def _integrity_failure(
     no fault of the store, so the query is asked to retry (the unit records the new
     fingerprint when it finishes) and the store stays ready.
     """
-    if _extending(session, store):
+    if jobs.extending(session, store.id):
         engines.evict(store.id)
         return ServiceUnavailableError(
             f"datastore {store.id} is gaining methods and its manifest is being updated; "
@@ -256,30 +227,13 @@ def _integrity_failure(
             settings.retry_after_seconds,
         )
     reason = without_paths(exc.detail, store.path, settings.data_dir.resolve())
-    session.execute(
-        update(Datastore)
-        .where(Datastore.id == store.id, Datastore.status == DatastoreStatus.READY)
-        .values(status=DatastoreStatus.FAILED, error=f"integrity check failed: {reason}")
-    )
-    session.commit()
+    jobs.fail_integrity(session, store.id, reason)
     engines.evict(store.id)
     INTEGRITY_FAILURES.inc()
     log.error("datastore failed its integrity check: %s", reason, extra={"datastore_id": store.id})
     return DatastoreIntegrityError(
         f"datastore {store.id} failed its integrity check and is now marked failed: {reason}"
     )
-
-
-def _extending(session, store: Datastore) -> bool:
-    """Is a finish unit adding artifacts to this ready store's manifest right now?"""
-    running = session.scalar(
-        select(func.count()).where(
-            WorkUnit.datastore_id == store.id,
-            WorkUnit.kind == UnitKind.FINISH,
-            WorkUnit.state == UnitState.RUNNING,
-        )
-    )
-    return bool(running)
 
 
 def _load(store: Datastore, session, engines, settings):
@@ -314,40 +268,18 @@ def add_methods(datastore_id: str, body: MethodsRequest, response: Response, ses
     lists them. Gradient feature kinds are made by the build
     only: a method that needs a kind the store lacks is a 409.
     """
-    from gradstore.artifacts import ARTIFACTS
-    from gradstore.selection import method_requirements
-
     store = get_store_or_404(session, datastore_id)
     methods = check_methods(body.methods)
     if store.status != DatastoreStatus.READY:
         raise NotReadyError(f"datastore {datastore_id} is {store.status}; add methods once ready")
-    kinds = set(BuildConfig.model_validate(store.config).pool_features)
-    for method in methods:
-        for artifact in method_requirements(method).artifacts:
-            if not ARTIFACTS[artifact].extendable and artifact.split(".", 1)[-1] not in kinds:
-                raise ConflictError(
-                    f"method {method!r} needs {artifact!r}, which only a build makes: create "
-                    f"a datastore whose pool_features include {artifact.split('.', 1)[-1]!r}"
-                )
+    features: set[str] = set(BuildConfig.model_validate(store.config).pool_features)
+    check_extension(methods, store.model_path is not None, bool(store.checkpoints), features)
     new = [m for m in methods if m not in (store.methods or [])]
     response.headers["Location"] = f"/v1/datastores/{store.id}"
     if not new:
         response.status_code = 200
         return public(store)
-    count = session.scalar(
-        select(func.count()).where(
-            WorkUnit.datastore_id == store.id, WorkUnit.kind == UnitKind.EXTEND
-        )
-    )
-    session.add(
-        WorkUnit(
-            datastore_id=store.id,
-            kind=UnitKind.EXTEND,
-            checkpoint=int(count or 0),  # one unit per request (unique with kind and start)
-            payload={"methods": new},
-        )
-    )
-    session.commit()
+    jobs.request_methods(session, store, new, current("request_id"))
     return public(store)
 
 
@@ -414,7 +346,8 @@ def select_training_data(
         except ManifestMismatchError as exc:
             raise _integrity_failure(session, store, engines, settings, exc) from None
     observe_phases(result.method, result.timings_ms)
-    record = SelectionRecord(
+    record = jobs.record_selection(
+        session,
         datastore_id=store.id,
         method=result.method,
         num_targets=len(targets),
@@ -423,8 +356,6 @@ def select_training_data(
         | {"target_ids": [t.id for t in targets]},
         timings_ms=result.timings_ms,
     )
-    session.add(record)
-    session.flush()
     answer = {
         "datastore_id": store.id,
         "method": result.method,

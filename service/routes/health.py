@@ -7,8 +7,8 @@ import tempfile
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from sqlalchemy import text
 
+from gradstore.db import records
 from gradstore.service.metrics import exposition
 from gradstore.service.problems import problem, problem_responses
 
@@ -29,7 +29,7 @@ def readyz(request: Request):
     retry = {"Retry-After": str(settings.retry_after_seconds)}
     try:
         with request.app.state.sessions() as session:
-            session.execute(text("SELECT 1"))
+            records.ping(session)
     except Exception as exc:
         log.warning("not ready: database unreachable (%s)", exc)
         return problem(

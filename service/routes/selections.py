@@ -6,9 +6,9 @@ import json
 
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
-from sqlalchemy import func, select
 
 from gradstore.api_models import SelectionPage
+from gradstore.db import records
 from gradstore.db.models import SelectionRecord
 from gradstore.errors import NotFoundError
 from gradstore.service.deps import SessionDep, SettingsDep
@@ -30,15 +30,7 @@ def list_selections(
 ):
     """Past selections on this datastore, newest first (targets are kept by id only)."""
     get_store_or_404(session, datastore_id)
-    mine = SelectionRecord.datastore_id == datastore_id
-    rows = session.scalars(
-        select(SelectionRecord)
-        .where(mine)
-        .order_by(SelectionRecord.created_at.desc(), SelectionRecord.id)
-        .offset(offset)
-        .limit(limit)
-    ).all()
-    count = session.scalar(select(func.count()).select_from(SelectionRecord).where(mine))
+    rows, count = records.list_selections(session, datastore_id, limit, offset)
     return {"data": rows, "count": count}
 
 
@@ -62,12 +54,7 @@ def selection_report(
     if record is None or record.datastore_id != datastore_id or not path.is_file():
         raise NotFoundError(f"no selection {selection_id!r} with a stored answer on this store")
     results, labels = [result_from_dict(json.loads(path.read_text()))], [record.method]
-    same_targets = session.scalars(
-        select(SelectionRecord)
-        .where(SelectionRecord.datastore_id == datastore_id, SelectionRecord.id != selection_id)
-        .order_by(SelectionRecord.created_at.desc())
-        .limit(200)
-    ).all()
+    same_targets = records.other_selections(session, datastore_id, selection_id)
     seen = {record.method}
     for other in same_targets:  # the latest run of each other method on the same targets
         other_path = results_dir / f"{other.id}.json"

@@ -133,6 +133,10 @@ def test_extras_keep_the_core_small_and_the_faiss_wheels_apart():
     assert any(r.startswith("faiss-gpu") for r in extras["gpu"])
     assert not any("faiss" in r for r in extras["service"])
     assert "gradstore[cpu,service]" in extras["dev"]
+    # matplotlib only for the HTML report, which the service serves (so `.[dev]` has it)
+    assert "matplotlib" not in core
+    assert [r for r in extras["report"] if "matplotlib" in r] == ["matplotlib>=3.7"]
+    assert "gradstore[report]" in extras["service"]
 
 
 def test_core_imports_and_cli_runs_without_the_service_stack(tmp_path):
@@ -192,6 +196,36 @@ def test_without_a_faiss_extra_the_commands_that_need_it_say_what_to_install(tmp
             assert result.exit_code == 1, result.output
             assert "pip install 'gradstore[cpu]'" in result.output, result.output
         assert "faiss" not in sys.modules
+        print("ok")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+
+
+def test_without_the_report_extra_the_report_says_what_to_install(tmp_path):
+    script = textwrap.dedent(
+        """
+        import sys
+
+        class Blocker:
+            def find_spec(self, name, path=None, target=None):
+                if name.partition(".")[0] == "matplotlib":
+                    raise ModuleNotFoundError("No module named 'matplotlib' (blocked)")
+                return None
+
+        sys.meta_path.insert(0, Blocker())
+        from gradstore.errors import MissingExtraError
+        from gradstore.report_plots import bar_chart
+        try:
+            bar_chart(["a"], [1], "subtask", "examples")
+        except MissingExtraError as exc:
+            assert "pip install 'gradstore[report]'" in str(exc), exc
+        else:
+            raise AssertionError("no error without matplotlib")
+        assert "matplotlib" not in sys.modules
         print("ok")
         """
     )

@@ -15,7 +15,7 @@ from gradstore.db.settings import Settings
 from gradstore.migrations import upgrade
 from gradstore.service.app import create_app
 from gradstore.store import Datastore
-from gradstore.worker import stages
+from gradstore.worker import units as unit_types
 from gradstore.worker.runner import Worker
 
 
@@ -175,7 +175,7 @@ def test_added_artifacts_are_row_units_that_several_workers_share(
     first, second = Worker(settings), Worker(settings)
     assert first.run_one()  # the extend unit: checks the store, plans the artifact units
     planned = units_of(settings, store_id, "artifact")
-    by_artifact = {name: [u for u in planned if u.payload["artifact"] == name] for name in
+    by_artifact = {name: [u for u in planned if u.artifact == name] for name in
                    ("hidden_states", "ngram_counts")}  # fmt: skip
     assert len(planned) == sum(len(v) for v in by_artifact.values())
     for units in by_artifact.values():  # each tiles the 48 examples
@@ -206,14 +206,14 @@ def test_an_artifact_unit_that_keeps_failing_fails_its_extension_not_the_store(
     store_id = ready_store(client, settings, toy_pool_file, tiny_model_dir, ["less"])
     url = f"/v1/datastores/{store_id}"
     client.post(f"{url}/methods", json={"methods": ["rds"]})
-    real = stages.compute_artifact_unit
+    real = unit_types.compute_artifact_unit
 
     def broken_third_unit(root, unit, **kwargs):
         if unit.start == 24:
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         return real(root, unit, **kwargs)
 
-    monkeypatch.setattr(stages, "compute_artifact_unit", broken_third_unit)
+    monkeypatch.setattr(unit_types, "compute_artifact_unit", broken_third_unit)
     Worker(settings).run(once=True)
     store = client.get(url).json()
     assert store["status"] == "ready" and store["pending_methods"] == []
