@@ -38,14 +38,19 @@ class CheckpointModel:
         checkpoints: Sequence[WarmupCheckpoint],
         projection: ProjectionConfig,
         device: str | torch.device | None = None,
+        base: torch.nn.Module | None = None,
+        lock: threading.Lock | None = None,
     ):
+        """``base``: the already loaded base weights to put the adapters on (in place; the
+        model pool's), else they are loaded here; ``lock``: the lock of those weights."""
         if not checkpoints:
             raise ValueError("a checkpoint model needs at least one checkpoint")
         self.device = resolve_device(device) if not isinstance(device, torch.device) else device
         self.tokenizer = load_tokenizer(model_dir)
         self.pad_token_id = pad_token_id(self.tokenizer)
         self.checkpoints = {c.index: c for c in checkpoints}
-        base = load_base_model(model_dir, self.device)
+        if base is None:
+            base = load_base_model(model_dir, self.device)
         first = checkpoints[0]
         self.model = PeftModel.from_pretrained(base, str(first.path), is_trainable=True)
         self.model.to(self.device).eval()
@@ -61,7 +66,7 @@ class CheckpointModel:
         self.projector = make_projector(
             projection.kind, self.num_lora_parameters, projection.dim, projection.seed, self.device
         )
-        self.lock = threading.Lock()
+        self.lock = lock or threading.Lock()
         self._active: int | None = None
 
     def activate(self, index: int) -> None:

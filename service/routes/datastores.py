@@ -18,7 +18,6 @@ from gradstore.api_models import (
     DatastoreStatus,
     MethodsRequest,
     SelectRequest,
-    SelectResponse,
     UnitKind,
 )
 from gradstore.config import BuildConfig
@@ -44,7 +43,7 @@ from gradstore.errors import (
 )
 from gradstore.examples import load_examples
 from gradstore.files import remove_tree
-from gradstore.selection import get_method, run_selection
+from gradstore.selection import get_method, run_selection, select_response_model
 from gradstore.service.deps import EnginesDep, SessionDep, SettingsDep
 from gradstore.service.errors import DatastoreIntegrityError, ServiceUnavailableError
 from gradstore.service.metrics import INTEGRITY_FAILURES, SELECT_SECONDS, observe_phases
@@ -351,7 +350,7 @@ def add_methods(datastore_id: str, body: MethodsRequest, response: Response, ses
     return public(store)
 
 
-@router.post("/{datastore_id}/select", response_model=SelectResponse)
+@router.post("/{datastore_id}/select", response_model=select_response_model())
 def select_training_data(
     datastore_id: str,
     body: SelectRequest,

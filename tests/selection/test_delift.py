@@ -159,7 +159,7 @@ def test_mutual_information_is_greedy_against_the_target_utilities(store):
     engine = QueryEngine(Datastore.open(store.root))
     options = Delift().parse_options({"target_neighbours": 5})
     request = ScoreRequest(TARGETS, options, 7, False)
-    kept, relevance = Delift().target_relevance(engine, request, options)
+    kept, relevance = Delift().target_relevance(engine, request)
     assert relevance.shape == (store.num_examples, len(kept))
     assert ((relevance > 0).sum(axis=0) <= 5).all() and relevance.max() == 1.0
     result = run_selection(engine, TARGETS, "delift", top_k=7, options={"target_neighbours": 5})
