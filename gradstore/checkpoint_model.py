@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from gradstore.checkpoints import WarmupCheckpoint, load_adam_moments
 from gradstore.config import ProjectionConfig
 from gradstore.featurizer import CheckpointFeaturizer
+from gradstore.heads import get_head
 from gradstore.modeling import (
     load_base_model,
     load_tokenizer,
@@ -97,19 +98,23 @@ class CheckpointModel:
         self,
         index: int,
         batch_size: int,
-        adam: bool,
+        adam: bool = False,
         batch_tokens: int | None = None,
         update: bool = False,
+        heads: Sequence[str] = (),
     ) -> CheckpointFeaturizer:
-        """A featurizer with checkpoint ``index`` active; the Adam state (``adam``: Γ,
-        ``update``: a ⊙ g) is loaded only when asked for."""
+        """A featurizer with checkpoint ``index`` active for the gradient ``heads`` (names in
+        ``gradstore.heads.HEADS``; ``adam`` and ``update`` ask for those two); a head's state
+        (Adam moments, ...) is loaded only when it is asked for."""
         self.activate(index)
+        names = [*heads, *(["adam"] if adam else []), *(["update"] if update else [])]
+        transforms = {name: get_head(name).preconditioner(self, index) for name in names}
         return CheckpointFeaturizer(
             self.model,
             self.projector,
-            self.preconditioner(index) if adam else None,
+            None,
             self.pad_token_id,
             batch_size,
             batch_tokens,
-            self.update_direction(index) if update else None,
+            transforms=transforms,
         )
