@@ -29,6 +29,7 @@ from gradstore.tokenization import ExampleEncoder, SkippedExample, TokenizedExam
 
 if TYPE_CHECKING:
     from gradstore.checkpoint_model import CheckpointModel
+    from gradstore.checkpoints import WarmupCheckpoint
     from gradstore.model_pool import BaseHandle
 
 
@@ -41,6 +42,7 @@ class QueryEngine:
         self.scanner = FeatureScanner(datastore, self.device)
         self._load_lock = threading.RLock()
         self.models_used: set[str] = set()  # "base" / "checkpoints" asked of the pool so far
+        self._checkpoints: list[WarmupCheckpoint] | None = None
         self._indexes: dict[str, object] = {}
         self._cache: dict[Any, Any] = {}
 
@@ -104,9 +106,13 @@ class QueryEngine:
 
         _ = self.tokenizer  # checked first: a cheap refusal before the weights load
         with self._load_lock:
-            checkpoints = load_checkpoints(self.datastore.root / "checkpoints")
+            if self._checkpoints is None:
+                self._checkpoints = load_checkpoints(self.datastore.root / "checkpoints")
             model = POOL.checkpoint_model(
-                self.manifest.model.path, checkpoints, self.manifest.config.projection, self.device
+                self.manifest.model.path,
+                self._checkpoints,
+                self.manifest.config.projection,
+                self.device,
             )
             if model.num_lora_parameters != self.manifest.lora_parameters:
                 raise ManifestMismatchError(
