@@ -131,13 +131,20 @@ def backward_census(work_dir: Path, per_family: int) -> dict:
     layer_pass = LayerFeaturizer.featurize
     separate = ARTIFACTS["update_directions"].compute
 
+    inside_layers = [False]  # In2Core's truncated backward runs the same per-module pass
+
     def count_lora(self, batch, consume):
-        rows["featurize backward (LoRA, all heads)"] += int(batch["input_ids"].shape[0])
+        if not inside_layers[0]:
+            rows["featurize backward (LoRA, all heads)"] += int(batch["input_ids"].shape[0])
         return lora_pass(self, batch, consume)
 
     def count_layers(self, examples, *args, **kwargs):
         rows["in2core truncated backward (layer subset)"] += len(examples)
-        return layer_pass(self, examples, *args, **kwargs)
+        inside_layers[0] = True
+        try:
+            return layer_pass(self, examples, *args, **kwargs)
+        finally:
+            inside_layers[0] = False
 
     def count_separate(root, spec, unit, *args, **kwargs):
         rows["update_directions second backward"] += unit.end - unit.start

@@ -17,6 +17,7 @@ The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -26,8 +27,18 @@ import time
 from pathlib import Path
 
 
+def _rss_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
 def serve_every_method(store: Path) -> dict:
-    """In this process: a build unit, then every method; count base-weight loads."""
+    """In this process: a build unit, then every method; count base-weight loads and the
+    base models still alive at the end."""
+    from transformers import PreTrainedModel
+
     import gradstore.checkpoint_model
     import gradstore.modeling
     from gradstore.artifacts import compute_artifact_unit, plan_artifact_units
@@ -54,9 +65,15 @@ def serve_every_method(store: Path) -> dict:
     methods = ["rds", *sorted(set(METHODS) - {"rds"})]
     for method in methods:
         run_selection(engine, targets, method, top_k=2)
+    gc.collect()
+    models = [
+        m for m in gc.get_objects() if isinstance(m, PreTrainedModel) and hasattr(m, "lm_head")
+    ]
     return {
         "methods": methods,
         "base_weight_loads": len(loads),
+        "base_models_alive_at_end": len(models),
+        "rss_at_end_mb": round(_rss_kb() / 1024),
         "seconds": round(time.perf_counter() - started, 1),
         "gradstore": str(Path(gradstore.modeling.__file__).parent),
     }
