@@ -54,6 +54,8 @@ def model_key(
     projection: ProjectionConfig | None = None,
 ) -> ModelKey:
     resolved = resolve_device(device) if not isinstance(device, torch.device) else device
+    if resolved.type == "cuda" and resolved.index is None:  # "cuda" and "cuda:0": one key
+        resolved = torch.device("cuda", torch.cuda.current_device())
     dtype = "bfloat16" if resolved.type == "cuda" else "float32"  # as load_base_model loads
     adapters = tuple(str(Path(c.path).resolve()) for c in checkpoints)
     if adapters and projection is not None:
