@@ -8,7 +8,13 @@ On the quality benchmark's standard toy store (built or reused by ``gradstore.de
 - landmark mode against exact: Pearson and mean per-target Spearman of the score matrices
   for a few landmark counts.
 
+``--census``: instead, build a small toy store serving every method and count the pool
+rows each gradient pass of the build ran: the featurize backward (every head, a ⊙ g
+included) per checkpoint, a second full backward for Influence Distillation's
+``update_directions`` (none since featurize writes it), In2Core's truncated one.
+
     python bench/influence_cost.py --json     # a few minutes on 2 cores
+    python bench/influence_cost.py --census --json
 """
 
 from __future__ import annotations
@@ -112,14 +118,70 @@ def landmark_agreement(engine, targets, counts) -> dict[str, dict[str, float]]:
     return out
 
 
+def backward_census(work_dir: Path, per_family: int) -> dict:
+    """Rows through each gradient pass while a toy store serving every method is built."""
+    from collections import Counter
+
+    from gradstore.gradients import LoraGradientComputer
+    from gradstore.layer_gradients import LayerFeaturizer
+    from gradstore.selection import METHODS
+
+    rows: Counter[str] = Counter()
+    lora_pass = LoraGradientComputer.for_each_module
+    layer_pass = LayerFeaturizer.featurize
+    separate = ARTIFACTS["update_directions"].compute
+
+    inside_layers = [False]  # In2Core's truncated backward runs the same per-module pass
+
+    def count_lora(self, batch, consume):
+        if not inside_layers[0]:
+            rows["featurize backward (LoRA, all heads)"] += int(batch["input_ids"].shape[0])
+        return lora_pass(self, batch, consume)
+
+    def count_layers(self, examples, *args, **kwargs):
+        rows["in2core truncated backward (layer subset)"] += len(examples)
+        inside_layers[0] = True
+        try:
+            return layer_pass(self, examples, *args, **kwargs)
+        finally:
+            inside_layers[0] = False
+
+    def count_separate(root, spec, unit, *args, **kwargs):
+        rows["update_directions second backward"] += unit.end - unit.start
+        return separate(root, spec, unit, *args, **kwargs)
+
+    LoraGradientComputer.for_each_module = count_lora  # type: ignore[method-assign]
+    LayerFeaturizer.featurize = count_layers  # type: ignore[method-assign]
+    ARTIFACTS["update_directions"].compute = count_separate  # type: ignore[method-assign]
+    setting = toy_store(work_dir, per_family=per_family, progress=False, methods=sorted(METHODS))
+    manifest = Datastore.open(setting.store).manifest
+    n, checkpoints = manifest.num_examples, len(manifest.checkpoints)
+    return {
+        "benchmark": "influence_cost --census",
+        "num_examples": n,
+        "checkpoints": checkpoints,
+        "methods": sorted(METHODS),
+        "rows": dict(rows),
+        "featurize_backward_per_example_per_checkpoint": round(
+            rows["featurize backward (LoRA, all heads)"] / (n * checkpoints), 3
+        ),
+        "update_directions_rows_in_a_second_pass": rows["update_directions second backward"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--work-dir", type=Path, default=Path(".gradstore/quality"))
     parser.add_argument("--rows", type=int, default=64, help="Rows timed per artifact.")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--census", action="store_true", help="Count the build's backwards.")
+    parser.add_argument("--per-family", type=int, default=20, help="Census pool per family.")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.census:
+        print(json.dumps(backward_census(args.work_dir / "census", args.per_family)))
+        return
 
     setting = toy_store(args.work_dir, progress=not args.json)
     pool = read_jsonl(setting.corpus)

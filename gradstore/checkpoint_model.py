@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from gradstore.checkpoints import WarmupCheckpoint, load_adam_moments
 from gradstore.config import ProjectionConfig
 from gradstore.featurizer import CheckpointFeaturizer
+from gradstore.heads import get_head
 from gradstore.modeling import (
     load_base_model,
     load_tokenizer,
@@ -38,14 +39,19 @@ class CheckpointModel:
         checkpoints: Sequence[WarmupCheckpoint],
         projection: ProjectionConfig,
         device: str | torch.device | None = None,
+        base: torch.nn.Module | None = None,
+        lock: threading.Lock | None = None,
     ):
+        """``base``: the already loaded base weights to put the adapters on (in place; the
+        model pool's), else they are loaded here; ``lock``: the lock of those weights."""
         if not checkpoints:
             raise ValueError("a checkpoint model needs at least one checkpoint")
         self.device = resolve_device(device) if not isinstance(device, torch.device) else device
         self.tokenizer = load_tokenizer(model_dir)
         self.pad_token_id = pad_token_id(self.tokenizer)
         self.checkpoints = {c.index: c for c in checkpoints}
-        base = load_base_model(model_dir, self.device)
+        if base is None:
+            base = load_base_model(model_dir, self.device)
         first = checkpoints[0]
         self.model = PeftModel.from_pretrained(base, str(first.path), is_trainable=True)
         self.model.to(self.device).eval()
@@ -61,7 +67,7 @@ class CheckpointModel:
         self.projector = make_projector(
             projection.kind, self.num_lora_parameters, projection.dim, projection.seed, self.device
         )
-        self.lock = threading.Lock()
+        self.lock = lock or threading.Lock()
         self._active: int | None = None
 
     def activate(self, index: int) -> None:
@@ -92,19 +98,23 @@ class CheckpointModel:
         self,
         index: int,
         batch_size: int,
-        adam: bool,
+        adam: bool = False,
         batch_tokens: int | None = None,
         update: bool = False,
+        heads: Sequence[str] = (),
     ) -> CheckpointFeaturizer:
-        """A featurizer with checkpoint ``index`` active; the Adam state (``adam``: Γ,
-        ``update``: a ⊙ g) is loaded only when asked for."""
+        """A featurizer with checkpoint ``index`` active for the gradient ``heads`` (names in
+        ``gradstore.heads.HEADS``; ``adam`` and ``update`` ask for those two); a head's state
+        (Adam moments, ...) is loaded only when it is asked for."""
         self.activate(index)
+        names = [*heads, *(["adam"] if adam else []), *(["update"] if update else [])]
+        transforms = {name: get_head(name).preconditioner(self, index) for name in names}
         return CheckpointFeaturizer(
             self.model,
             self.projector,
-            self.preconditioner(index) if adam else None,
+            None,
             self.pad_token_id,
             batch_size,
             batch_tokens,
-            self.update_direction(index) if update else None,
+            transforms=transforms,
         )

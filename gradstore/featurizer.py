@@ -1,29 +1,32 @@
-"""From examples to stored features at one checkpoint: gradient → (Adam) → projection → norm.
+"""From examples to stored features at one checkpoint: gradient → head → projection → norm.
 
 Examples are batched by length (less padding) and rows come back in the order they were
-given. Inside each batch's backward, every LoRA map's per-example gradient is preconditioned
-(in place) and projected into the (B, d) outputs of every feature kind asked for, then
-dropped: memory holds one map's (B, size) rows at a time, never the whole (B, P) gradient.
-``featurize_one_at_a_time`` is the reference's loop (whole gradient, then Adam, then one
-projection), kept as the baseline of bench/featurize and as a test oracle.
+given. Inside each batch's backward, every LoRA map's per-example gradient goes through the
+transform of every head (feature kind, see ``heads``) asked for, in place, and is projected
+into that head's (B, d) outputs, then dropped: memory holds one map's (B, size) rows at a
+time, never the whole (B, P) gradient. ``featurize_one_at_a_time`` is the reference's loop
+(whole gradient, then the head's transform, then one projection), kept as the baseline of
+bench/featurize and as a test oracle.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from gradstore.batching import length_sorted_batches
 from gradstore.gradients import LoraGradientComputer, iter_reference_gradients
+from gradstore.heads import HEADS, Transform
 from gradstore.preconditioner import AdamPreconditioner, AdamUpdateDirection
 from gradstore.tokenization import TokenizedExample, collate
 
-# "sgd": the plain gradient g; "adam": LESS's Γ (the checkpoint's Adam moments); "update":
-# Influence Distillation's a ⊙ g (the ``update_directions`` artifact), from the same backward.
+# the built-in heads: "sgd": the plain gradient g; "adam": LESS's Γ (the checkpoint's Adam
+# moments); "update": Influence Distillation's a ⊙ g (``update_directions``). More register
+# in ``gradstore.heads``.
 FEATURE_KINDS = ("adam", "sgd", "update")
 
 
@@ -43,11 +46,20 @@ class CheckpointFeaturizer:
         batch_size: int,
         batch_tokens: int | None = None,
         update_direction: AdamUpdateDirection | None = None,
+        transforms: Mapping[str, Transform | None] | None = None,
     ):
+        """``transforms``: each head's transform at this checkpoint (from ``heads``); the
+        ``preconditioner`` and ``update_direction`` arguments are the adam and update heads'."""
         self.model = model
         self.projector = projector
         self.preconditioner = preconditioner
         self.update_direction = update_direction
+        self.transforms: dict[str, Transform | None] = {"sgd": None}
+        if preconditioner is not None:
+            self.transforms["adam"] = preconditioner
+        if update_direction is not None:
+            self.transforms["update"] = update_direction
+        self.transforms.update(transforms or {})
         self.pad_token_id = pad_token_id
         self.batch_size = batch_size
         self.batch_tokens = batch_tokens or sys.maxsize  # padded tokens per batch (memory)
@@ -56,17 +68,20 @@ class CheckpointFeaturizer:
         self.timings = {"gradient_s": 0.0, "projection_s": 0.0}
 
     def _check(self, kinds: Sequence[str]) -> None:
-        unknown = set(kinds) - set(FEATURE_KINDS)
+        unknown = set(kinds) - set(HEADS)
         if unknown:
-            raise ValueError(f"unknown feature kinds {sorted(unknown)}; known: {FEATURE_KINDS}")
-        if "adam" in kinds and self.preconditioner is None:
+            raise ValueError(f"unknown feature kinds {sorted(unknown)}; known: {sorted(HEADS)}")
+        if "adam" in kinds and "adam" not in self.transforms:
             raise ValueError("'adam' features need the checkpoint's Adam moments")
-        if "update" in kinds and self.update_direction is None:
+        if "update" in kinds and "update" not in self.transforms:
             raise ValueError("'update' features need the checkpoint's Adam update direction")
+        missing = [k for k in kinds if k not in self.transforms]
+        if missing:
+            raise ValueError(f"no transform given for heads {missing}")
 
-    def _transform(self, kind: str) -> AdamPreconditioner | AdamUpdateDirection | None:
+    def _transform(self, kind: str) -> Transform | None:
         """What a kind does to the plain gradient before projecting it (None: nothing)."""
-        return {"sgd": None, "adam": self.preconditioner, "update": self.update_direction}[kind]
+        return self.transforms[kind]
 
     def _features(self, grads: torch.Tensor, kinds: Sequence[str]) -> dict[str, np.ndarray]:
         """All kinds of whole (B, P) gradients, the reference's way (one projection each)."""

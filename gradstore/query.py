@@ -1,10 +1,12 @@
 """The query side of a ready datastore: what a selection reads, loaded only when asked for.
 
-An engine is cheap to make (the service caches one per store): the tokenizer, the base
-model and the checkpoint model (base + warmup adapters + projector) are each loaded on the
-first query whose method needs them, and checked against the manifest then. So BM25, DSIR
-and random answer without a model, and RDS+ without the adapters. Target gradients use
-exactly the projector and tokenisation the store was built with.
+An engine is cheap to make (the service caches one per store): the tokenizer and the model
+(base, or base + warmup adapters + projector, both from the process's ``model_pool``) are
+each fetched on the first query whose method needs them, and checked against the manifest
+then. So BM25, DSIR and random answer without a model, and RDS+ without the adapters. Target
+gradients use exactly the projector and tokenisation the store was built with. Methods see
+the engine through ``selection.context.QueryContext`` (pool, target encoder, scorer, model
+handle), never the engine itself.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,8 @@ from gradstore.tokenization import ExampleEncoder, SkippedExample, TokenizedExam
 
 if TYPE_CHECKING:
     from gradstore.checkpoint_model import CheckpointModel
+    from gradstore.checkpoints import WarmupCheckpoint
+    from gradstore.model_pool import BaseHandle
 
 
 class QueryEngine:
@@ -38,9 +41,8 @@ class QueryEngine:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.scanner = FeatureScanner(datastore, self.device)
         self._load_lock = threading.RLock()
-        self._checkpoint_model: CheckpointModel | None = None
-        self._base_model: torch.nn.Module | None = None
-        self._base_lock = threading.Lock()
+        self.models_used: set[str] = set()  # "base" / "checkpoints" asked of the pool so far
+        self._checkpoints: list[WarmupCheckpoint] | None = None
         self._indexes: dict[str, object] = {}
         self._cache: dict[Any, Any] = {}
 
@@ -48,12 +50,30 @@ class QueryEngine:
     def manifest(self):
         return self.datastore.manifest
 
+    # -- the QueryContext a method sees ------------------------------------------------------
+
+    @property
+    def pool(self) -> Datastore:
+        return self.datastore
+
+    @property
+    def target_encoder(self) -> QueryEngine:
+        return self
+
+    @property
+    def scorer(self) -> FeatureScanner:
+        return self.scanner
+
+    @property
+    def models(self) -> QueryEngine:
+        return self
+
     # -- what is loaded --------------------------------------------------------------------
 
     @property
     def model_loaded(self) -> bool:
-        """Whether any model (base or checkpoints) has been loaded by this engine."""
-        return self._checkpoint_model is not None or self._base_model is not None
+        """Whether this engine has asked for a model (base or checkpoints) yet."""
+        return bool(self.models_used)
 
     @cached_property
     def tokenizer(self):
@@ -77,46 +97,43 @@ class QueryEngine:
         )
 
     @property
-    def model(self):
-        """The base model with the warmup checkpoints (``CheckpointModel``), loaded once."""
-        with self._load_lock:
-            if self._checkpoint_model is None:
-                self._checkpoint_model = self._load_checkpoint_model()
-                self._base_model = None  # the checkpoint model serves base queries too
-            return self._checkpoint_model
+    def model(self) -> CheckpointModel:
+        """The base model with the warmup checkpoints (``CheckpointModel``)."""
+        return self.checkpoint_model()
 
-    def _load_checkpoint_model(self):
-        from gradstore.checkpoint_model import CheckpointModel
+    def checkpoint_model(self) -> CheckpointModel:
+        """The base model with the warmup checkpoints, from the process's model pool."""
         from gradstore.checkpoints import load_checkpoints
+        from gradstore.model_pool import POOL
 
         _ = self.tokenizer  # checked first: a cheap refusal before the weights load
-        checkpoints = load_checkpoints(self.datastore.root / "checkpoints")
-        model = CheckpointModel(
-            self.manifest.model.path, checkpoints, self.manifest.config.projection, self.device
-        )
-        if model.num_lora_parameters != self.manifest.lora_parameters:
-            raise ManifestMismatchError(
-                f"the model has {model.num_lora_parameters} LoRA parameters, "
-                f"the datastore was built with {self.manifest.lora_parameters}"
-            )
-        return model
-
-    def base_model(self) -> tuple[torch.nn.Module, Callable[[], Any], threading.Lock]:
-        """(model, context to run it as the base model, its lock) for forward passes.
-
-        Reuses the checkpoint model with its adapters disabled when that is loaded (one copy
-        of the weights), else loads the base model alone.
-        """
         with self._load_lock:
-            if self._checkpoint_model is not None:
-                peft = self._checkpoint_model.model
-                return peft, peft.disable_adapter, self._checkpoint_model.lock
-            if self._base_model is None:
-                from gradstore.modeling import load_base_model
+            if self._checkpoints is None:
+                self._checkpoints = load_checkpoints(self.datastore.root / "checkpoints")
+            model = POOL.checkpoint_model(
+                self.manifest.model.path,
+                self._checkpoints,
+                self.manifest.config.projection,
+                self.device,
+            )
+            if model.num_lora_parameters != self.manifest.lora_parameters:
+                raise ManifestMismatchError(
+                    f"the model has {model.num_lora_parameters} LoRA parameters, "
+                    f"the datastore was built with {self.manifest.lora_parameters}"
+                )
+            self.models_used.add("checkpoints")
+            return model
 
-                _ = self.tokenizer
-                self._base_model = load_base_model(self.manifest.model.path, self.device)
-            return self._base_model, nullcontext, self._base_lock
+    def base_model(self) -> BaseHandle:
+        """The base model for forward passes (``with handle.lock, handle.as_base():``): the
+        pooled weights, with the adapters disabled when a checkpoint model holds them."""
+        from gradstore.model_pool import POOL
+
+        _ = self.tokenizer
+        with self._load_lock:
+            handle = POOL.base(self.manifest.model.path, self.device)
+            self.models_used.add("base")
+            return handle
 
     def cached(self, key: Any, make: Callable[[], Any]) -> Any:
         """A per-engine cache for what a method derives from the store (BM25 index, ...)."""
@@ -191,7 +208,7 @@ class QueryEngine:
         started = time.perf_counter()
         kept, positions, skipped = self.encode_targets(targets, eos)
         tokenize_done = time.perf_counter()
-        model = self.model
+        model = self.checkpoint_model()
         batch = self.manifest.config.batch_size
         with model.lock:
             per_checkpoint = [

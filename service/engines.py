@@ -1,8 +1,10 @@
-"""Loaded datastores (model + adapters + index), kept in a small LRU cache.
+"""Loaded datastores (index, caches), kept in a small LRU cache; their models are pooled.
 
 Loading a store costs seconds (model weights, FAISS index); a query costs milliseconds once
-it is loaded. Each engine serialises its own gradient work with its lock; different
-datastores run in parallel. A store is loaded only when its files still have the
+it is loaded. An engine takes its model from the process's ``model_pool`` (one copy of the
+weights however many engines and methods use them; the pool's capacity, not this cache,
+bounds how many models the process holds); passes of one model run under its
+lock; different models run in parallel. A store is loaded only when its files still have the
 fingerprint its last verification recorded (db/integrity.py), and an engine loaded for
 another fingerprint (files restored and verified again) is loaded anew.
 """

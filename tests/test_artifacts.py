@@ -79,7 +79,10 @@ def test_a_ready_store_gains_rds_without_recomputing_anything(less_only_store, t
     Datastore.open(store, verify=True)
     result = run_selection(engine, TARGETS, "rds", top_k=5)  # the open engine picks it up
     assert len(result.selected) == 5
-    assert engine._base_model is None  # LESS loaded the checkpoint model: RDS+ reuses it
+    from gradstore.model_pool import POOL
+
+    assert engine.models_used == {"checkpoints", "base"}
+    assert len(POOL.loaded()) == 1  # LESS loaded the checkpoint model: RDS+ reuses its weights
 
 
 def test_artifact_units_rerun_to_identical_bytes_and_resume(contract_store, tmp_path):
@@ -159,7 +162,7 @@ def test_rds_scores_are_cosines_of_reference_embeddings(contract_store):
     expected = pool.astype(np.float64) @ query
     got = {s.id: s.score for s in result.selected}
     np.testing.assert_allclose([got[i] for i in store.ids], expected, atol=1e-5)
-    assert engine._checkpoint_model is None  # RDS+ runs the base model, no adapters
+    assert engine.models_used == {"base"}  # RDS+ runs the base model, no adapters
 
 
 def test_an_index_stage_run_again_keeps_finished_artifacts(contract_store, tmp_path):

@@ -19,13 +19,14 @@ import numpy as np
 from gradstore.artifacts.base import ArtifactBuilder, ArtifactUnit, ProgressCallback
 from gradstore.icl_utility import InContextUtility
 from gradstore.model_pool import store_base_model
+from gradstore.reader import PoolReader
 from gradstore.store import BuildSpec, Datastore, TokenStore
 
 PARTS = ("neighbours", "utility", "base")
 QUERY_BLOCK = 128  # rows whose neighbours one pass over the features finds
 
 
-def feature_kind(store: Datastore) -> str:
+def feature_kind(store: PoolReader) -> str:
     """The gradient features the neighbours come from: the first kind the store keeps."""
     return store.manifest.kinds[0]
 
@@ -107,7 +108,7 @@ class DeliftKernel(ArtifactBuilder):
         }
 
 
-def load_kernel_parts(store: Datastore) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def load_kernel_parts(store: PoolReader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(neighbours (n, K), raw utilities (n, K), base distances (n,)) of a store, in row order."""
     files = store.artifact_entry(DeliftKernel.name).files
     parts = {part: [f for f in files if f.endswith(f".{part}.npy")] for part in PARTS}

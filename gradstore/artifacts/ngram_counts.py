@@ -15,7 +15,8 @@ from gradstore.artifacts.base import ArtifactBuilder, ArtifactUnit, ProgressCall
 from gradstore.examples import iter_jsonl
 from gradstore.files import atomic_save_npy, read_json
 from gradstore.ngrams import MAX_ORDER, NUM_BUCKETS, NgramHasher, SparseCounts
-from gradstore.store import BuildSpec, Datastore
+from gradstore.reader import PoolReader
+from gradstore.store import BuildSpec
 
 UNIT_ROWS = 16_384  # text hashing is cheap per row; fewer, larger units
 
@@ -84,7 +85,7 @@ class NgramCounts(ArtifactBuilder):
         atomic_save_npy(root / self.totals_file(), total)
         return [self.totals_file()]
 
-    def shards(self, store: Datastore) -> list[SparseCounts]:
+    def shards(self, store: PoolReader) -> list[SparseCounts]:
         """The stored per-example counts, one CSR block per unit, in row order."""
         files = store.artifact_entry(self.name).files
         blocks = []
@@ -99,5 +100,5 @@ class NgramCounts(ArtifactBuilder):
             )
         return blocks
 
-    def pool_counts(self, store: Datastore) -> np.ndarray:
+    def pool_counts(self, store: PoolReader) -> np.ndarray:
         return np.asarray(store.artifact_array(self.name, self.totals_file()))

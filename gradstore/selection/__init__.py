@@ -1,8 +1,10 @@
 """Selection methods over a datastore, registered by name (the API's ``method``).
 
 ``run_selection`` is the one entry point: options are validated and the store's artifacts
-checked before anything is loaded, then the method's scorer fills a score matrix and the
-policy its ``aggregate`` option names turns it into the ranked selection.
+checked before anything is loaded, then the method's scorer fills a score matrix (or gives
+a set function, which the ``FacilityLocationPolicy`` selects from) and the policy its
+``aggregate`` option names turns it into the ranked selection. Adding a method is one
+module (a ``SelectionMethod``) and one line in ``METHODS``.
 """
 
 from __future__ import annotations
@@ -10,13 +12,17 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
+from pydantic import BaseModel, Field, create_model
 
+from gradstore.api_models import SelectResponse
 from gradstore.errors import InvalidInputError, UnknownMethodError
 from gradstore.examples import Example
 from gradstore.selection.base import (
+    MethodDetails,
     MethodOptions,
     ModelNeed,
     ScoreRequest,
@@ -37,8 +43,13 @@ from gradstore.selection.less import Less
 from gradstore.selection.policies import PER_TARGET_POLICIES, POLICIES, Pick
 from gradstore.selection.rds import Rds
 from gradstore.selection.scores import ScoreMatrix
+from gradstore.selection.set_function import FacilityLocationPolicy, SetFunction
 
-METHODS: dict[str, SelectionMethod] = {
+if TYPE_CHECKING:
+    from gradstore.query import QueryEngine
+    from gradstore.selection.context import QueryContext
+
+METHODS: dict[str, SelectionMethod[Any, Any]] = {
     m.name: m
     for m in (
         Less(),
@@ -69,7 +80,7 @@ __all__ = [
 ]
 
 
-def get_method(name: str) -> SelectionMethod:
+def get_method(name: str) -> SelectionMethod[Any, Any]:
     try:
         return METHODS[name]
     except KeyError:
@@ -80,7 +91,7 @@ def get_method(name: str) -> SelectionMethod:
 
 def validate_request(
     method: str, options: dict[str, Any] | None = None
-) -> tuple[SelectionMethod, MethodOptions]:
+) -> tuple[SelectionMethod[Any, Any], MethodOptions]:
     """The method and its parsed options, or a 422; call before loading any engine."""
     selector = get_method(method)
     return selector, selector.parse_options(options)
@@ -116,8 +127,56 @@ def candidate_positions(matrix: ScoreMatrix, picks: list[Pick]) -> np.ndarray:
     return np.array([where[int(r)] for r in rows], dtype=np.int64)
 
 
+def details_json(details: BaseModel | None) -> dict[str, Any]:
+    """A method's typed details as the API's JSON (fields it left out stay out)."""
+    if details is None:
+        return {}
+    return details.model_dump(mode="json", exclude_none=True)
+
+
+@cache
+def details_models() -> tuple[type[MethodDetails], ...]:
+    """Every shape of ``details`` a registered method answers with (for the API schema)."""
+    seen: dict[type[MethodDetails], None] = {}
+    for method in METHODS.values():
+        for model in method.details_models():
+            seen.setdefault(model, None)
+    return tuple(seen)
+
+
+@cache
+def select_response_model() -> type[SelectResponse]:
+    """The API's select response with ``details`` typed as the registered methods' details
+    (the JSON is the same; the OpenAPI schema names every shape)."""
+    details: Any = Union[(*details_models(), dict[str, Any])]  # built at run time
+    return create_model(
+        "SelectResponse",
+        __base__=SelectResponse,
+        details=(
+            details,
+            Field(
+                default_factory=dict,
+                description="What the method reports beside its selection; its shape is the "
+                "method's (e.g. LessDetails, In2CoreDetails, DeliftDetails).",
+            ),
+        ),
+    )
+
+
+def score(
+    selector: SelectionMethod[Any, Any], ctx: QueryContext, request: ScoreRequest
+) -> ScoreMatrix:
+    """The method's score matrix; a set function's is the greedy picks' gains."""
+    scored = selector.score(ctx, request)
+    if isinstance(scored, SetFunction):
+        return FacilityLocationPolicy().select(
+            scored, request.k, request.per_target, request.timings
+        )
+    return scored
+
+
 def run_selection(
-    engine,
+    engine: QueryEngine,
     targets: list[Example],
     method: str = "less",
     top_k: int | None = None,
@@ -137,11 +196,11 @@ def run_selection(
     k = budget_to_k(engine.manifest.num_examples, top_k, fraction)
     engine.require_artifacts(selector.artifacts(parsed), method)
     request = ScoreRequest(targets, parsed, k, parsed.aggregate in PER_TARGET_POLICIES)
-    matrix = selector.score(engine, request)
+    matrix = score(selector, engine, request)
     ranking = time.perf_counter()
     if parsed.diversity == "facility_location":
         picks = diversify(
-            engine, matrix, parsed.aggregate, k,
+            engine.pool, matrix, parsed.aggregate, k,
             parsed.diversity_weight, parsed.diversity_candidates, parsed.diversity_threshold,
         )  # fmt: skip
     else:
@@ -170,16 +229,16 @@ def run_selection(
         selected=selected,
         num_candidates=engine.manifest.num_examples,
         timings_ms={name: round(ms, 3) for name, ms in timings.items()},
-        details=matrix.details,
+        details=details_json(matrix.details),
         explanation=explanation,
     )
 
 
-def _explain(selector, engine, request: ScoreRequest, matrix, picks) -> dict[str, Any]:
+def _explain(selector, engine: QueryEngine, request: ScoreRequest, matrix, picks) -> dict[str, Any]:
     """From the ranked matrix when it has target columns, else from a per-target rescoring
     (for the explanation only: the ranking is the one already made)."""
     if matrix.column_targets is not None:
         return explain_selection(matrix, picks, engine.datastore.ids, from_policy=True)
     again = ScoreRequest(request.targets, request.options, request.k, per_target=True)
-    per_target = per_target_view(selector.score(engine, again), request.targets)
+    per_target = per_target_view(score(selector, engine, again), request.targets)
     return explain_selection(per_target, picks, engine.datastore.ids, from_policy=False)

@@ -1,9 +1,12 @@
 """What every selection method declares, takes and returns, and how a budget becomes a k.
 
-A method is a *scorer* — targets and pool to a ``ScoreMatrix`` — and a *policy* (see
-``policies``) chosen by its ``aggregate`` option. It declares what it needs before anything
-is loaded: the store artifacts (by name, see ``gradstore.artifacts``) and which model, if
-any, it runs at query time; its options are a pydantic model, validated first.
+A method is a *scorer* — targets and pool, seen through a ``QueryContext``, to a
+``ScoreMatrix`` — and a *policy* (see ``policies``) chosen by its ``aggregate`` option; or,
+for a set function (DELIFT), a ``SetFunction`` (kernel + relevance) that the
+``FacilityLocationPolicy`` selects from. It declares what it needs before anything is
+loaded: the store artifacts (by name, see ``gradstore.artifacts``) and which model, if any,
+it runs at query time. ``SelectionMethod[OptionsT, DetailsT]``: its options and the details
+of its answer are pydantic models (validated first; the details are in the API's schema).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -22,7 +25,8 @@ from gradstore.selection.policies import PolicyName
 from gradstore.selection.scores import ScoreMatrix
 
 if TYPE_CHECKING:
-    from gradstore.query import QueryEngine
+    from gradstore.selection.context import QueryContext
+    from gradstore.selection.set_function import SetFunction
 
 DEFAULT_SUBTASK = "default"
 # the model a method runs at query time: none, the base model, or base + warmup checkpoints
@@ -61,6 +65,34 @@ class MethodOptions(BaseModel):
     )
 
 
+class MethodDetails(BaseModel):
+    """Base of each method's ``details``: what it reports beside the selection."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class SkippedTarget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    reason: str = Field(description="Why the target gave no features (e.g. no completion token).")
+
+
+class TargetDetails(MethodDetails):
+    """Details of a method that runs the model on the targets."""
+
+    skipped_targets: list[SkippedTarget] = Field(
+        description="Targets left out (no completion token within max_seq_len, ...)."
+    )
+
+
+def skipped(skips) -> list[SkippedTarget]:
+    return [SkippedTarget(id=s.id, reason=s.reason) for s in skips]
+
+
+OptionsT = TypeVar("OptionsT", bound=MethodOptions)
+DetailsT = TypeVar("DetailsT", bound=MethodDetails)
+
+
 @dataclass(frozen=True)
 class Selected:
     id: str
@@ -81,30 +113,28 @@ class SelectionResult:
 
 
 @dataclass
-class ScoreRequest:
+class ScoreRequest(Generic[OptionsT]):
     """What a scorer is given. ``per_target``: the policy wants one column per target point
     (a scorer that cannot may still give one per subtask)."""
 
     targets: list[Example]
-    options: MethodOptions
+    options: OptionsT
     k: int
     per_target: bool
     timings: dict[str, float] = field(default_factory=dict)
 
 
-class SelectionMethod:
+class SelectionMethod(Generic[OptionsT, DetailsT]):
     """A named selector: subclasses set the class attributes and ``score``."""
 
     name: ClassVar[str]
     summary: ClassVar[str] = ""
-    Options: ClassVar[type[MethodOptions]] = MethodOptions
+    Options: type[OptionsT]
+    Details: type[DetailsT]
     model: ClassVar[ModelNeed] = "none"
     default: ClassVar[bool] = True  # served by a store created without a method list
-    # scores are marginal gains of a set function: an example identical to one already
-    # picked gains nothing, so duplicates do not tie (the contract checks their order only)
-    set_function: ClassVar[bool] = False
 
-    def parse_options(self, options: dict[str, Any] | None) -> MethodOptions:
+    def parse_options(self, options: dict[str, Any] | None) -> OptionsT:
         try:
             return self.Options.model_validate(options or {})
         except ValidationError as exc:
@@ -113,20 +143,29 @@ class SelectionMethod:
             )
             raise InvalidInputError(f"options for method {self.name!r}: {problems}") from None
 
-    def artifacts(self, options: Any) -> tuple[str, ...]:  # the method's own Options
+    def artifacts(self, options: OptionsT) -> tuple[str, ...]:
         """Store artifacts this query reads (names in ``gradstore.artifacts.ARTIFACTS``)."""
         return ()
 
-    def score(self, engine: QueryEngine, request: ScoreRequest) -> ScoreMatrix:
-        """Scores of the pool (or of candidates that surely hold the best ``request.k``)."""
+    def score(
+        self, ctx: QueryContext, request: ScoreRequest[OptionsT]
+    ) -> ScoreMatrix[DetailsT] | SetFunction[DetailsT]:
+        """Scores of the pool (or of candidates that surely hold the best ``request.k``), or
+        the set function whose greedy maximiser is the selection."""
         raise NotImplementedError
 
     def weights(
-        self, matrix: ScoreMatrix, positions: np.ndarray, options: MethodOptions
+        self, matrix: ScoreMatrix[DetailsT], positions: np.ndarray, options: OptionsT
     ) -> np.ndarray | None:
         """Training weights of the selected candidates (``positions`` index the matrix's
         rows, in selection order), or None for methods that only rank."""
         return None
+
+    @classmethod
+    def details_models(cls) -> tuple[type[MethodDetails], ...]:
+        """The shapes of this method's details, for the API schema (its ``Details`` and the
+        subclasses it answers with)."""
+        return (*cls.Details.__subclasses__(), cls.Details)
 
 
 def budget_to_k(num_examples: int, top_k: int | None, fraction: float | None) -> int:
@@ -161,7 +200,7 @@ def target_columns(targets: list[Example]) -> tuple[list[str], list[int]]:
 
 def per_target_matrix(
     scores: np.ndarray, targets: list[Example], rows: np.ndarray | None = None, **extra: Any
-) -> ScoreMatrix:
+) -> ScoreMatrix[Any]:
     """Scores whose columns are these target points, each under its subtask."""
     subtasks, column_subtask = target_columns(targets)
     return ScoreMatrix(

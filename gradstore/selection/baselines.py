@@ -7,14 +7,15 @@ import time
 import numpy as np
 from pydantic import Field
 
-from gradstore.query import QueryEngine
 from gradstore.selection.base import (
+    MethodDetails,
     MethodOptions,
     ScoreRequest,
     SelectionMethod,
     per_target_matrix,
     target_columns,
 )
+from gradstore.selection.context import QueryContext
 from gradstore.selection.policies import PolicyName
 from gradstore.selection.scores import ScoreMatrix
 
@@ -27,17 +28,24 @@ class RandomOptions(MethodOptions):
     seed: int = Field(0, description="Seed of the sample.")
 
 
-class RandomSelection(SelectionMethod):
+class NoDetails(MethodDetails):
+    """A method that reports nothing beside its selection: ``{}``."""
+
+
+class RandomSelection(SelectionMethod[RandomOptions, NoDetails]):
     """A seeded uniform sample: every subtask column holds the same random scores, so the
     policy only decides which subtask each pick is reported under."""
 
     name = "random"
     summary = "A seeded uniform sample of the pool"
     Options = RandomOptions
+    Details = NoDetails
 
-    def score(self, engine: QueryEngine, request: ScoreRequest) -> ScoreMatrix:
-        n = engine.manifest.num_examples
-        order = np.random.default_rng(request.options.seed).permutation(n)  # type: ignore[attr-defined]
+    def score(
+        self, ctx: QueryContext, request: ScoreRequest[RandomOptions]
+    ) -> ScoreMatrix[NoDetails]:
+        n = ctx.pool.num_examples
+        order = np.random.default_rng(request.options.seed).permutation(n)
         scores = np.empty(n, dtype=np.float64)
         scores[order] = (n - np.arange(n)) / n
         subtasks, _ = target_columns(request.targets)
@@ -49,30 +57,33 @@ class Bm25Options(MethodOptions):
     b: float = Field(0.75, ge=0, le=1, description="BM25 length normalisation.")
 
 
-def _bm25_index(engine: QueryEngine, k1: float, b: float):
+def _bm25_index(ctx: QueryContext, k1: float, b: float):
     import bm25s
 
     retriever = bm25s.BM25(k1=k1, b=b)
-    corpus = bm25s.tokenize([e.text() for e in engine.pool_examples], show_progress=False)
+    corpus = bm25s.tokenize([e.text() for e in ctx.pool_examples], show_progress=False)
     retriever.index(corpus, show_progress=False)
     return retriever
 
 
-class Bm25Selection(SelectionMethod):
+class Bm25Selection(SelectionMethod[Bm25Options, NoDetails]):
     """BM25 (bm25s) over prompt+completion text: one query per subtask (its targets' text
     joined), or one per target point under round-robin."""
 
     name = "bm25"
     summary = "BM25 over the examples' text (bm25s)"
     Options = Bm25Options
+    Details = NoDetails
 
-    def score(self, engine: QueryEngine, request: ScoreRequest) -> ScoreMatrix:
+    def score(
+        self, ctx: QueryContext, request: ScoreRequest[Bm25Options]
+    ) -> ScoreMatrix[NoDetails]:
         import bm25s
 
-        options: Bm25Options = request.options  # type: ignore[assignment]
+        options = request.options
         started = time.perf_counter()
-        retriever = engine.cached(
-            ("bm25", options.k1, options.b), lambda: _bm25_index(engine, options.k1, options.b)
+        retriever = ctx.cached(
+            ("bm25", options.k1, options.b), lambda: _bm25_index(ctx, options.k1, options.b)
         )
         request.timings["index"] = (time.perf_counter() - started) * 1000
         started = time.perf_counter()
@@ -86,7 +97,7 @@ class Bm25Selection(SelectionMethod):
                 )
                 for j in range(len(subtasks))
             ]
-        n = engine.manifest.num_examples
+        n = ctx.pool.num_examples
         columns = []
         for query in queries:
             tokens = bm25s.tokenize([query], show_progress=False, return_ids=False)[0]

@@ -12,8 +12,10 @@ as the largest entry of the reference's dense kernel does). Objectives, by ``obj
 - ``conditional_gain`` (continual): Σ_i max(max_{j∈A} S_ij − ν·max_{e∈E} S_ie, 0), with E the
   examples given by ``existing_ids`` (never selected again).
 
-Lazy greedy picks the budget; a pick's score is its marginal gain (non-increasing), reported
-under the column (subtask or target point) its target utility is highest for.
+The method gives the kernel, the relevance and the objective as a ``SetFunction``; the
+``FacilityLocationPolicy`` picks the budget by lazy greedy, a pick's score its marginal gain
+(non-increasing), reported under the column (subtask or target point) its target utility is
+highest for.
 """
 
 from __future__ import annotations
@@ -26,18 +28,14 @@ from pydantic import Field
 
 from gradstore.artifacts.delift_kernel import DeliftKernel, feature_kind, load_kernel_parts
 from gradstore.errors import InvalidInputError
+from gradstore.examples import Example
 from gradstore.icl_utility import InContextUtility
-from gradstore.query import QueryEngine
 from gradstore.search import top_k
-from gradstore.selection.base import (
-    MethodOptions,
-    ScoreRequest,
-    SelectionMethod,
-    per_target_matrix,
-    target_columns,
-)
-from gradstore.selection.scores import ScoreMatrix
-from gradstore.submodular import Objective, SparseKernel, lazy_greedy
+from gradstore.selection.base import MethodDetails, MethodOptions, ScoreRequest, SelectionMethod
+from gradstore.selection.context import QueryContext
+from gradstore.selection.set_function import SetFunction
+from gradstore.store import TokenStore
+from gradstore.submodular import Objective, SparseKernel
 from gradstore.tokenization import pad_token_id
 
 Mode = Literal["mutual_information", "facility_location", "conditional_gain"]
@@ -71,30 +69,40 @@ def min_max(values: np.ndarray) -> np.ndarray:
     return (values - low) / (high - low) if high > low else np.zeros_like(values)
 
 
-class Delift(SelectionMethod):
+class DeliftDetails(MethodDetails):
+    """DELIFT's details: its objective and the greedy's marginal gains, in pick order."""
+
+    objective: Mode = Field(description="The submodular objective maximised.")
+    gains: list[float] = Field(description="Marginal gain of each pick, in greedy order.")
+
+
+class Delift(SelectionMethod[DeliftOptions, DeliftDetails]):
     name = "delift"
     summary = "DELIFT: in-context utility kernel and facility-location selection (Agarwal et al.)"
     Options = DeliftOptions
+    Details = DeliftDetails
     model = "checkpoints"  # target neighbours in gradient space; utilities by the base model
     default = False  # n·(K+1) pair forwards: more than the rest of the build (bench)
-    set_function = True
 
-    def artifacts(self, options: MethodOptions) -> tuple[str, ...]:
+    def artifacts(self, options: DeliftOptions) -> tuple[str, ...]:
         return (DeliftKernel.name,)
 
-    def kernel(self, engine: QueryEngine) -> SparseKernel:
+    def kernel(self, ctx: QueryContext) -> SparseKernel:
         def make() -> SparseKernel:
-            neighbours, utility, _ = load_kernel_parts(engine.datastore)
+            neighbours, utility, _ = load_kernel_parts(ctx.pool)
             scaled = min_max(utility)
-            n = engine.manifest.num_examples
+            n = ctx.pool.num_examples
             return SparseKernel.from_neighbours(neighbours, scaled, n, self_value=1.0)
 
-        return engine.cached("delift-kernel", make)
+        return ctx.cached("delift-kernel", make)
 
-    def score(self, engine: QueryEngine, request: ScoreRequest) -> ScoreMatrix:
-        options: DeliftOptions = request.options  # type: ignore[assignment]
+    def score(
+        self, ctx: QueryContext, request: ScoreRequest[DeliftOptions]
+    ) -> SetFunction[DeliftDetails]:
+        """Kernel + relevance + objective; the ``FacilityLocationPolicy`` selects."""
+        options = request.options
         started = time.perf_counter()
-        kernel = self.kernel(engine)
+        kernel = self.kernel(ctx)
         request.timings["load"] = (time.perf_counter() - started) * 1000
         n = kernel.num_points
         allowed = None
@@ -102,84 +110,62 @@ class Delift(SelectionMethod):
         relevance = None  # (n, targets) target utilities, sparse in effect
         targets = request.targets
         if options.objective == "mutual_information":
-            targets, relevance = self.target_relevance(engine, request, options)
+            targets, relevance = self.target_relevance(ctx, request)
             objective = Objective(cap=options.eta * relevance.max(axis=1))
         elif options.objective == "conditional_gain":
-            existing = self.existing_rows(engine, options)
+            existing = self.existing_rows(ctx, options)
             objective = Objective(floor=options.nu * kernel.point_max(existing))
             allowed = np.ones(n, dtype=bool)
             allowed[existing] = False
         elif options.existing_ids:
             raise InvalidInputError("options.existing_ids is for objective 'conditional_gain'")
-        started = time.perf_counter()
-        picked, gains = lazy_greedy(kernel, request.k, objective, allowed)
-        request.timings["greedy"] = (time.perf_counter() - started) * 1000
-        return self.matrix(request, targets, picked, gains, relevance)
 
-    def existing_rows(self, engine: QueryEngine, options: DeliftOptions) -> np.ndarray:
+        def report(gains: np.ndarray) -> DeliftDetails:
+            return DeliftDetails(objective=options.objective, gains=gains.tolist())
+
+        return SetFunction(kernel, objective, targets, report, relevance, allowed)
+
+    def existing_rows(self, ctx: QueryContext, options: DeliftOptions) -> np.ndarray:
         if not options.existing_ids:
             raise InvalidInputError("objective 'conditional_gain' needs options.existing_ids")
-        unknown = [i for i in options.existing_ids if i not in engine.datastore.row_of]
+        unknown = [i for i in options.existing_ids if i not in ctx.pool.row_of]
         if unknown:
             raise InvalidInputError(f"options.existing_ids not in the pool: {unknown[:5]}")
-        return np.array(sorted({engine.datastore.row_of[i] for i in options.existing_ids}))
+        return np.array(sorted({ctx.pool.row_of[i] for i in options.existing_ids}))
 
-    def target_relevance(self, engine: QueryEngine, request: ScoreRequest, options: DeliftOptions):
+    def target_relevance(
+        self, ctx: QueryContext, request: ScoreRequest[DeliftOptions]
+    ) -> tuple[list[Example], np.ndarray]:
         """(kept targets, (n, m) scaled utility of pool example i as a demonstration for
         target q, for q's nearest pool examples; 0 elsewhere)."""
-        features, positions, _ = engine.target_features(
+        options = request.options
+        encoder = ctx.target_encoder
+        features, positions, _ = encoder.target_features(
             request.targets, request.timings, eos=options.target_eos
         )
         kept = [request.targets[p] for p in positions]
-        encoded, _, _ = engine.encode_targets(kept, eos=options.target_eos)
+        encoded, _, _ = encoder.encode_targets(kept, eos=options.target_eos)
         started = time.perf_counter()
-        weights = engine.datastore.checkpoint_weights()
-        kind = feature_kind(engine.datastore)
-        similarity = engine.scanner.scores(kind, (features * weights[None, :, None]))
+        weights = ctx.pool.checkpoint_weights()
+        kind = feature_kind(ctx.pool)
+        similarity = ctx.scorer.scores(kind, (features * weights[None, :, None]))
         n = similarity.shape[0]
         width = min(options.target_neighbours, n)
         nearest = [top_k(similarity[:, q], width) for q in range(len(kept))]
-        tokens = engine.cached("delift-tokens", lambda: _token_store(engine))
-        model, context, lock = engine.base_model()
+        tokens = ctx.cached("delift-tokens", lambda: TokenStore(ctx.pool.root))
+        base = ctx.models.base_model()
+        config = ctx.pool.manifest.config
         utility = InContextUtility(
-            model, pad_token_id(engine.tokenizer), engine.tokenizer.bos_token_id,
-            engine.manifest.config.batch_size, context,
-            batch_tokens=engine.manifest.config.batch_tokens,
+            base.model, pad_token_id(encoder.tokenizer), encoder.tokenizer.bos_token_id,
+            config.batch_size, base.as_base, batch_tokens=config.batch_tokens,
         )  # fmt: skip
         pairs = [(encoded[q], tokens[int(i)]) for q in range(len(kept)) for i in nearest[q]]
-        with lock:
-            base = utility.distances([(e, None) for e in encoded])
+        with base.lock:
+            alone = utility.distances([(e, None) for e in encoded])
             with_demo = utility.distances(pairs).reshape(len(kept), width)
-        scaled = min_max(base[:, None] - with_demo)
+        scaled = min_max(alone[:, None] - with_demo)
         relevance = np.zeros((n, len(kept)))
         for q in range(len(kept)):
             relevance[nearest[q], q] = scaled[q]
         request.timings["target_utilities"] = (time.perf_counter() - started) * 1000
         return kept, relevance
-
-    def matrix(self, request, targets, picked, gains, relevance) -> ScoreMatrix:
-        """Picks × columns: a pick's gain under the column whose targets it helps most (all
-        columns when there are no target utilities), 0 elsewhere."""
-        subtasks, column_subtask = target_columns(targets)
-        columns = len(targets) if request.per_target else len(subtasks)
-        scores = np.zeros((len(picked), columns))
-        if relevance is None:
-            scores[:] = gains[:, None]
-        else:
-            per_column = relevance[picked]
-            if not request.per_target:
-                per_column = np.stack(
-                    [per_column[:, np.asarray(column_subtask) == s].max(axis=1)
-                     for s in range(len(subtasks))], axis=1,
-                )  # fmt: skip
-            scores[np.arange(len(picked)), per_column.argmax(axis=1)] = gains
-        details = {"objective": request.options.objective, "gains": gains.tolist()}
-        if request.per_target:
-            return per_target_matrix(scores, targets, rows=picked, details=details)
-        return ScoreMatrix.per_subtask(scores, subtasks, rows=picked, details=details)
-
-
-def _token_store(engine: QueryEngine):
-    from gradstore.store import TokenStore
-
-    return TokenStore(engine.datastore.root)

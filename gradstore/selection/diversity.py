@@ -26,6 +26,7 @@ import math
 
 import numpy as np
 
+from gradstore.reader import PoolReader
 from gradstore.selection.policies import POLICIES, Pick
 from gradstore.selection.scores import ScoreMatrix
 from gradstore.submodular import Objective, SparseKernel, lazy_greedy
@@ -70,18 +71,18 @@ def scaled_scores(picks: list[Pick], policy: str) -> np.ndarray:
     return (scores - low) / (high - low) if high > low else np.ones_like(scores)
 
 
-def weighted_features(engine, rows: np.ndarray) -> np.ndarray:
+def weighted_features(pool: PoolReader, rows: np.ndarray) -> np.ndarray:
     """[√η_1 f_1 | … | √η_N f_N]: inner products are LESS's Σ η_c ⟨f_c, f_c'⟩ (self 1)."""
-    kind = engine.manifest.kinds[0]
-    weights = engine.datastore.checkpoint_weights()
-    features = engine.datastore.rows(kind, rows)
-    dim = engine.manifest.dim
+    kind = pool.manifest.kinds[0]
+    weights = pool.checkpoint_weights()
+    features = pool.rows(kind, rows)
+    dim = pool.manifest.dim
     scale = np.repeat(np.sqrt(weights / weights.sum()), dim).astype(np.float32)
     return features * scale[None, :]
 
 
 def diversify(
-    engine,
+    pool: PoolReader,
     matrix: ScoreMatrix,
     policy: str,
     k: int,
@@ -95,7 +96,7 @@ def diversify(
     if len(candidates) <= k and weight == 0:
         return candidates[:k]
     rows = np.array([p.row for p in candidates], dtype=np.int64)
-    kernel, mass = candidate_kernel(weighted_features(engine, rows), threshold=threshold)
+    kernel, mass = candidate_kernel(weighted_features(pool, rows), threshold=threshold)
     objective = Objective(
         weight=weight,
         modular=(1 - weight) * scaled_scores(candidates, policy),

@@ -19,7 +19,6 @@ from pydantic import Field
 from gradstore.artifacts import ARTIFACTS
 from gradstore.artifacts.ngram_counts import NgramCounts
 from gradstore.ngrams import NgramHasher, log_probabilities
-from gradstore.query import QueryEngine
 from gradstore.selection.base import (
     MethodOptions,
     ScoreRequest,
@@ -27,6 +26,8 @@ from gradstore.selection.base import (
     per_target_matrix,
     target_columns,
 )
+from gradstore.selection.baselines import NoDetails
+from gradstore.selection.context import QueryContext
 from gradstore.selection.scores import ScoreMatrix
 
 ARTIFACT = "ngram_counts"
@@ -41,21 +42,25 @@ class DsirOptions(MethodOptions):
     seed: int = Field(0, description="Seed of the resampling noise.")
 
 
-class Dsir(SelectionMethod):
+class Dsir(SelectionMethod[DsirOptions, NoDetails]):
     name = "dsir"
     summary = "DSIR: hashed n-gram importance weights, target vs pool (Xie et al., 2023)"
     Options = DsirOptions
+    Details = NoDetails
 
-    def artifacts(self, options: MethodOptions) -> tuple[str, ...]:
+    def artifacts(self, options: DsirOptions) -> tuple[str, ...]:
         return (ARTIFACT,)
 
-    def score(self, engine: QueryEngine, request: ScoreRequest) -> ScoreMatrix:
-        options: DsirOptions = request.options  # type: ignore[assignment]
-        builder: NgramCounts = ARTIFACTS[ARTIFACT]  # type: ignore[assignment]
+    def score(
+        self, ctx: QueryContext, request: ScoreRequest[DsirOptions]
+    ) -> ScoreMatrix[NoDetails]:
+        options = request.options
+        builder = ARTIFACTS[ARTIFACT]
+        assert isinstance(builder, NgramCounts)
         started = time.perf_counter()
-        shards = engine.cached("dsir-shards", lambda: builder.shards(engine.datastore))
-        pool_log_p = engine.cached(
-            "dsir-pool", lambda: log_probabilities(builder.pool_counts(engine.datastore))
+        shards = ctx.cached("dsir-shards", lambda: builder.shards(ctx.pool))
+        pool_log_p = ctx.cached(
+            "dsir-pool", lambda: log_probabilities(builder.pool_counts(ctx.pool))
         )
         request.timings["load"] = (time.perf_counter() - started) * 1000
 
@@ -71,7 +76,7 @@ class Dsir(SelectionMethod):
             ]
         target_counts = np.stack([hasher.total_counts(texts) for texts in groups], axis=1)
         log_diff = log_probabilities(target_counts) - pool_log_p[:, None]  # (buckets, columns)
-        engine.datastore.check_unchanged()
+        ctx.pool.check_unchanged()
         scores = np.concatenate([shard.dot(log_diff) for shard in shards])
         if options.sampling == "resample":
             noise = np.random.default_rng(options.seed).gumbel(size=len(scores))

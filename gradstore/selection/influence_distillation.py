@@ -25,13 +25,15 @@ import numpy as np
 from pydantic import Field
 
 from gradstore.influence_features import UPDATE_DIRECTIONS, last_checkpoint, update_featurizer
-from gradstore.query import QueryEngine
 from gradstore.selection.base import (
     MethodOptions,
     ScoreRequest,
     SelectionMethod,
+    TargetDetails,
     per_target_matrix,
+    skipped,
 )
+from gradstore.selection.context import PoolReader, QueryContext
 from gradstore.selection.landmarks import DAMPING, propagate
 from gradstore.selection.policies import PolicyName
 from gradstore.selection.qp import solve_weights
@@ -81,81 +83,109 @@ def landmark_rows(n: int, count: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=count, replace=False))
 
 
-class InfluenceDistillation(SelectionMethod):
+class InfluenceDistillationDetails(TargetDetails):
+    """Influence Distillation's details in 'exact' mode."""
+
+    mode: Literal["exact", "landmark"] = Field(description="How the pool was scored.")
+
+
+class LandmarkDetails(InfluenceDistillationDetails):
+    """Influence Distillation's details in 'landmark' mode."""
+
+    landmarks: int = Field(description="Pool examples whose update directions were exact.")
+
+
+class InfluenceDistillation(
+    SelectionMethod[InfluenceDistillationOptions, InfluenceDistillationDetails]
+):
     name = "influence_distillation"
     summary = (
         "Influence Distillation: Adam-aware first-order influence, round-robin over targets, "
         "second-order weights (Nikdan et al., 2025)"
     )
     Options = InfluenceDistillationOptions
+    Details = InfluenceDistillationDetails
     model = "checkpoints"
     default = False  # 'exact' needs a backward pass over the pool
 
-    def artifacts(self, options: InfluenceDistillationOptions) -> tuple[str, ...]:  # type: ignore[override]
+    def artifacts(self, options: InfluenceDistillationOptions) -> tuple[str, ...]:
         return (UPDATE_DIRECTIONS,) if options.mode == "exact" else (options.embeddings,)
 
-    def score(self, engine: QueryEngine, request: ScoreRequest) -> ScoreMatrix:
-        options: InfluenceDistillationOptions = request.options  # type: ignore[assignment]
+    def score(
+        self, ctx: QueryContext, request: ScoreRequest[InfluenceDistillationOptions]
+    ) -> ScoreMatrix[InfluenceDistillationDetails]:
+        options = request.options
         started = time.perf_counter()
-        kept, positions, skipped = engine.encode_targets(request.targets, eos=options.target_eos)
-        model = engine.model
+        kept, positions, skips = ctx.target_encoder.encode_targets(
+            request.targets, eos=options.target_eos
+        )
+        model = ctx.models.checkpoint_model()
         last = last_checkpoint(list(model.checkpoints.values()))
-        batch = engine.manifest.config.batch_size
+        config = ctx.pool.manifest.config
         with model.lock:
             targets = model.featurizer(
-                last.index, batch, adam=False, batch_tokens=engine.manifest.config.batch_tokens
+                last.index, config.batch_size, adam=False, batch_tokens=config.batch_tokens
             ).featurize(kept, ("sgd",))
         request.timings["target_gradients"] = (time.perf_counter() - started) * 1000
 
         started = time.perf_counter()
-        details: dict = {"mode": options.mode}
+        details: InfluenceDistillationDetails
         if options.mode == "exact":
-            scores = engine.scanner.artifact_scores(UPDATE_DIRECTIONS, targets["sgd"])
+            scores = ctx.scorer.artifact_scores(UPDATE_DIRECTIONS, targets["sgd"])
+            details = InfluenceDistillationDetails(mode="exact", skipped_targets=skipped(skips))
         else:
-            scores, used = self._landmark_scores(engine, options, last, targets["sgd"], batch)
-            details["landmarks"] = used
+            scores, used = self._landmark_scores(ctx, options, last, targets["sgd"])
+            details = LandmarkDetails(
+                mode="landmark", landmarks=used, skipped_targets=skipped(skips)
+            )
         request.timings["search"] = (time.perf_counter() - started) * 1000
-        details["skipped_targets"] = [{"id": s.id, "reason": s.reason} for s in skipped]
         return per_target_matrix(
             np.asarray(scores, dtype=np.float32),
             [request.targets[p] for p in positions],
             details=details,
         )
 
-    def _landmark_scores(self, engine, options, last, targets: np.ndarray, batch: int):
-        n = engine.manifest.num_examples
+    def _landmark_scores(
+        self,
+        ctx: QueryContext,
+        options: InfluenceDistillationOptions,
+        last,
+        targets: np.ndarray,
+    ):
+        n = ctx.pool.num_examples
         rows = landmark_rows(n, options.landmarks, options.landmark_seed)
-        tokens = TokenStore(engine.datastore.root)
-        model = engine.model
+        tokens = TokenStore(ctx.pool.root)
+        model = ctx.models.checkpoint_model()
+        config = ctx.pool.manifest.config
         with model.lock:
             directions = update_featurizer(
-                model, last, batch, engine.manifest.config.batch_tokens
+                model, last, config.batch_size, config.batch_tokens
             ).featurize([tokens[int(r)] for r in rows], ("update",))["update"]
         exact = directions @ targets.T  # (L, m)
-        blocks = embedding_blocks(engine, options.embeddings)
+        blocks = embedding_blocks(ctx.pool, options.embeddings)
         landmarks = _rows_of(blocks, rows)
-        scores = propagate(
-            iter(blocks), n, landmarks, exact, options.damping, engine.scanner.device
-        )
+        scores = propagate(iter(blocks), n, landmarks, exact, options.damping, ctx.scorer.device)
         return scores, len(rows)
 
     def weights(
-        self, matrix: ScoreMatrix, positions: np.ndarray, options: MethodOptions
+        self,
+        matrix: ScoreMatrix[InfluenceDistillationDetails],
+        positions: np.ndarray,
+        options: InfluenceDistillationOptions,
     ) -> np.ndarray | None:
-        opts: InfluenceDistillationOptions = options  # type: ignore[assignment]
-        if not opts.weights:
+        if not options.weights:
             return None
         alignments = matrix.scores[positions].astype(np.float64)
-        return solve_weights(alignments, opts.eta, opts.l2)
+        return solve_weights(alignments, options.eta, options.l2)
 
 
-def embedding_blocks(engine: QueryEngine, name: str) -> list[np.ndarray]:
+def embedding_blocks(pool: PoolReader, name: str) -> list[np.ndarray]:
     """Row blocks of the embeddings, memory-mapped; gradient features concatenated over the
     checkpoints one block at a time (a block is the only copy)."""
     if name.startswith("gradients."):
         kind = name.split(".", 1)[1]
-        return _Concatenated(engine.datastore.feature_blocks(kind))  # type: ignore[return-value]
-    return [np.asarray(b.arrays[0]) for b in engine.datastore.artifact_blocks(name)]
+        return _Concatenated(pool.feature_blocks(kind))  # type: ignore[return-value]
+    return [np.asarray(b.arrays[0]) for b in pool.artifact_blocks(name)]
 
 
 class _Concatenated:

@@ -19,13 +19,15 @@ from pydantic import Field
 
 from gradstore.errors import InvalidInputError
 from gradstore.index import search
-from gradstore.query import QueryEngine
 from gradstore.selection.base import (
     MethodOptions,
     ScoreRequest,
     SelectionMethod,
+    TargetDetails,
+    skipped,
     target_columns,
 )
+from gradstore.selection.context import QueryContext
 from gradstore.selection.scores import ScoreMatrix
 from gradstore.store import gradient_artifact
 
@@ -57,19 +59,24 @@ def subtask_queries(
     return np.stack(rows).reshape(len(rows), -1).astype(np.float32)
 
 
-class Less(SelectionMethod):
+class LessDetails(TargetDetails):
+    """LESS's details: the targets it could not use."""
+
+
+class Less(SelectionMethod[LessOptions, LessDetails]):
     name = "less"
     summary = "LESS: learning-rate-weighted cosine of LoRA gradient features (Xia et al., 2024)"
     Options = LessOptions
+    Details = LessDetails
     model = "checkpoints"
 
     def artifacts(self, options: LessOptions) -> tuple[str, ...]:
         return (gradient_artifact(options.pool_features),)
 
-    def _weights(self, engine: QueryEngine, options: LessOptions) -> np.ndarray:
-        weights = engine.datastore.checkpoint_weights()
+    def _weights(self, ctx: QueryContext, options: LessOptions) -> np.ndarray:
+        weights = ctx.pool.checkpoint_weights()
         if options.checkpoints is not None:
-            known = [c.index for c in engine.manifest.checkpoints]
+            known = [c.index for c in ctx.pool.manifest.checkpoints]
             unknown = sorted(set(options.checkpoints) - set(known))
             if unknown or not options.checkpoints:
                 raise InvalidInputError(
@@ -78,10 +85,12 @@ class Less(SelectionMethod):
             weights = weights * np.isin(known, options.checkpoints)
         return weights
 
-    def score(self, engine: QueryEngine, request: ScoreRequest) -> ScoreMatrix:
-        options: LessOptions = request.options  # type: ignore[assignment]
-        weights = self._weights(engine, options)
-        features, positions, skipped = engine.target_features(
+    def score(
+        self, ctx: QueryContext, request: ScoreRequest[LessOptions]
+    ) -> ScoreMatrix[LessDetails]:
+        options = request.options
+        weights = self._weights(ctx, options)
+        features, positions, skips = ctx.target_encoder.target_features(
             request.targets, request.timings, eos=options.target_eos
         )
         kept = [request.targets[p] for p in positions]
@@ -99,7 +108,7 @@ class Less(SelectionMethod):
 
         started = time.perf_counter()
         kind = options.pool_features
-        index = engine.index(kind) if options.search == "index" else None
+        index = ctx.index(kind) if options.search == "index" else None
         if index is not None:
             # candidates: each column's top k, or the mean query's for the mean policy
             mean = options.aggregate == "mean"
@@ -107,11 +116,11 @@ class Less(SelectionMethod):
                 index, queries.mean(axis=0, keepdims=True) if mean else queries, request.k
             )
             rows = np.unique(found[found >= 0])
-            scores = engine.datastore.rows(kind, rows) @ queries.T
+            scores = ctx.pool.rows(kind, rows) @ queries.T
         else:
             rows = None
             shaped = queries.reshape(len(queries), len(weights), -1)
-            scores = engine.scanner.scores(kind, shaped)
+            scores = ctx.scorer.scores(kind, shaped)
         request.timings["search"] = (time.perf_counter() - started) * 1000
         return ScoreMatrix(
             scores=scores,
@@ -119,5 +128,5 @@ class Less(SelectionMethod):
             column_subtask=np.asarray(column_subtask),
             rows=rows,
             column_targets=[t.id for t in kept] if request.per_target else None,
-            details={"skipped_targets": [{"id": s.id, "reason": s.reason} for s in skipped]},
+            details=LessDetails(skipped_targets=skipped(skips)),
         )

@@ -14,13 +14,15 @@ import time
 from pydantic import Field
 
 from gradstore.embeddings import HiddenStateEncoder
-from gradstore.query import QueryEngine
 from gradstore.selection.base import (
     MethodOptions,
     ScoreRequest,
     SelectionMethod,
+    TargetDetails,
     per_target_matrix,
+    skipped,
 )
+from gradstore.selection.context import QueryContext
 from gradstore.selection.policies import PolicyName
 from gradstore.selection.scores import ScoreMatrix
 from gradstore.tokenization import pad_token_id
@@ -36,35 +38,45 @@ class RdsOptions(MethodOptions):
     target_eos: bool = Field(False, description="Append EOS to prompt/completion targets.")
 
 
-class Rds(SelectionMethod):
+class RdsDetails(TargetDetails):
+    """RDS+'s details: the targets it could not embed."""
+
+
+class Rds(SelectionMethod[RdsOptions, RdsDetails]):
     name = "rds"
     summary = "RDS+: cosine of position-weighted mean-pooled hidden states (Ivison et al., 2025)"
     Options = RdsOptions
+    Details = RdsDetails
     model = "base"
 
-    def artifacts(self, options: MethodOptions) -> tuple[str, ...]:
+    def artifacts(self, options: RdsOptions) -> tuple[str, ...]:
         return (ARTIFACT,)
 
-    def score(self, engine: QueryEngine, request: ScoreRequest) -> ScoreMatrix:
-        options: RdsOptions = request.options  # type: ignore[assignment]
+    def score(
+        self, ctx: QueryContext, request: ScoreRequest[RdsOptions]
+    ) -> ScoreMatrix[RdsDetails]:
+        options = request.options
         started = time.perf_counter()
-        kept, positions, skipped = engine.encode_targets(request.targets, eos=options.target_eos)
-        model, context, lock = engine.base_model()
-        encoder = HiddenStateEncoder(
-            model,
-            pad_token_id(engine.tokenizer),
-            engine.manifest.config.batch_size,
-            context,
-            batch_tokens=engine.manifest.config.batch_tokens,
+        kept, positions, skips = ctx.target_encoder.encode_targets(
+            request.targets, eos=options.target_eos
         )
-        with lock:
+        base = ctx.models.base_model()
+        config = ctx.pool.manifest.config
+        encoder = HiddenStateEncoder(
+            base.model,
+            pad_token_id(ctx.target_encoder.tokenizer),
+            config.batch_size,
+            base.as_base,
+            batch_tokens=config.batch_tokens,
+        )
+        with base.lock:
             queries = encoder.embed(kept)
         request.timings["target_embeddings"] = (time.perf_counter() - started) * 1000
         started = time.perf_counter()
-        scores = engine.scanner.artifact_scores(ARTIFACT, queries)
+        scores = ctx.scorer.artifact_scores(ARTIFACT, queries)
         request.timings["search"] = (time.perf_counter() - started) * 1000
         return per_target_matrix(
             scores,
             [request.targets[p] for p in positions],
-            details={"skipped_targets": [{"id": s.id, "reason": s.reason} for s in skipped]},
+            details=RdsDetails(skipped_targets=skipped(skips)),
         )

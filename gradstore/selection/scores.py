@@ -7,20 +7,23 @@ way it carries its subtask. A subtask's score is the mean of its target points' 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import numpy as np
+from pydantic import BaseModel
+
+D = TypeVar("D", bound=BaseModel)
 
 
 @dataclass
-class ScoreMatrix:
+class ScoreMatrix(Generic[D]):
     scores: np.ndarray  # (candidates, columns) float
     subtasks: list[str]  # subtask names in order of first appearance
     column_subtask: np.ndarray  # (columns,) index into ``subtasks``
     rows: np.ndarray | None = None  # (candidates,) pool rows; None: candidate i is row i
     column_targets: list[str] | None = None  # target ID per column when columns are targets
-    details: dict[str, Any] = field(default_factory=dict)
+    details: D | None = None  # the method's typed details
 
     def __post_init__(self) -> None:
         self.column_subtask = np.asarray(self.column_subtask, dtype=np.int64)
@@ -36,7 +39,7 @@ class ScoreMatrix:
     @classmethod
     def per_subtask(
         cls, scores: np.ndarray, subtasks: list[str], rows: np.ndarray | None = None, **extra
-    ) -> ScoreMatrix:
+    ) -> ScoreMatrix[D]:
         return cls(scores, subtasks, np.arange(len(subtasks)), rows, None, **extra)
 
     @property

@@ -16,7 +16,6 @@ from gradstore.api_models import (
     DatastoreStatus,
     MethodsRequest,
     SelectRequest,
-    SelectResponse,
 )
 from gradstore.config import BuildConfig
 from gradstore.db import jobs
@@ -38,7 +37,7 @@ from gradstore.errors import (
 )
 from gradstore.examples import load_examples
 from gradstore.files import remove_tree
-from gradstore.selection import get_method, run_selection
+from gradstore.selection import get_method, run_selection, select_response_model
 from gradstore.service.deps import EnginesDep, SessionDep, SettingsDep
 from gradstore.service.errors import DatastoreIntegrityError, ServiceUnavailableError
 from gradstore.service.metrics import INTEGRITY_FAILURES, SELECT_SECONDS, observe_phases
@@ -283,7 +282,7 @@ def add_methods(datastore_id: str, body: MethodsRequest, response: Response, ses
     return public(store)
 
 
-@router.post("/{datastore_id}/select", response_model=SelectResponse)
+@router.post("/{datastore_id}/select", response_model=select_response_model())
 def select_training_data(
     datastore_id: str,
     body: SelectRequest,

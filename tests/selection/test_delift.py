@@ -159,9 +159,69 @@ def test_mutual_information_is_greedy_against_the_target_utilities(store):
     engine = QueryEngine(Datastore.open(store.root))
     options = Delift().parse_options({"target_neighbours": 5})
     request = ScoreRequest(TARGETS, options, 7, False)
-    kept, relevance = Delift().target_relevance(engine, request, options)
+    kept, relevance = Delift().target_relevance(engine, request)
     assert relevance.shape == (store.num_examples, len(kept))
     assert ((relevance > 0).sum(axis=0) <= 5).all() and relevance.max() == 1.0
     result = run_selection(engine, TARGETS, "delift", top_k=7, options={"target_neighbours": 5})
     expected, _ = reference_greedy(dense_kernel(store), 7, Objective(cap=relevance.max(axis=1)))
     assert [engine.datastore.row_of[s.id] for s in result.selected] == expected
+
+
+def previous_delift(engine, targets, k, options):
+    """DELIFT as it selected before set functions became a policy: its greedy inside the
+    scorer, the picks dressed as a score matrix, then the request's policy (the old code)."""
+    from gradstore.selection.base import ScoreRequest, per_target_matrix, target_columns
+    from gradstore.selection.delift import Delift
+    from gradstore.selection.policies import PER_TARGET_POLICIES, POLICIES
+    from gradstore.selection.scores import ScoreMatrix
+    from gradstore.submodular import lazy_greedy
+
+    method = Delift()
+    parsed = method.parse_options(options)
+    per_target = parsed.aggregate in PER_TARGET_POLICIES
+    request = ScoreRequest(targets, parsed, k, per_target)
+    kernel = method.kernel(engine)
+    n, objective, allowed, relevance, kept = kernel.num_points, Objective(), None, None, targets
+    if parsed.objective == "mutual_information":
+        kept, relevance = method.target_relevance(engine, request)
+        objective = Objective(cap=parsed.eta * relevance.max(axis=1))
+    elif parsed.objective == "conditional_gain":
+        existing = method.existing_rows(engine, parsed)
+        objective = Objective(floor=parsed.nu * kernel.point_max(existing))
+        allowed = np.ones(n, dtype=bool)
+        allowed[existing] = False
+    picked, gains = lazy_greedy(kernel, k, objective, allowed)
+    subtasks, column_subtask = target_columns(kept)
+    scores = np.zeros((len(picked), len(kept) if per_target else len(subtasks)))
+    if relevance is None:
+        scores[:] = gains[:, None]
+    else:
+        per_column = relevance[picked]
+        if not per_target:
+            per_column = np.stack(
+                [per_column[:, np.asarray(column_subtask) == s].max(axis=1)
+                 for s in range(len(subtasks))], axis=1,
+            )  # fmt: skip
+        scores[np.arange(len(picked)), per_column.argmax(axis=1)] = gains
+    if per_target:
+        matrix = per_target_matrix(scores, kept, rows=picked)
+    else:
+        matrix = ScoreMatrix.per_subtask(scores, subtasks, rows=picked)
+    picks = POLICIES[parsed.aggregate](matrix, k)
+    ids = engine.datastore.ids
+    return [(ids[p.row], p.score, matrix.subtasks[p.subtask]) for p in picks], gains.tolist()
+
+
+@pytest.mark.parametrize("policy", ["max", "mean", "round_robin"])
+@pytest.mark.parametrize(
+    "objective", ["mutual_information", "facility_location", "conditional_gain"]
+)
+def test_the_facility_location_policy_selects_as_delift_did(store, objective, policy):
+    engine = QueryEngine(Datastore.open(store.root))
+    options = {"objective": objective, "aggregate": policy}
+    if objective == "conditional_gain":
+        options["existing_ids"] = engine.datastore.ids[:3]
+    result = run_selection(engine, TARGETS, "delift", top_k=9, options=options)
+    expected, gains = previous_delift(engine, TARGETS, 9, options)
+    assert [(s.id, s.score, s.subtask) for s in result.selected] == expected
+    assert result.details == {"objective": objective, "gains": gains}

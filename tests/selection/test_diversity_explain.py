@@ -56,7 +56,7 @@ def test_diversity_is_greedy_facility_location_plus_scaled_score(engine, method)
     row_of = engine.datastore.row_of
     candidates = [Pick(row_of[s.id], s.score, 0, None) for s in plain.selected]
     rows = np.array([p.row for p in candidates])
-    features = weighted_features(engine, rows)
+    features = weighted_features(engine.pool, rows)
     dense = np.clip((features.astype(np.float64) @ features.T.astype(np.float64) - 0.5) / 0.5, 0, 1)
     np.fill_diagonal(dense, 1.0)
     top = np.argsort(-dense, axis=1, kind="stable")[:, :16]

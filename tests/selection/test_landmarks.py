@@ -59,7 +59,7 @@ def test_landmark_scores_follow_the_exact_scores_on_a_toy_store(toy_store):
     n = engine.manifest.num_examples
     exact = score_matrix(engine, targets, {"mode": "exact"}).scores
     landmark = score_matrix(engine, targets, {"mode": "landmark", "landmarks": n // 2})
-    assert landmark.details["landmarks"] == n // 2
+    assert landmark.details.landmarks == n // 2
     pearson = pearsonr(exact.ravel(), landmark.scores.ravel()).statistic
     spearman = np.mean(
         [spearmanr(exact[:, j], landmark.scores[:, j]).statistic for j in range(exact.shape[1])]

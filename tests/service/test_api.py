@@ -254,6 +254,11 @@ def test_openapi_describes_the_contract(client):
     select_answers = spec["paths"]["/v1/datastores/{datastore_id}/select"]["post"]["responses"]
     assert set(select_answers) >= {"200", "404", "409", "422"}
     assert "application/problem+json" in select_answers["409"]["content"]
+    # every method's details are in the schema of the select response
+    schemas = spec["components"]["schemas"]
+    for name in ("LessDetails", "In2CoreDetails", "DeliftDetails", "LandmarkDetails"):
+        assert name in schemas, name
+    assert schemas["DeliftDetails"]["properties"]["gains"]["type"] == "array"
 
 
 def test_upload_limits_and_line_splitting(tmp_path):
