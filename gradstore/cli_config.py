@@ -52,7 +52,8 @@ class ConfigOption:
         return "cfg__" + "__".join(self.path)
 
 
-def _flag(path: tuple[str, ...]) -> str:
+def config_flag(path: tuple[str, ...]) -> str:
+    """The flag that sets the field at ``path`` (``('lora', 'r')`` → ``--lora-r``)."""
     *sections, name = path
     if sections and name.startswith(sections[-1] + "_"):
         sections = sections[:-1]  # warmup.warmup_ratio is --warmup-ratio
@@ -100,7 +101,7 @@ def config_options(model: type[BaseModel] = BuildConfig) -> list[ConfigOption]:
                 continue
             yield ConfigOption(
                 path=path,
-                flag=_flag(path),
+                flag=config_flag(path),
                 annotation=_cli_type(field.annotation, "_".join(path)),
                 help=(field.description or name.replace("_", " ").capitalize()).strip(),
                 default_text=_default_text(field),
@@ -117,11 +118,13 @@ def config_options(model: type[BaseModel] = BuildConfig) -> list[ConfigOption]:
 def _parameter(option: ConfigOption) -> inspect.Parameter:
     is_list = typing.get_origin(option.annotation) is list
     help_text = option.help + (" (repeat for several)" if is_list else "")
+    if option.default_text:  # the parameter's own default is None: an unset flag
+        help_text += f"  [default: {option.default_text}]"
     typer_option = typer.Option(
         option.flag,
         *ALIASES.get(option.path, ()),
         help=help_text,
-        show_default=option.default_text or False,
+        show_default=False,
         rich_help_panel="Build configuration",
     )
     return inspect.Parameter(

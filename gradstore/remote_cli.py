@@ -13,7 +13,9 @@ from gradstore.cli_config import with_build_config
 from gradstore.client import GradstoreAPIError, GradstoreClient
 from gradstore.config import BuildConfig
 
-remote_app = typer.Typer(no_args_is_help=True, help="Talk to a gradstore service over HTTP.")
+remote_app = typer.Typer(
+    rich_markup_mode=None, no_args_is_help=True, help="Talk to a gradstore service over HTTP."
+)
 
 Server = Annotated[str, typer.Option(envvar="GRADSTORE_SERVER", help="Service base URL.")]
 ApiKey = Annotated[str | None, typer.Option(envvar="GRADSTORE_API_KEY", help="Bearer token.")]

@@ -15,7 +15,7 @@ import typer
 
 from gradstore.extras import needs_extra
 
-db_app = typer.Typer(no_args_is_help=True, help="Database schema (Alembic).")
+db_app = typer.Typer(rich_markup_mode=None, no_args_is_help=True, help="Database schema (Alembic).")
 
 
 def _settings(data_dir: Path | None = None):

@@ -10,6 +10,7 @@ import typer
 from gradstore.errors import GradstoreError
 
 data_app = typer.Typer(
+    rich_markup_mode=None,
     no_args_is_help=True,
     help="Real instruction pools and target sets shipped in registry packages, as JSONL.",
 )

