@@ -115,6 +115,8 @@ def prepare(
     not the pool.
     """
     root, model_dir = Path(store_dir), Path(model_dir)
+    if not Path(dataset_path).is_file():
+        raise InvalidInputError(f"the dataset {dataset_path} does not exist or is not a file")
     check_build_request(model_dir, config, [Path(d) for d in warmup_from])
     tokenizer = load_tokenizer(model_dir)
     encoder = ExampleEncoder(tokenizer, config.max_seq_len, config.template)

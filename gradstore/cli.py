@@ -11,7 +11,7 @@ import os
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -26,6 +26,7 @@ from gradstore.cli_common import (
     StoreDir,
     Targets,
     TopK,
+    check_jsonl_file,
     check_methods,
     read_targets,
 )
@@ -39,7 +40,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     help="Choose instruction-tuning data with a LESS gradient datastore: toy assets, build, "
-    "select, demo, and the service (serve, api, worker, db).",
+    "select, demo, and the service (serve, api, worker, db).\n\n"
+    "An error is one or two lines; add --debug (or set GRADSTORE_DEBUG=1) to see its traceback.",
 )
 toy_app = typer.Typer(
     rich_markup_mode=None, no_args_is_help=True, help="Offline toy corpus and model (docs/toy.md)."
@@ -75,7 +77,7 @@ def toy_targets(
         Path | None, typer.Option(help="A pool (JSONL) whose examples no target may repeat.")
     ] = None,
 ) -> None:
-    """Write held-out targets, each with its family as ``subtask``, for select."""
+    """Write held-out targets, each with its family as 'subtask', for select."""
     from gradstore.examples import read_jsonl, write_jsonl
     from gradstore.toy.corpus import generate_targets
 
@@ -112,7 +114,9 @@ def toy_model(
 @needs_extra("cpu or gpu")
 @with_build_config
 def build(
-    dataset: Annotated[Path, typer.Option(help="Pool of training examples (JSONL).")],
+    dataset: Annotated[
+        Path, typer.Option(callback=check_jsonl_file, help="Pool of training examples (JSONL).")
+    ],
     model: Annotated[Path, typer.Option(help="Local Hugging Face causal-LM directory.")],
     out: Annotated[Path, typer.Option(help="Datastore directory to create.")],
     warmup_from: Annotated[
@@ -362,8 +366,9 @@ def main() -> None:
     debug = "--debug" in argv or os.environ.get("GRADSTORE_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
     try:
+        command = whole_summaries(typer.main.get_command(app))
         args = spread_multi_value_flags(argv)
-        code = app(args=args, prog_name="gradstore", standalone_mode=False)
+        code = command.main(args=args, prog_name="gradstore", standalone_mode=False)
     except Exception as error:
         if debug:
             raise
@@ -371,6 +376,16 @@ def main() -> None:
         typer.echo(message, err=True)
         sys.exit(code)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def whole_summaries(command: Any) -> Any:
+    """Give every command its whole first paragraph as its summary in command lists (click
+    cuts the docstring's first sentence to fit the terminal with "...")."""
+    for sub in getattr(command, "commands", {}).values():
+        if sub.short_help is None and sub.help:
+            sub.short_help = " ".join(sub.help.strip().split("\n\n")[0].split())
+        whole_summaries(sub)
+    return command
 
 
 def describe_error(error: BaseException) -> tuple[str, int]:

@@ -140,7 +140,7 @@ def _parse_line(raw: str, line_no: int) -> Example:
             line,
         )
     try:
-        record = json.loads(raw)
+        record = json.loads(raw.rstrip("\r\n"))  # a column past the end names this line
     except json.JSONDecodeError as exc:
         problem = f"not valid JSON: {exc.msg} (column {exc.colno})"
         raise InvalidExampleError(problem, where, line) from None

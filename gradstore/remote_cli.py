@@ -9,8 +9,9 @@ from typing import Annotated
 
 import typer
 
+from gradstore.cli_common import Explain, Fraction, Method, Options, Targets, TopK, read_targets
 from gradstore.cli_config import with_build_config
-from gradstore.client import GradstoreAPIError, GradstoreClient
+from gradstore.client import GradstoreAPIError, GradstoreClient, GradstoreClientError
 from gradstore.config import BuildConfig
 
 remote_app = typer.Typer(
@@ -29,6 +30,9 @@ def _session(server: str, api_key: str | None) -> Iterator[GradstoreClient]:
             yield client
     except GradstoreAPIError as error:
         typer.echo(f"error {error.status} {error.title}: {error.detail}", err=True)
+        raise typer.Exit(1) from None
+    except (GradstoreClientError, TimeoutError) as error:
+        typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None
 
 
@@ -56,7 +60,7 @@ def build(
 ) -> None:
     """Start a datastore build (and wait for it); prints the datastore record.
 
-    The build flags are those of `gradstore build`, with the same defaults.
+    The build flags are those of gradstore build, with the same defaults.
     """
     with _session(server, api_key) as client:
         store = client.create_datastore(dataset_id, model, config)
@@ -99,19 +103,26 @@ def add_methods(
 
 @remote_app.command("select")
 def select(
-    datastore: Annotated[str, typer.Option(help="Datastore ID.")],
-    targets: Annotated[Path, typer.Option(help="Target examples (JSONL, with 'subtask').")],
-    top_k: Annotated[int | None, typer.Option(help="Number of examples to select.")] = None,
-    fraction: Annotated[float | None, typer.Option(help="Share of the pool to select.")] = None,
-    method: Annotated[str, typer.Option(help="Selection method.")] = "less",
+    datastore: Annotated[str, typer.Option("--datastore", "-s", help="Datastore ID.")],
+    targets: Targets,
+    top_k: TopK = None,
+    fraction: Fraction = None,
+    method: Method = "less",
+    options: Options = None,
+    explain: Explain = False,
     server: Server = "http://127.0.0.1:8000",
     api_key: ApiKey = None,
 ) -> None:
     """Rank the pool for the targets; prints the service's JSON answer."""
-    from gradstore.examples import read_jsonl
-
+    examples = read_targets(targets)
     with _session(server, api_key) as client:
         result = client.select(
-            datastore, read_jsonl(targets), method=method, top_k=top_k, fraction=fraction
+            datastore,
+            examples,
+            method=method,
+            top_k=top_k,
+            fraction=fraction,
+            options=options,  # type: ignore[arg-type]  # the callback parsed it into a dict
+            explain=explain,
         )
         typer.echo(result.model_dump_json())

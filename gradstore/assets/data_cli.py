@@ -18,7 +18,7 @@ data_app = typer.Typer(
 
 @data_app.command("get")
 def get(
-    name: Annotated[str, typer.Argument(help="Data set name (see `gradstore data list`).")],
+    name: Annotated[str, typer.Argument(help="Data set name (see: gradstore data list).")],
     out: Annotated[Path, typer.Option(help="JSONL file to write (and FILE.source.json).")],
     cache: Annotated[
         Path | None,
