@@ -183,7 +183,7 @@ def method_columns(
 
 
 # What the table means, printed under it: what each column is, and why the order at toy
-# scale is not the order on real data (README, "Which method").
+# scale is not the order on real data (README, "Real models and real data").
 LEGEND = (
     "Precision: the share of a selection drawn from the target's own toy family; query ms: "
     "the mean time of one selection. less = LESS, gradient cosine over Adam (or plain, 'sgd "
@@ -193,7 +193,7 @@ LEGEND = (
     "The order is the toy's: the model was pre-trained on these very skills, so its hidden "
     "states (rds) already tell the families apart, while LESS ranks by how much an example "
     "would lower the target's loss, which a family label measures only roughly; on real data "
-    "LESS taught the target best (README, Which method).",
+    "LESS taught the target best (README, Real models and real data).",
 )
 
 
