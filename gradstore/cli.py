@@ -28,6 +28,7 @@ from gradstore.cli_common import (
     TopK,
     check_jsonl_file,
     check_methods,
+    check_store_dir,
     read_targets,
 )
 from gradstore.cli_config import with_build_config
@@ -160,12 +161,14 @@ def build(
 
 @app.command()
 def verify(
-    store: Annotated[Path, typer.Argument(help="Datastore directory.")],
+    store: Annotated[Path, typer.Argument(callback=check_store_dir, help="Datastore directory.")],
 ) -> None:
-    """Check every file of a ready datastore against its manifest's sha256 (reads it all).
+    """Check a datastore's files and how it was built (reads it all).
 
-    Opening a store for queries only checks that every file exists with its size; run this
-    after copying a store or when its disk is suspect.
+    Every file against its manifest's sha256, then the recorded configuration against the
+    checkpoints' own records (learning rates, optimizer steps, the warmup sample). Opening a
+    store for queries only checks that every file exists with its size; run this after
+    copying a store or when its disk is suspect.
     """
     from gradstore.store import Datastore
 
@@ -316,9 +319,16 @@ def report(
 @app.command("add-methods")
 @needs_extra("cpu or gpu")
 def add_methods(
-    store: Annotated[Path, typer.Argument(help="A ready datastore directory.")],
+    store: Annotated[
+        Path, typer.Argument(callback=check_store_dir, help="A ready datastore directory.")
+    ],
     methods: Annotated[
-        list[str], typer.Option("--methods", help="Methods to add (repeat, or list after it).")
+        list[str],
+        typer.Option(
+            "--methods",
+            callback=check_methods,
+            help=f"Methods to add (repeat, or list after it): {METHODS_TEXT}.",
+        ),
     ],
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: auto).")] = (
         None

@@ -364,7 +364,7 @@ class GradstoreClient:
 
         deadline = None if timeout is None else time.monotonic() + timeout
         # the rate is the service's, not tqdm's: the bar's count jumps between polls
-        bar_format = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
+        bar_format = "{desc}{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
         bar = tqdm(
             total=0, disable=not progress, unit="ex", desc=datastore_id[:12], bar_format=bar_format
         )
@@ -375,7 +375,7 @@ class GradstoreClient:
                 if store.status != stage:
                     stage = store.status
                     bar.reset(total=store.progress.total)
-                    bar.set_description(f"{datastore_id[:12]} {stage}")
+                    bar.set_description(f"{datastore_id[:12]} {stage}", refresh=False)
                 bar.total = store.progress.total
                 bar.n = store.progress.done
                 rate = store.progress.examples_per_s

@@ -5,14 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from gradstore.cli_common import Explain, Fraction, Method, Options, Targets, TopK, read_targets
 from gradstore.cli_config import with_build_config
-from gradstore.client import GradstoreAPIError, GradstoreClient, GradstoreClientError
 from gradstore.config import BuildConfig
+
+if TYPE_CHECKING:
+    from gradstore.client import GradstoreClient
 
 remote_app = typer.Typer(
     rich_markup_mode=None, no_args_is_help=True, help="Talk to a gradstore service over HTTP."
@@ -24,7 +26,10 @@ ApiKey = Annotated[str | None, typer.Option(envvar="GRADSTORE_API_KEY", help="Be
 
 @contextmanager
 def _session(server: str, api_key: str | None) -> Iterator[GradstoreClient]:
-    """A client whose API errors become one line on stderr and exit status 1."""
+    """A client whose API errors become one line on stderr and exit status 1 (imported
+    here: httpx is not needed to parse a command line)."""
+    from gradstore.client import GradstoreAPIError, GradstoreClient, GradstoreClientError
+
     try:
         with GradstoreClient(server, api_key=api_key) as client:
             yield client

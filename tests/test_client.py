@@ -323,6 +323,12 @@ def test_wait_until_ready_polls_through_the_stages(fake, capsys):
     assert store.status == "ready" and fake.polls["s1"] == 5
     bar = capsys.readouterr().err
     assert "featurize" in bar and "48/48" in bar
+    # the rate is the service's (12.5), shown while building; no rate of tqdm's own, which
+    # would divide the jump between two polls by the time between them
+    states = [state.strip() for state in bar.replace("\r", "\n").splitlines() if state.strip()]
+    assert any(s.endswith(", 12.5 ex/s]") for s in states if " featurize:" in s), states
+    assert states[-1].startswith("s1 ready: 100%|") and states[-1].endswith("48/48 [00:00]")
+    assert not any("ex/s" in s for s in states if " ready:" in s)
 
 
 @pytest.mark.parametrize("status", ["failed", "cancelled"])
