@@ -155,11 +155,20 @@ def read_config_file(value: str | None) -> dict[str, Any]:
     """``--config``: inline JSON when it starts with ``{``, else a JSON file."""
     if not value:
         return {}
+    inline = value.lstrip().startswith("{")
+    where = "the JSON given" if inline else value
     try:
-        text = value if value.lstrip().startswith("{") else Path(value).read_text()
+        text = value if inline else Path(value).read_text(encoding="utf-8-sig")
         data = json.loads(text)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise typer.BadParameter(str(exc), param_hint="--config") from None
+    except OSError as exc:
+        raise typer.BadParameter(f"{value}: {exc.strerror}", param_hint="--config") from None
+    except UnicodeDecodeError:
+        raise typer.BadParameter(f"{value} is not UTF-8 text", param_hint="--config") from None
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(
+            f"{where}, line {exc.lineno}: not valid JSON: {exc.msg} (column {exc.colno})",
+            param_hint="--config",
+        ) from None
     if not isinstance(data, dict):
         raise typer.BadParameter("must be a JSON object", param_hint="--config")
     options = data.pop("options", None) or {}  # the API's old request shape

@@ -228,3 +228,23 @@ def test_an_unknown_command(tmp_path):
         2,
         ["error: No such command 'selct'. Did you mean 'select'?", "(see: gradstore --help)"],
     )
+
+
+def test_a_bad_config_file_names_its_line(user_files, tmp_path):
+    (tmp_path / "c.json").write_text('{\n "lora": {r: 4}}')
+    args = ["build", "--dataset", str(user_files / "pool.jsonl"), "--model",
+            str(user_files / "model"), "--out", "s", "--config"]  # fmt: skip
+    done = gradstore(*args, "c.json", cwd=tmp_path)
+    assert (done.returncode, lines(done.stderr)) == (
+        2,
+        [
+            "error: Invalid value for --config: c.json, line 2: not valid JSON: Expecting "
+            "property name enclosed in double quotes (column 11)",
+            "(see: gradstore build --help)",
+        ],
+    )
+    done = gradstore(*args, "nofile.json", cwd=tmp_path)
+    assert lines(done.stderr)[0] == (
+        "error: Invalid value for --config: nofile.json: No such file or directory"
+    )
+    assert not (tmp_path / "s").exists()
