@@ -372,6 +372,9 @@ def spread_multi_value_flags(argv: list[str]) -> list[str]:
 def main() -> None:
     """The ``gradstore`` command: an expected error is a line or two on stderr and exit 1
     (a usage error exit 2); ``--debug`` or ``GRADSTORE_DEBUG=1`` shows the traceback."""
+    # transformers' bars ("Loading weights", "Writing model shards") would interleave with
+    # ours; the variable is read when huggingface_hub is imported, here and in the workers
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     argv = sys.argv[1:]
     debug = "--debug" in argv or os.environ.get("GRADSTORE_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]

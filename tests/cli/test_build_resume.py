@@ -52,6 +52,8 @@ def test_force_replaces_the_store(built_store, tmp_path):
     root = tmp_path / "user"
     done = build(root, "store", "--warmup-learning-rate", "0.001", "--force")
     assert done.returncode == 0, done.stderr
+    for noise in ("Warning", "Loading weights", "Traceback"):  # our own bars only
+        assert noise not in done.stderr, done.stderr
     assert learning_rates(root / "store") != learning_rates(built_store)
     verified = gradstore("verify", "store", cwd=root)
     assert verified.returncode == 0, verified.stderr

@@ -248,3 +248,10 @@ def test_a_bad_config_file_names_its_line(user_files, tmp_path):
         "error: Invalid value for --config: nofile.json: No such file or directory"
     )
     assert not (tmp_path / "s").exists()
+
+
+def test_a_normal_select_prints_no_warning_or_foreign_progress_bar(built_store):
+    done = gradstore("select", "-s", "store", "-t", "targets.jsonl", "-k", "2",
+                     cwd=built_store.parent)  # fmt: skip
+    assert done.returncode == 0 and len(lines(done.stdout)) == 2
+    assert done.stderr == "", done.stderr
