@@ -192,16 +192,8 @@ def spec_differences(old: BuildSpec, new: BuildSpec) -> list[str]:
 def check_resumable(root: Path, spec: BuildSpec) -> None:
     """A build resumes in a directory only when it was started there with the same inputs
     and configuration; anything else would mix two builds' files under one manifest."""
-    if not root.exists():
-        return
-    if not root.is_dir():
-        raise InvalidInputError(f"--out {root} is a file, not a directory")
     if not (root / BUILD_SPEC).exists():
-        if any(root.iterdir()):
-            raise InvalidInputError(
-                f"--out {root} is not empty and holds no datastore: choose a new or empty directory"
-            )
-        return
+        return  # new, or a prepare killed before it recorded anything: it starts again
     old = load_build_spec(root)
     changes = spec_differences(old, spec)
     if changes:
@@ -453,8 +445,9 @@ def build_all(
     an interrupted one (Ctrl-C) stays, for the same command to resume.
     """
     root = Path(store_dir)
+    _check_out_dir(root, force)
     if force:
-        _remove_datastore(root)
+        _empty_directory(root)
     existed = root.exists()
     fresh = not existed or (root.is_dir() and not any(root.iterdir()))
     try:
@@ -469,21 +462,28 @@ def build_all(
         raise
 
 
-def _remove_datastore(root: Path) -> None:
-    """``--force``: delete a datastore (or a started build), never an unrelated directory."""
+def _started_build(root: Path) -> bool:
+    """A datastore, or a build prepare began (its token files are written first)."""
+    return (root / BUILD_SPEC).exists() or (root / "tokens").is_dir()
+
+
+def _check_out_dir(root: Path, force: bool) -> None:
+    """``--out`` is new, empty or a started build; ``--force`` never deletes anything else."""
     if not root.exists():
         return
     if not root.is_dir():
         raise InvalidInputError(f"--out {root} is a file, not a directory")
-    if any(root.iterdir()) and not (root / BUILD_SPEC).exists():
+    if any(root.iterdir()) and not _started_build(root):
+        what = "--force replaces only a datastore; " if force else ""
         raise InvalidInputError(
-            f"--out {root} is not empty and holds no datastore; --force replaces only a "
-            "datastore: choose a new or empty directory"
+            f"--out {root} is not empty and holds no datastore; {what}choose a new or empty "
+            "directory"
         )
-    _empty_directory(root)
 
 
 def _empty_directory(root: Path) -> None:
+    if not root.is_dir():
+        return
     for child in list(root.iterdir()):
         if child.is_dir() and not child.is_symlink():
             shutil.rmtree(child)

@@ -112,3 +112,12 @@ def test_a_directory_that_is_no_store_is_never_replaced(user_files, tmp_path):
         assert done.returncode == 1
         assert done.stderr.startswith("error: --out mine is not empty and holds no datastore")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_a_prepare_killed_before_it_recorded_anything_starts_again(user_files, tmp_path):
+    (tmp_path / "s" / "tokens").mkdir(parents=True)  # what a killed prepare leaves
+    (tmp_path / "s" / "tokens" / "input_ids.bin").write_bytes(b"\0" * 8)
+    done = gradstore("build", "--dataset", str(user_files / "pool.jsonl"), "--model",
+                     str(user_files / "model"), "--out", "s", *FLAGS, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert gradstore("verify", "s", cwd=tmp_path).returncode == 0
