@@ -243,7 +243,11 @@ class DatastorePage(_Public):
 
 
 class Target(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    """A target example: the shape of a dataset example (``gradstore.examples.Example``),
+    so a file written for ``gradstore select`` is sent as it is. Fields other than these
+    (``meta``, ...) are kept as the example's metadata and never scored."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
     subtask: UnicodeStr | None = None
     id: UnicodeStr | None = None
     messages: list[Message] | None = None

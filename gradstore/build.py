@@ -28,7 +28,12 @@ from gradstore.checkpoints import (
     load_checkpoints,
 )
 from gradstore.config import BuildConfig
-from gradstore.errors import InvalidInputError, ManifestMismatchError, NotReadyError
+from gradstore.errors import (
+    ConflictError,
+    InvalidInputError,
+    ManifestMismatchError,
+    NotReadyError,
+)
 from gradstore.examples import iter_jsonl
 from gradstore.files import (
     atomic_save_npy,
@@ -47,6 +52,7 @@ from gradstore.index import (
 from gradstore.model_pool import store_model
 from gradstore.modeling import load_tokenizer, model_content_hash
 from gradstore.store import (
+    BUILD_SPEC,
     SCHEMA_VERSION,
     ArtifactEntry,
     BuildSpec,
@@ -151,11 +157,21 @@ def prepare(
     if model_dir is None:
         return _prepare_text(Path(store_dir), Path(dataset_path), config)
     root, model_dir = Path(store_dir), Path(model_dir)
-    if not model_dir.is_dir():
-        raise InvalidInputError(f"model path {model_dir} is not a local directory")
+    if not Path(dataset_path).is_file():
+        raise InvalidInputError(f"the dataset {dataset_path} does not exist or is not a file")
     check_build_request(model_dir, config, [Path(d) for d in warmup_from])
     tokenizer = load_tokenizer(model_dir)
     encoder = ExampleEncoder(tokenizer, config.max_seq_len, config.template)
+    spec = BuildSpec(
+        dataset_path=str(Path(dataset_path).resolve()),
+        dataset_sha256=sha256_file(dataset_path),
+        model=ModelInfo(path=str(model_dir.resolve()), content_hash=model_content_hash(model_dir)),
+        template=encoder.template,
+        tokenizer_hash=tokenizer_hash(tokenizer, encoder.template),
+        config=config,
+        warmup_from=[str(Path(d).resolve()) for d in warmup_from],
+    )
+    check_resumable(root, spec)
     root.mkdir(parents=True, exist_ok=True)
     writer = TokenWriter(root)
     ids: list[str] = []
@@ -171,19 +187,15 @@ def prepare(
             truncated += encoded.truncated > 0
     writer.close()
     if not ids:
-        raise InvalidInputError("no example of the dataset has a completion token to learn from")
+        raise InvalidInputError(
+            f"the dataset {Path(dataset_path).name} has no examples"
+            if not skipped
+            else f"none of the dataset's {len(skipped)} examples has a completion token to "
+            f"learn from (e.g. {skipped[0].id}: {skipped[0].reason})"
+        )
     atomic_write_file(root / "examples.jsonl", lambda tmp: shutil.copyfile(dataset_path, tmp))
     atomic_write_json(root / "ids.json", ids)
     atomic_write_json(root / "skipped.json", [{"id": s.id, "reason": s.reason} for s in skipped])
-    spec = BuildSpec(
-        dataset_path=str(Path(dataset_path).resolve()),
-        dataset_sha256=sha256_file(dataset_path),
-        model=ModelInfo(path=str(model_dir.resolve()), content_hash=model_content_hash(model_dir)),
-        template=encoder.template,
-        tokenizer_hash=tokenizer_hash(tokenizer, encoder.template),
-        config=config,
-        warmup_from=[str(Path(d).resolve()) for d in warmup_from],
-    )
     atomic_write_json(root / "build.json", spec.model_dump(mode="json"))
     warning = None if warmup_from else warmup_warning(len(ids), config)
     return PrepareSummary(len(ids), skipped, [warning] if warning else [], truncated)
@@ -214,6 +226,50 @@ def _prepare_text(root: Path, dataset_path: Path, config: BuildConfig) -> Prepar
     )
     atomic_write_json(root / "build.json", spec.model_dump(mode="json"))
     return PrepareSummary(len(ids), [])
+
+
+def _leaves(value: object, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], object]:
+    if isinstance(value, dict):
+        found: dict[tuple[str, ...], object] = {}
+        for key, item in value.items():
+            found.update(_leaves(item, (*prefix, key)))
+        return found
+    return {prefix: value}
+
+
+def spec_differences(old: BuildSpec, new: BuildSpec) -> list[str]:
+    """What a requested build changes of a directory's recorded one, as the user says it."""
+    from gradstore.cli_config import config_flag
+
+    changes = []
+    if old.dataset_sha256 != new.dataset_sha256:
+        changes.append("the dataset's content (--dataset)")
+    if (old.model and old.model.content_hash) != (new.model and new.model.content_hash):
+        changes.append("the model's content (--model)")
+    if old.warmup_from != new.warmup_from:
+        changes.append("the warmup checkpoints (--warmup-from)")
+    before = _leaves(old.config.model_dump(mode="json"))
+    after = _leaves(new.config.model_dump(mode="json"))
+    for path in sorted(set(before) | set(after)):
+        if before.get(path) != after.get(path):
+            changes.append(
+                f"{'.'.join(path)} {before.get(path)!r} → {after.get(path)!r} ({config_flag(path)})"
+            )
+    return changes
+
+
+def check_resumable(root: Path, spec: BuildSpec) -> None:
+    """A build resumes in a directory only when it was started there with the same inputs
+    and configuration; anything else would mix two builds' files under one manifest."""
+    if not (root / BUILD_SPEC).exists():
+        return  # new, or a prepare killed before it recorded anything: it starts again
+    old = load_build_spec(root)
+    changes = spec_differences(old, spec)
+    if changes:
+        raise ConflictError(
+            f"{root} holds a datastore built with other settings: {'; '.join(changes)}. "
+            "Use --force to replace it, or another --out to keep both"
+        )
 
 
 def run_warmup_stage(
@@ -480,14 +536,76 @@ def build_all(
     device: str | None = None,
     progress: bool = True,
     methods: Sequence[str] | None = None,
+    force: bool = False,
 ) -> tuple[PrepareSummary, Manifest]:
     """Every stage in a row, on this process: the CLI's ``gradstore build``.
 
     ``methods`` are the selection methods the store must serve (default: the config's
     ``methods``, else every method whose artifacts cost less than the gradient features);
-    their extra artifacts are computed after the index stage. Warmup and featurize run only
-    when a method reads gradient features; ``model_dir`` None builds a text-only store.
+    their extra artifacts are computed after the index stage. An existing ``store_dir``
+    resumes only a build of the same inputs and configuration (``force`` replaces it); a
+    build that fails in a directory it started leaves the directory as it found it, while
+    an interrupted one (Ctrl-C) stays, for the same command to resume.
+    Warmup and featurize run only when a method reads gradient features; ``model_dir``
+    None builds a text-only store.
     """
+    root = Path(store_dir)
+    _check_out_dir(root, force)
+    if force:
+        _empty_directory(root)
+    existed = root.exists()
+    fresh = not existed or (root.is_dir() and not any(root.iterdir()))
+    try:
+        return _build_stages(
+            root, dataset_path, model_dir, config, warmup_from, device, progress, methods
+        )
+    except Exception:
+        if not existed:
+            shutil.rmtree(root, ignore_errors=True)
+        elif fresh and root.is_dir():
+            _empty_directory(root)
+        raise
+
+
+def _started_build(root: Path) -> bool:
+    """A datastore, or a build prepare began (its token files are written first)."""
+    return (root / BUILD_SPEC).exists() or (root / "tokens").is_dir()
+
+
+def _check_out_dir(root: Path, force: bool) -> None:
+    """``--out`` is new, empty or a started build; ``--force`` never deletes anything else."""
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise InvalidInputError(f"--out {root} is a file, not a directory")
+    if any(root.iterdir()) and not _started_build(root):
+        what = "--force replaces only a datastore; " if force else ""
+        raise InvalidInputError(
+            f"--out {root} is not empty and holds no datastore; {what}choose a new or empty "
+            "directory"
+        )
+
+
+def _empty_directory(root: Path) -> None:
+    if not root.is_dir():
+        return
+    for child in list(root.iterdir()):
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def _build_stages(
+    store_dir: Path,
+    dataset_path: str | Path,
+    model_dir: str | Path | None,
+    config: BuildConfig,
+    warmup_from: Sequence[str | Path],
+    device: str | None,
+    progress: bool,
+    methods: Sequence[str] | None,
+) -> tuple[PrepareSummary, Manifest]:
     from tqdm import tqdm
 
     from gradstore.artifacts import add_artifacts

@@ -7,27 +7,46 @@ group, which the service and worker packages fill: the core never imports them.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from gradstore.assets.data_cli import data_app
 from gradstore.assets.models_cli import models_app
+from gradstore.cli_common import (
+    METHODS_TEXT,
+    Explain,
+    Fraction,
+    Method,
+    Options,
+    StoreDir,
+    Targets,
+    TopK,
+    check_jsonl_file,
+    check_methods,
+    check_store_dir,
+    read_targets,
+)
 from gradstore.cli_config import with_build_config
 from gradstore.config import BuildConfig
 from gradstore.extras import needs_extra
 from gradstore.remote_cli import remote_app
 
 app = typer.Typer(
+    rich_markup_mode=None,
     no_args_is_help=True,
     add_completion=False,
     help="Choose instruction-tuning data with a LESS gradient datastore: toy assets, build, "
-    "select, demo, and the service (serve, api, worker, db).",
+    "select, demo, and the service (serve, api, worker, db).\n\n"
+    "An error is one or two lines; add --debug (or set GRADSTORE_DEBUG=1) to see its traceback.",
 )
-toy_app = typer.Typer(no_args_is_help=True, help="Offline toy corpus and model (docs/toy.md).")
+toy_app = typer.Typer(
+    rich_markup_mode=None, no_args_is_help=True, help="Offline toy corpus and model (docs/toy.md)."
+)
 app.add_typer(toy_app, name="toy")
 app.add_typer(remote_app, name="remote")
 app.add_typer(models_app, name="models")
@@ -59,7 +78,7 @@ def toy_targets(
         Path | None, typer.Option(help="A pool (JSONL) whose examples no target may repeat.")
     ] = None,
 ) -> None:
-    """Write held-out targets, each with its family as ``subtask``, for select."""
+    """Write held-out targets, each with its family as 'subtask', for select."""
     from gradstore.examples import read_jsonl, write_jsonl
     from gradstore.toy.corpus import generate_targets
 
@@ -96,7 +115,9 @@ def toy_model(
 @needs_extra("cpu or gpu")
 @with_build_config
 def build(
-    dataset: Annotated[Path, typer.Option(help="Pool of training examples (JSONL).")],
+    dataset: Annotated[
+        Path, typer.Option(callback=check_jsonl_file, help="Pool of training examples (JSONL).")
+    ],
     out: Annotated[Path, typer.Option(help="Datastore directory to create.")],
     model: Annotated[
         Path | None,
@@ -107,23 +128,32 @@ def build(
     ] = None,
     warmup_from: Annotated[
         list[Path] | None,
-        typer.Option(help="Reuse an existing LESS warmup: a checkpoint dir (repeat per epoch)."),
+        typer.Option(
+            metavar="DIR",
+            help="Reuse an existing LESS warmup: a checkpoint dir (repeat per epoch).",
+        ),
     ] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: auto).")] = (
         None
     ),
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace a datastore already in --out.")
+    ] = False,
     config: BuildConfig = BuildConfig(),
 ) -> None:
     """Build a LESS datastore: warmup, per-example gradients at each checkpoint, index.
 
     Every field of the build configuration is a flag below (the API request has the same
-    fields and defaults); --config reads them from JSON first.
+    fields and defaults); --config reads them from JSON first. An existing --out resumes
+    only a build with the same inputs and flags; --force replaces it.
     """
     from gradstore.build import build_all
     from gradstore.threads import threads_per_process, use_threads
 
     use_threads(threads_per_process(1))  # GRADSTORE_TORCH_THREADS, else every usable core
-    summary, manifest = build_all(out, dataset, model, config, warmup_from or ())
+    summary, manifest = build_all(
+        out, dataset, model, config, warmup_from or (), device=device, force=force
+    )
     typer.echo(f"datastore ready at {out}")
     typer.echo(
         f"  examples: {manifest.num_examples} (skipped {len(summary.skipped)}, "
@@ -137,12 +167,14 @@ def build(
 
 @app.command()
 def verify(
-    store: Annotated[Path, typer.Argument(help="Datastore directory.")],
+    store: Annotated[Path, typer.Argument(callback=check_store_dir, help="Datastore directory.")],
 ) -> None:
-    """Check every file of a ready datastore against its manifest's sha256 (reads it all).
+    """Check a datastore's files and how it was built (reads it all).
 
-    Opening a store for queries only checks that every file exists with its size; run this
-    after copying a store or when its disk is suspect.
+    Every file against its manifest's sha256, then the recorded configuration against the
+    checkpoints' own records (learning rates, optimizer steps, the warmup sample). Opening a
+    store for queries only checks that every file exists with its size; run this after
+    copying a store or when its disk is suspect.
     """
     from gradstore.store import Datastore
 
@@ -153,17 +185,21 @@ def verify(
 @app.command()
 @needs_extra("cpu or gpu")
 def select(
-    store: Annotated[Path, typer.Option(help="Datastore directory.")],
-    targets: Annotated[Path, typer.Option(help="Target examples (JSONL, with 'subtask').")],
-    top_k: Annotated[int | None, typer.Option(help="Number of examples to select.")] = None,
-    fraction: Annotated[float | None, typer.Option(help="Share of the pool to select.")] = None,
-    method: Annotated[str, typer.Option(help="Selection method.")] = "less",
-    options: Annotated[str | None, typer.Option(help="Method options as a JSON object.")] = None,
+    store: StoreDir,
+    targets: Targets,
+    top_k: TopK = None,
+    fraction: Fraction = None,
+    method: Method = "less",
+    options: Options = None,
+    explain: Explain = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     device: Annotated[str | None, typer.Option(help="Device for target gradients.")] = None,
 ) -> None:
-    """Rank the pool for a target: the top examples, best first."""
-    from gradstore.examples import read_jsonl
+    """Rank the pool for the targets: the top examples, best first.
+
+    Give --top-k or --fraction (one of them). Each line is rank, score, subtask, id.
+    """
+    examples = read_targets(targets)
     from gradstore.query import QueryEngine
     from gradstore.selection import run_selection
     from gradstore.store import Datastore
@@ -171,11 +207,12 @@ def select(
     engine = QueryEngine(Datastore.open(store), device=device)
     result = run_selection(
         engine,
-        read_jsonl(targets),
+        examples,
         method=method,
         top_k=top_k,
         fraction=fraction,
-        options=json.loads(options) if options else None,
+        options=options,  # type: ignore[arg-type]  # the callback parsed it into a dict
+        explain=explain,
     )
     selected = [
         {"id": s.id, "score": s.score, "subtask": s.subtask}
@@ -183,20 +220,23 @@ def select(
         for s in result.selected
     ]
     if as_json:
-        typer.echo(
-            json.dumps(
-                {
-                    "method": result.method,
-                    "selected": selected,
-                    "num_candidates": result.num_candidates,
-                    "timings_ms": result.timings_ms,
-                    "details": result.details,
-                }
-            )
-        )
+        answer = {
+            "method": result.method,
+            "selected": selected,
+            "num_candidates": result.num_candidates,
+            "timings_ms": result.timings_ms,
+            "details": result.details,
+        }
+        if result.explanation is not None:
+            answer["explanation"] = result.explanation
+        typer.echo(json.dumps(answer))
         return
-    for rank, item in enumerate(selected, 1):
-        typer.echo(f"{rank:6d}  {item['score']:+.6f}  {item['subtask']:<20}  {item['id']}")
+    why = (result.explanation or {}).get("examples") or [{}] * len(selected)
+    for rank, (item, reason) in enumerate(zip(selected, why, strict=True), 1):
+        line = f"{rank:6d}  {item['score']:+.6f}  {item['subtask']:<20}  {item['id']}"
+        if reason.get("target") is not None:
+            line += f"  (for target {reason['target']}, {reason['share']:.0%} of its score)"
+        typer.echo(line)
 
 
 @app.command()
@@ -245,21 +285,27 @@ def demo(
 @app.command()
 @needs_extra("cpu or gpu")
 def report(
-    store: Annotated[Path, typer.Option(help="Datastore directory.")],
-    targets: Annotated[Path, typer.Option(help="Target examples (JSONL, with 'subtask').")],
+    store: StoreDir,
+    targets: Targets,
     out: Annotated[Path, typer.Option(help="HTML file to write.")],
     methods: Annotated[
         list[str] | None,
-        typer.Option("--methods", help="Methods to run and compare; the first is the subject."),
+        typer.Option(
+            "--methods",
+            callback=check_methods,
+            help=f"Methods to compare, the first is the subject: {METHODS_TEXT}.",
+        ),
     ] = None,
-    top_k: Annotated[int | None, typer.Option(help="Number of examples to select.")] = None,
-    fraction: Annotated[float | None, typer.Option(help="Share of the pool to select.")] = None,
+    top_k: TopK = None,
+    fraction: Fraction = None,
     device: Annotated[str | None, typer.Option(help="Device for target gradients.")] = None,
 ) -> None:
-    """Select with each method (with explanations) and write an HTML report of the first:
-    score distribution, budget per subtask, coverage per target, the top examples' text,
-    and its overlap with the others."""
-    from gradstore.examples import read_jsonl
+    """Select with each method and write an HTML report of the first.
+
+    The report shows the score distribution, the budget per subtask, the coverage per
+    target, the top examples' text, and the overlap with the other methods.
+    """
+    examples = read_targets(targets)
     from gradstore.query import QueryEngine
     from gradstore.report import write_report
     from gradstore.selection import run_selection
@@ -267,7 +313,6 @@ def report(
 
     names = methods or ["less"]
     engine = QueryEngine(Datastore.open(store), device=device)
-    examples = read_jsonl(targets)
     results = [
         run_selection(engine, examples, m, top_k=top_k, fraction=fraction, explain=True)
         for m in names
@@ -280,9 +325,16 @@ def report(
 @app.command("add-methods")
 @needs_extra("cpu or gpu")
 def add_methods(
-    store: Annotated[Path, typer.Argument(help="A ready datastore directory.")],
+    store: Annotated[
+        Path, typer.Argument(callback=check_store_dir, help="A ready datastore directory.")
+    ],
     methods: Annotated[
-        list[str], typer.Option("--methods", help="Methods to add (repeat, or list after it).")
+        list[str],
+        typer.Option(
+            "--methods",
+            callback=check_methods,
+            help=f"Methods to add (repeat, or list after it): {METHODS_TEXT}.",
+        ),
     ],
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: auto).")] = (
         None
@@ -324,14 +376,59 @@ def spread_multi_value_flags(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
-    """The ``gradstore`` command: a gradstore error is one line on stderr and exit 1."""
+    """The ``gradstore`` command: an expected error is a line or two on stderr and exit 1
+    (a usage error exit 2); ``--debug`` or ``GRADSTORE_DEBUG=1`` shows the traceback."""
+    # transformers' bars ("Loading weights", "Writing model shards") would interleave with
+    # ours; the variable is read when huggingface_hub is imported, here and in the workers
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    argv = sys.argv[1:]
+    debug = "--debug" in argv or os.environ.get("GRADSTORE_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        command = whole_summaries(typer.main.get_command(app))
+        args = spread_multi_value_flags(argv)
+        code = command.main(args=args, prog_name="gradstore", standalone_mode=False)
+    except Exception as error:
+        if debug:
+            raise
+        message, code = describe_error(error)
+        typer.echo(message, err=True)
+        sys.exit(code)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def whole_summaries(command: Any) -> Any:
+    """Give every command its whole first paragraph as its summary in command lists (click
+    cuts the docstring's first sentence to fit the terminal with "...")."""
+    for sub in getattr(command, "commands", {}).values():
+        if sub.short_help is None and sub.help:
+            sub.short_help = " ".join(sub.help.strip().split("\n\n")[0].split())
+        whole_summaries(sub)
+    return command
+
+
+def describe_error(error: BaseException) -> tuple[str, int]:
+    """What a user reads for ``error`` (without a traceback) and the exit status."""
+    from typer._click import exceptions as click  # typer vendors its click: its classes
+
     from gradstore.errors import GradstoreError
 
-    try:
-        app(args=spread_multi_value_flags(sys.argv[1:]), prog_name="gradstore")
-    except GradstoreError as error:
-        typer.echo(f"error: {error}", err=True)
-        sys.exit(1)
+    if isinstance(error, click.NoArgsIsHelpError):
+        return error.format_message(), 2
+    if isinstance(error, click.UsageError):
+        where = error.ctx.command_path if error.ctx is not None else "gradstore"
+        return f"error: {error.format_message()}\n(see: {where} --help)", error.exit_code
+    if isinstance(error, typer.Abort):
+        return "aborted", 1
+    if isinstance(error, GradstoreError):
+        return f"error: {error}", 1
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"error: {error.filename}: {error.strerror}", 1
+    return (
+        f"error: {type(error).__name__}: {error}\n"
+        "(unexpected: run again with --debug for the traceback, and report it)",
+        1,
+    )
 
 
 def _register_plugins(target: typer.Typer) -> None:

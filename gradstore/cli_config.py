@@ -52,7 +52,8 @@ class ConfigOption:
         return "cfg__" + "__".join(self.path)
 
 
-def _flag(path: tuple[str, ...]) -> str:
+def config_flag(path: tuple[str, ...]) -> str:
+    """The flag that sets the field at ``path`` (``('lora', 'r')`` → ``--lora-r``)."""
     *sections, name = path
     if sections and name.startswith(sections[-1] + "_"):
         sections = sections[:-1]  # warmup.warmup_ratio is --warmup-ratio
@@ -100,7 +101,7 @@ def config_options(model: type[BaseModel] = BuildConfig) -> list[ConfigOption]:
                 continue
             yield ConfigOption(
                 path=path,
-                flag=_flag(path),
+                flag=config_flag(path),
                 annotation=_cli_type(field.annotation, "_".join(path)),
                 help=(field.description or name.replace("_", " ").capitalize()).strip(),
                 default_text=_default_text(field),
@@ -117,11 +118,13 @@ def config_options(model: type[BaseModel] = BuildConfig) -> list[ConfigOption]:
 def _parameter(option: ConfigOption) -> inspect.Parameter:
     is_list = typing.get_origin(option.annotation) is list
     help_text = option.help + (" (repeat for several)" if is_list else "")
+    if option.default_text:  # the parameter's own default is None: an unset flag
+        help_text += f"  [default: {option.default_text}]"
     typer_option = typer.Option(
         option.flag,
         *ALIASES.get(option.path, ()),
         help=help_text,
-        show_default=option.default_text or False,
+        show_default=False,
         rich_help_panel="Build configuration",
     )
     return inspect.Parameter(
@@ -152,11 +155,20 @@ def read_config_file(value: str | None) -> dict[str, Any]:
     """``--config``: inline JSON when it starts with ``{``, else a JSON file."""
     if not value:
         return {}
+    inline = value.lstrip().startswith("{")
+    where = "the JSON given" if inline else value
     try:
-        text = value if value.lstrip().startswith("{") else Path(value).read_text()
+        text = value if inline else Path(value).read_text(encoding="utf-8-sig")
         data = json.loads(text)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise typer.BadParameter(str(exc), param_hint="--config") from None
+    except OSError as exc:
+        raise typer.BadParameter(f"{value}: {exc.strerror}", param_hint="--config") from None
+    except UnicodeDecodeError:
+        raise typer.BadParameter(f"{value} is not UTF-8 text", param_hint="--config") from None
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(
+            f"{where}, line {exc.lineno}: not valid JSON: {exc.msg} (column {exc.colno})",
+            param_hint="--config",
+        ) from None
     if not isinstance(data, dict):
         raise typer.BadParameter("must be a JSON object", param_hint="--config")
     options = data.pop("options", None) or {}  # the API's old request shape

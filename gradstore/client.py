@@ -34,7 +34,6 @@ from gradstore.api_models import (
     Progress,
     SelectedPublic,
     SelectResponse,
-    Target,
 )
 from gradstore.config import BuildConfig
 
@@ -49,6 +48,7 @@ __all__ = [
     "GradstoreAPIError",
     "GradstoreClient",
     "GradstoreClientError",
+    "GradstoreConnectionError",
     "HealthStatus",
     "Progress",
     "Selected",
@@ -63,7 +63,6 @@ Selection = SelectResponse
 Selected = SelectedPublic
 Checkpoint = CheckpointPublic
 TERMINAL_FAILURES = frozenset(FAILED_BUILD)
-_TARGET_FIELDS = set(Target.model_fields)
 
 
 class GradstoreClientError(Exception):
@@ -108,6 +107,17 @@ class GradstoreAPIError(GradstoreClientError):
         return cls(response.status_code, title, response.text.strip(), body=body)
 
 
+class GradstoreConnectionError(GradstoreClientError):
+    """The service could not be reached (refused, unknown host, timed out)."""
+
+    def __init__(self, base_url: str, reason: str):
+        super().__init__(
+            f"cannot reach the gradstore service at {base_url} ({reason}); start one with "
+            "gradstore serve, or point --server (GRADSTORE_SERVER) at a running one"
+        )
+        self.base_url = base_url
+
+
 class DatastoreBuildError(GradstoreClientError):
     """The build ended as ``failed`` or ``cancelled``; ``datastore`` is its last record."""
 
@@ -136,11 +146,8 @@ def _example_record(example: Any) -> dict[str, Any]:
 
 
 def _target_record(target: Any) -> dict[str, Any]:
-    """Mappings go as given; model objects keep only the fields a target may have."""
-    if isinstance(target, Mapping):
-        return dict(target)
-    record = _example_record(target)
-    return {k: v for k, v in record.items() if k in _TARGET_FIELDS and v is not None}
+    """A target goes as a dataset example does: its known fields and its metadata."""
+    return {k: v for k, v in _example_record(target).items() if v is not None}
 
 
 def _segment(identifier: str) -> str:
@@ -177,7 +184,11 @@ class GradstoreClient:
         self.close()
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        response = self._http.request(method, path, **kwargs)
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            reason = str(exc) or type(exc).__name__
+            raise GradstoreConnectionError(str(self._http.base_url).rstrip("/"), reason) from exc
         if response.is_error:
             raise GradstoreAPIError.from_response(response)
         return response
@@ -352,19 +363,26 @@ class GradstoreClient:
         from tqdm.auto import tqdm
 
         deadline = None if timeout is None else time.monotonic() + timeout
-        bar = tqdm(total=0, disable=not progress, unit="ex", desc=datastore_id[:12])
+        # the rate is the service's, not tqdm's: the bar's count jumps between polls
+        bar_format = "{desc}{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
+        bar = tqdm(
+            total=0, disable=not progress, unit="ex", desc=datastore_id[:12], bar_format=bar_format
+        )
         stage = None
         try:
             while True:
                 store = self.get_datastore(datastore_id)
-                if store.progress.stage != stage:
-                    stage = store.progress.stage
+                if store.status != stage:
+                    stage = store.status
                     bar.reset(total=store.progress.total)
-                    bar.set_description(f"{datastore_id[:12]} {stage}")
+                    bar.set_description(f"{datastore_id[:12]} {stage}", refresh=False)
                 bar.total = store.progress.total
                 bar.n = store.progress.done
-                if store.progress.examples_per_s:
-                    bar.set_postfix(ex_per_s=f"{store.progress.examples_per_s:.1f}", refresh=False)
+                rate = store.progress.examples_per_s
+                ongoing = store.status not in (DatastoreStatus.READY, *TERMINAL_FAILURES)
+                bar.set_postfix_str(f", {rate:.1f} ex/s" if rate and ongoing else "", refresh=False)
+                if store.status == DatastoreStatus.READY:
+                    bar.n = bar.total
                 bar.refresh()
                 if store.status == DatastoreStatus.READY:
                     return store

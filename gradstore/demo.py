@@ -9,6 +9,7 @@ precision is one over the number of families. The pieces (``toy_store``,
 from __future__ import annotations
 
 import shutil
+import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -181,6 +182,21 @@ def method_columns(
     return [line(first, {x: x for x in labels}, ""), *(line(*row) for row in rows)]
 
 
+# What the table means, printed under it: what each column is, and why the order at toy
+# scale is not the order on real data (README, "Real models and real data").
+LEGEND = (
+    "Precision: the share of a selection drawn from the target's own toy family; query ms: "
+    "the mean time of one selection. less = LESS, gradient cosine over Adam (or plain, 'sgd "
+    "pool') LoRA gradients; rds = RDS+, hidden-state cosine; dsir = n-gram importance; bm25 = "
+    "lexical; in2core and influence_distillation ('landmark 128': its 128-landmark "
+    "approximation) = influence estimates; random = chance.",
+    "The order is the toy's: the model was pre-trained on these very skills, so its hidden "
+    "states (rds) already tell the families apart, while LESS ranks by how much an example "
+    "would lower the target's loss, which a family label measures only roughly; on real data "
+    "LESS taught the target best (README, Real models and real data).",
+)
+
+
 def format_table(report: dict) -> str:
     labels = list(report["mean_precision"])
     rows = [(family, values, ".3f") for family, values in report["precision"].items()]
@@ -188,11 +204,14 @@ def format_table(report: dict) -> str:
         ("mean", report["mean_precision"], ".3f"),
         ("query ms", report["query_ms_mean"], ".1f"),
     ]
+    legend = [textwrap.fill(paragraph, 88) for paragraph in LEGEND]
     return "\n".join(
         [
             f"precision at {report['fraction']:.0%} of {report['num_examples']} pool examples "
             f"({report['selected_per_query']} selected per family; chance {report['chance']:.3f})",
             *method_columns("family", labels, rows),
+            "",
+            *legend,
             f"toy assets {report['assets_s']} s, datastore build {report['build_s']} s",
         ]
     )

@@ -26,13 +26,16 @@ class InvalidInputError(GradstoreError):
 
 
 class InvalidExampleError(InvalidInputError):
-    """One example (a JSONL line) is malformed; the detail names the line and the problem."""
+    """One example is malformed; the detail names where (``file:line``, lines counted from
+    1, or the example's place in a list) and the problem."""
 
     title = "Invalid example"
 
-    def __init__(self, detail: str, line: int | None = None):
-        super().__init__(f"line {line}: {detail}" if line is not None else detail)
-        self.line = line
+    def __init__(self, detail: str, where: str | None = None, line: int | None = None):
+        super().__init__(f"{where}: {detail}" if where else detail)
+        self.problem = detail
+        self.where = where
+        self.line = line  # 1-based, when the example is a line of a file
 
 
 class NotFoundError(GradstoreError):

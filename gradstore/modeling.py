@@ -13,6 +13,7 @@ adapter, or keep one PEFT model and copy each checkpoint's tensors in
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 
 import torch
@@ -22,9 +23,19 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.pytorch_utils import Conv1D
+from transformers.utils import logging as hf_logging
 
 from gradstore.config import LoraConfig
 from gradstore.errors import InvalidInputError
+
+# Our commands and logs show their own progress: transformers' bars ("Loading weights",
+# "Writing model shards") interleave with them and with the service's JSON log lines, and
+# peft reads a property transformers deprecated (a FutureWarning on every adapter load that
+# says nothing about the user's run).
+hf_logging.disable_progress_bar()
+warnings.filterwarnings(
+    "ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning
+)
 
 # LESS adapts the attention projections; these are their names per model family.
 _LLAMA_LIKE = ["q_proj", "k_proj", "v_proj", "o_proj"]

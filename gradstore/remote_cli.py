@@ -5,15 +5,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from gradstore.cli_common import Explain, Fraction, Method, Options, Targets, TopK, read_targets
 from gradstore.cli_config import with_build_config
-from gradstore.client import GradstoreAPIError, GradstoreClient
 from gradstore.config import BuildConfig
 
-remote_app = typer.Typer(no_args_is_help=True, help="Talk to a gradstore service over HTTP.")
+if TYPE_CHECKING:
+    from gradstore.client import GradstoreClient
+
+remote_app = typer.Typer(
+    rich_markup_mode=None, no_args_is_help=True, help="Talk to a gradstore service over HTTP."
+)
 
 Server = Annotated[str, typer.Option(envvar="GRADSTORE_SERVER", help="Service base URL.")]
 ApiKey = Annotated[str | None, typer.Option(envvar="GRADSTORE_API_KEY", help="Bearer token.")]
@@ -21,12 +26,18 @@ ApiKey = Annotated[str | None, typer.Option(envvar="GRADSTORE_API_KEY", help="Be
 
 @contextmanager
 def _session(server: str, api_key: str | None) -> Iterator[GradstoreClient]:
-    """A client whose API errors become one line on stderr and exit status 1."""
+    """A client whose API errors become one line on stderr and exit status 1 (imported
+    here: httpx is not needed to parse a command line)."""
+    from gradstore.client import GradstoreAPIError, GradstoreClient, GradstoreClientError
+
     try:
         with GradstoreClient(server, api_key=api_key) as client:
             yield client
     except GradstoreAPIError as error:
         typer.echo(f"error {error.status} {error.title}: {error.detail}", err=True)
+        raise typer.Exit(1) from None
+    except (GradstoreClientError, TimeoutError) as error:
+        typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None
 
 
@@ -54,7 +65,7 @@ def build(
 ) -> None:
     """Start a datastore build (and wait for it); prints the datastore record.
 
-    The build flags are those of `gradstore build`, with the same defaults.
+    The build flags are those of gradstore build, with the same defaults.
     """
     with _session(server, api_key) as client:
         store = client.create_datastore(dataset_id, model, config)
@@ -97,19 +108,26 @@ def add_methods(
 
 @remote_app.command("select")
 def select(
-    datastore: Annotated[str, typer.Option(help="Datastore ID.")],
-    targets: Annotated[Path, typer.Option(help="Target examples (JSONL, with 'subtask').")],
-    top_k: Annotated[int | None, typer.Option(help="Number of examples to select.")] = None,
-    fraction: Annotated[float | None, typer.Option(help="Share of the pool to select.")] = None,
-    method: Annotated[str, typer.Option(help="Selection method.")] = "less",
+    datastore: Annotated[str, typer.Option("--datastore", "-s", help="Datastore ID.")],
+    targets: Targets,
+    top_k: TopK = None,
+    fraction: Fraction = None,
+    method: Method = "less",
+    options: Options = None,
+    explain: Explain = False,
     server: Server = "http://127.0.0.1:8000",
     api_key: ApiKey = None,
 ) -> None:
     """Rank the pool for the targets; prints the service's JSON answer."""
-    from gradstore.examples import read_jsonl
-
+    examples = read_targets(targets)
     with _session(server, api_key) as client:
         result = client.select(
-            datastore, read_jsonl(targets), method=method, top_k=top_k, fraction=fraction
+            datastore,
+            examples,
+            method=method,
+            top_k=top_k,
+            fraction=fraction,
+            options=options,  # type: ignore[arg-type]  # the callback parsed it into a dict
+            explain=explain,
         )
         typer.echo(result.model_dump_json())

@@ -371,12 +371,16 @@ class Datastore:
             return True
 
     def verify(self) -> None:
-        """Check every file's sha256 against the manifest: reads the whole store."""
+        """Check every file's sha256 against the manifest (reads the whole store), then the
+        recorded configuration against the checkpoints' own records."""
         for relative, entry in sorted(self.manifest.files.items()):
             if sha256_file(self.root / relative) != entry.sha256:
                 raise ManifestMismatchError(
                     f"datastore file {relative} does not match its checksum in the manifest"
                 )
+        from gradstore.provenance import check_provenance
+
+        check_provenance(self.root, self.manifest.config, self.manifest.num_examples)
 
     def check_unchanged(self) -> None:
         """Refuse to go on if any file changed since ``open`` (one stat per file)."""

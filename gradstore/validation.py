@@ -69,6 +69,7 @@ def check_build_request(
 ) -> BuildPlan:
     """Raise ``InvalidInputError`` for what would fail later; return the plan and warnings."""
     check_factory(config.index_factory)
+    check_model_dir(model_dir)
     _check_model_and_targets(model_dir, config)
     _check_template(model_dir, config)
     for directory in warmup_from:
@@ -132,6 +133,33 @@ def check_extension(
                     f"method {method!r} needs {artifact!r}, which only a build makes: create "
                     f"a datastore whose pool_features include {artifact.split('.', 1)[-1]!r}"
                 )
+
+
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def check_model_dir(model_dir: Path) -> None:
+    """A Hugging Face model directory holds a config, weights and a tokenizer: say which is
+    missing now, not after a queued build fails to load it."""
+    model_dir = Path(model_dir)
+    hint = "give a local Hugging Face model directory (gradstore models get makes one)"
+    if not model_dir.exists():
+        raise InvalidInputError(f"the model directory {model_dir} does not exist; {hint}")
+    if not model_dir.is_dir():
+        raise InvalidInputError(f"the model path {model_dir} is not a directory; {hint}")
+    if not (model_dir / "config.json").is_file():
+        raise InvalidInputError(f"the model directory {model_dir} has no config.json; {hint}")
+    if not any(next(model_dir.glob(pattern), None) for pattern in WEIGHT_FILES):
+        raise InvalidInputError(
+            f"the model directory {model_dir} has no weights (*.safetensors or "
+            f"pytorch_model*.bin); {hint}"
+        )
+    if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
+        raise InvalidInputError(
+            f"the model directory {model_dir} has no tokenizer ({', '.join(TOKENIZER_FILES)}); "
+            f"save the tokenizer with the model (tokenizer.save_pretrained)"
+        )
 
 
 def _check_model_and_targets(model_dir: Path, config: BuildConfig) -> None:

@@ -40,7 +40,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="Choose instruction-tuning data for a target from a reusable LESS datastore.",
         lifespan=lifespan,
+        docs_url=None,  # served below from packaged files, not a CDN
+        redoc_url=None,
     )
+    _serve_docs(app)
     problems.install(app)
     app.add_middleware(RequestMiddleware)
     auth = [Depends(require_api_key)]
@@ -51,6 +54,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(problem_types.router)
     return app
+
+
+DOCS_ASSETS = "/docs-assets"
+
+
+def _serve_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs from the swagger-ui-bundle package's files: it works on a host
+    without internet access, where FastAPI's default page (scripts from a CDN) is blank."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import HTMLResponse
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+        )
 
 
 def _log_startup(engine, settings: Settings) -> None:

@@ -15,7 +15,7 @@ import typer
 
 from gradstore.extras import needs_extra
 
-db_app = typer.Typer(no_args_is_help=True, help="Database schema (Alembic).")
+db_app = typer.Typer(rich_markup_mode=None, no_args_is_help=True, help="Database schema (Alembic).")
 
 
 def _settings(data_dir: Path | None = None):
@@ -30,6 +30,21 @@ def _logging(settings) -> None:
     from gradstore.db.logs import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Exit with one line when the port is taken (uvicorn would say it in a log line)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            typer.echo(
+                f"error: cannot listen on {host}:{port} ({exc.strerror}); stop what uses it "
+                "(another gradstore serve?) or choose another --port",
+                err=True,
+            )
+            raise typer.Exit(1) from None
 
 
 def _run_api(app, host: str, port: int) -> None:
@@ -58,6 +73,7 @@ def api(
     """Run the HTTP API only (the Compose api service; workers run separately)."""
     from gradstore.service.app import create_app
 
+    check_port_free(host, port)
     settings = _settings()
     _logging(settings)
     _run_api(create_app(settings), host, port)
@@ -79,6 +95,7 @@ def serve(
     from gradstore.service.embedded import WorkerProcesses
     from gradstore.threads import THREADS_ENV, threads_per_process
 
+    check_port_free(host, port)
     settings = _settings(data_dir)
     _logging(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -11,11 +11,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from cli_run import FLAGS, gradstore
 from stores import CONTRACT_BUILD, TINY_BUILD, build_store, contract_pool  # noqa: F401 (TINY_BUILD re-exported)
 from tiny_assets import save_tiny_llama
 
 from gradstore.examples import Example, write_jsonl
-from gradstore.toy.corpus import generate_corpus
+from gradstore.toy.corpus import generate_corpus, generate_targets
 from gradstore.toy.model import train_toy_model
 
 POSTGRES_HINT = (
@@ -90,6 +91,28 @@ def less_only_store(tmp_path_factory, tiny_model_dir) -> Path:
     root = tmp_path_factory.mktemp("less-only")
     config = CONTRACT_BUILD.model_copy(update={"batch_size": 4})
     return build_store(root, tiny_model_dir, contract_pool(), config, methods=["less"])
+
+
+@pytest.fixture(scope="session")
+def user_files(tmp_path_factory) -> Path:
+    """A directory with a tiny model, a pool and targets, as a user would have them."""
+    root = tmp_path_factory.mktemp("user")
+    save_tiny_llama(root / "model")
+    pool = generate_corpus(seed=0, per_family=4)
+    write_jsonl(pool, root / "pool.jsonl")
+    write_jsonl(generate_targets(seed=1, per_family=1, exclude=pool), root / "targets.jsonl")
+    return root
+
+
+@pytest.fixture(scope="session")
+def built_store(user_files) -> Path:
+    """A tiny store built there by `gradstore build`, as the command-line tests use it."""
+    done = gradstore(
+        "build", "--dataset", "pool.jsonl", "--model", "model", "--out", "store", *FLAGS,
+        cwd=user_files,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return user_files / "store"
 
 
 def pytest_collection_modifyitems(config, items) -> None:

@@ -264,7 +264,9 @@ def test_select_sends_targets_and_parses_the_ranking(client, fake):
     sent = fake.requests[-1]
     assert (sent.method, sent.url.path) == ("POST", "/v1/datastores/s1/select")
     assert json.loads(sent.content) == {
-        "targets": [{"id": "t", "prompt": "3+4=", "completion": "7", "subtask": "math"}],
+        "targets": [  # as a dataset example goes: its metadata too
+            {"id": "t", "prompt": "3+4=", "completion": "7", "subtask": "math", "x": 1}
+        ],
         "method": "less",
         "top_k": 1,
         "options": {"checkpoints": [0]},
@@ -321,6 +323,12 @@ def test_wait_until_ready_polls_through_the_stages(fake, capsys):
     assert store.status == "ready" and fake.polls["s1"] == 5
     bar = capsys.readouterr().err
     assert "featurize" in bar and "48/48" in bar
+    # the rate is the service's (12.5), shown while building; no rate of tqdm's own, which
+    # would divide the jump between two polls by the time between them
+    states = [state.strip() for state in bar.replace("\r", "\n").splitlines() if state.strip()]
+    assert any(s.endswith(", 12.5 ex/s]") for s in states if " featurize:" in s), states
+    assert states[-1].startswith("s1 ready: 100%|") and states[-1].endswith("48/48 [00:00]")
+    assert not any("ex/s" in s for s in states if " ready:" in s)
 
 
 @pytest.mark.parametrize("status", ["failed", "cancelled"])
@@ -390,13 +398,21 @@ def test_client_against_the_real_service(live_api, toy_pool_file, tiny_model_dir
         with pytest.raises(GradstoreAPIError, match="not a local directory") as caught:
             client.create_datastore(uploaded.id, "/no/such/model")
         assert caught.value.status == 422
+        config_only = tiny_model_dir.parent / "config-only"
+        config_only.mkdir(exist_ok=True)
+        (config_only / "config.json").write_bytes((tiny_model_dir / "config.json").read_bytes())
+        with pytest.raises(GradstoreAPIError, match="has no weights") as caught:
+            client.create_datastore(uploaded.id, config_only)
+        assert caught.value.status == 422
         store = client.create_datastore(
             uploaded.id, tiny_model_dir, lora={"r": 4, "alpha": 16}, shard_size=12
         )
         assert store.status == "queued" and client.get_datastore(store.id).id == store.id
         assert [s.id for s in client.list_datastores().data] == [store.id]
+        # the targets file a user has (meta and all) passes the request's checks
+        target = {"subtask": "m", "prompt": "1", "completion": "2", "meta": {"family": "add"}}
         with pytest.raises(GradstoreAPIError, match="not ready") as caught:
-            client.select(store.id, [{"subtask": "m", "prompt": "1", "completion": "2"}], top_k=1)
+            client.select(store.id, [target], top_k=1)
         assert caught.value.status == 409
         client.delete_datastore(store.id)
         with pytest.raises(GradstoreAPIError) as caught:  # removed at once, build cancelled

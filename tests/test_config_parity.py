@@ -61,11 +61,13 @@ class Captured(Exception):
 
 
 @pytest.fixture
-def captured_cli_config(monkeypatch):
-    def fake_build_all(out, dataset, model, config, warmup_from=()):
+def captured_cli_config(monkeypatch, tmp_path):
+    def fake_build_all(out, dataset, model, config, warmup_from=(), **_):
         raise Captured(config)
 
     monkeypatch.setattr(gradstore.build, "build_all", fake_build_all)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pool.jsonl").write_text("")  # --dataset is checked while parsing
 
     def run(args: list[str]) -> dict:
         argv = ["build", "--dataset", "pool.jsonl", "--model", "m", "--out", "s", *args]
@@ -172,7 +174,7 @@ def test_flag_errors_name_the_flag_and_unknown_choices_are_refused(captured_cli_
         (["--config", '{"lora": {"rank": 3}}'], "--config"),
     ):
         result = CliRunner().invoke(
-            app, ["build", "--dataset", "p", "--model", "m", "--out", "o", *args]
+            app, ["build", "--dataset", "pool.jsonl", "--model", "m", "--out", "o", *args]
         )
         assert result.exit_code == 2, result.output
         assert flag in result.output, result.output

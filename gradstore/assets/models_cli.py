@@ -13,6 +13,7 @@ from gradstore.assets.models import KNOWN_MODELS, ModelReport, convert_gguf, get
 from gradstore.errors import GradstoreError
 
 models_app = typer.Typer(
+    rich_markup_mode=None,
     no_args_is_help=True,
     help="Real pretrained models shipped in registry packages, converted to local directories.",
 )
@@ -39,7 +40,7 @@ def _one_line_errors(command: Callable[P, R]) -> Callable[P, R]:
 
 @models_app.command("list")
 def list_models() -> None:
-    """The models ``get`` knows: name, size, architecture, licence."""
+    """The models that get knows: name, size, architecture, licence."""
     for name, known in KNOWN_MODELS.items():
         typer.echo(f"{name}\n  {known.summary}\n  {known.parameters} parameters, "
                    f"{known.architecture}\n  licence: {known.licence}")  # fmt: skip

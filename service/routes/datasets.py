@@ -63,6 +63,7 @@ _UPLOAD_DOC = {
 
 
 def _validated_jsonl(data: bytes) -> tuple[bytes, int]:
+    data = data.removeprefix(b"\xef\xbb\xbf")  # a byte-order mark is accepted, not stored
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

@@ -86,7 +86,7 @@ def test_bad_datasets_are_problems_naming_the_line(client):
     response = client.post(
         "/v1/datasets", data={"name": "bad"}, files={"file": ("p.jsonl", "\n".join(lines))}
     )
-    assert_problem(response, 422, "line 1")
+    assert_problem(response, 422, "line 2: prompt")  # the second line, counted from 1
     assert_problem(client.post("/v1/datasets", json={"name": "x", "examples": []}), 422, "examples")
     assert_problem(client.post("/v1/datasets", content=b"x"), 422, "multipart/form-data")
     assert_problem(client.get("/v1/datasets/nope"), 404, "no dataset with id 'nope'")

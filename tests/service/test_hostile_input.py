@@ -39,7 +39,7 @@ def test_deeply_nested_json(api, dataset_id, model_root):
     body = '{"name": "n", "examples": [' + DEEP + "]}"
     assert_problem(post_json(api, "/v1/datasets", body), 422, "nested too deeply")
     line = '{"prompt": "a", "completion": "b", "meta": ' + DEEP + "}"
-    assert_problem(upload_lines(api, line), 422, "line 0: nested too deeply")
+    assert_problem(upload_lines(api, line), 422, "line 1: nested too deeply")
     # parsable, but deeper than any example needs (and than the encoder serves back)
     nested = '{"prompt": "a", "completion": "b", "meta": ' + "[" * 900 + "]" * 900 + "}"
     assert_problem(upload_lines(api, nested), 422, "nested deeper than 32 levels")
@@ -56,7 +56,7 @@ def test_deeply_nested_json(api, dataset_id, model_root):
 
 def test_lone_surrogates(api, dataset_id, model_root):
     lone = '{"id": "s", "prompt": "\\ud800", "completion": "b"}'  # valid JSON, not Unicode
-    assert_problem(upload_lines(api, lone), 422, "line 0: text is not valid Unicode")
+    assert_problem(upload_lines(api, lone), 422, "line 1: text is not valid Unicode")
     inline = '{"name": "n", "examples": [' + lone + "]}"
     assert_problem(post_json(api, "/v1/datasets", inline), 422, "not valid Unicode")
     assert_problem(post_json(api, "/v1/datasets", '{"name": "\\udfff", "examples": [{}]}'), 422)
@@ -85,7 +85,7 @@ def test_integers_beyond_64_bits(api, route, name):
 
 def test_integers_beyond_64_bits_in_bodies(api, dataset_id, model_root):
     huge = '{"id": 1' + "0" * 5000 + ', "prompt": "a", "completion": "b"}'
-    assert_problem(upload_lines(api, huge), 422, "line 0")
+    assert_problem(upload_lines(api, huge), 422, "line 1")
     body = {"dataset_id": dataset_id, "model": {"path": str(model_root / "tiny")}}
     for field in ("warmup", "projection"):
         answer = api.post("/v1/datastores", json=body | {field: {"seed": 2**64}})

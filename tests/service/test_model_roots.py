@@ -123,7 +123,7 @@ def test_a_useless_warmup_is_said_plainly_everywhere(sqlite_api, pool, model_roo
     assert fine.json()["warnings"] == []
 
     # the remote CLI prints it on stderr (the client talks to this app in process)
-    from gradstore import remote_cli
+    from gradstore import client as client_module
 
     def forward(request: httpx.Request) -> httpx.Response:
         answer = sqlite_api.request(
@@ -131,12 +131,12 @@ def test_a_useless_warmup_is_said_plainly_everywhere(sqlite_api, pool, model_roo
         )
         return httpx.Response(answer.status_code, headers=answer.headers, content=answer.content)
 
-    real_client = remote_cli.GradstoreClient
+    real_client = client_module.GradstoreClient
 
     def client(server, api_key=None):
         return real_client(server, api_key=api_key, transport=httpx.MockTransport(forward))
 
-    monkeypatch.setattr(remote_cli, "GradstoreClient", client)
+    monkeypatch.setattr(client_module, "GradstoreClient", client)  # the CLI imports it late
     config = json.dumps({k: v for k, v in TINY_BUILD.items()} | {"warmup": short})
     args = ["remote", "build", "--dataset-id", pool, "--model", str(model_root / "tiny")]
     result = CliRunner().invoke(cli_app, [*args, "--config", config, "--no-wait"])

@@ -20,7 +20,9 @@ def test_long_labels_get_their_own_width_and_columns_align():
         "assets_s": 1.0,
         "build_s": 2.0,
     }
-    header, *rows, _ = format_table(report).splitlines()[1:]
+    table, legend = format_table(report).split("\n\n")
+    header, *rows = table.splitlines()[1:]
+    assert "Precision: the share" in legend and "rds = RDS+" in legend
     assert header.split() == ["family", "less", "influence_distillation", "infdist", "(landmark",
                               "128)"]  # fmt: skip
     assert len({len(line) for line in [header, *rows]}) == 1  # right-aligned to one width
