@@ -4,8 +4,10 @@ LESS scores Σ_i η_i ⟨q_i, f_i(z)⟩ for every subtask. One pass over the mem
 shards computes all subtasks at once: each block of rows is widened to fp32 in a small
 reused buffer (it stays in cache) and multiplied by the (subtasks × dim) queries of its
 checkpoint, so the pool is read once per query, never copied whole, and the (n, subtasks)
-score matrix is all that is kept. On a CUDA device the shards are copied to the GPU once
-(while they fit its free memory) and every later query is a few matrix products there.
+score matrix is all that is kept. Coded stores (int8…int1) are read the same way: each
+block of rows is decoded into the buffer instead of widened. On a CUDA device the shards are
+copied to the GPU once (while they fit its free memory) and every later query is a few
+matrix products there.
 
 Why not a FAISS flat index: it holds its own fp32 copy of the vectors (3× the fp16 store),
 scans once per query for fewer than 20 queries, and on a GPU returns at most 2048 rows per
@@ -21,6 +23,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from gradstore.codes import CodedRows
 from gradstore.store import Datastore, FeatureBlock
 
 BLOCK_ROWS = 128  # rows widened to fp32 at a time on CPU: 4 MiB at d = 8192, stays in cache
@@ -91,7 +94,10 @@ class FeatureScanner:
             target = out[block.start + start : block.start + end]
             for i, array in enumerate(block.arrays):
                 rows = buffer[: end - start]
-                rows.copy_(_as_tensor(array[start:end]))
+                if isinstance(array, CodedRows):
+                    array.decode_into(start, end, rows.numpy())
+                else:
+                    rows.copy_(_as_tensor(array[start:end]))
                 if i == 0:
                     torch.mm(rows, queries[i].t(), out=target)
                 else:
@@ -108,12 +114,12 @@ class FeatureScanner:
             target.addmm_(rows.float(), queries[i].t())
 
     def _device_rows(
-        self, kind: str, checkpoint: int, block: FeatureBlock, array: np.ndarray
+        self, kind: str, checkpoint: int, block: FeatureBlock, array: np.ndarray | CodedRows
     ) -> torch.Tensor:
         key = (kind, checkpoint, block.start)
         if key in self._on_device:
             return self._on_device[key]
-        rows = _as_tensor(array).to(self.device)
+        rows = _as_tensor(np.asarray(array)).to(self.device)
         free, total = torch.cuda.mem_get_info(self.device)
         if free - rows.numel() * rows.element_size() > (1 - self.gpu_cache_fraction) * total:
             self._on_device[key] = rows
