@@ -53,6 +53,9 @@ CANDIDATES = [
 ]
 
 
+DEFAULT = ("sparse", 4)
+
+
 class IdentityProjector:
     """The whole gradient, unprojected: ``Projector`` with d = P (the exact reference)."""
 
@@ -162,6 +165,14 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--kinds", default=None, help="Comma-separated labels to run.")
+    parser.add_argument(
+        "--gradients", type=Path, default=None,
+        help="A file keeping the whole gradients: loaded when it exists, else written.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--save-features", type=Path, default=None,
+        help="Write the default projection's seed-0 features and the exact scores (.npz).",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -177,7 +188,12 @@ def main() -> None:
     n_lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
     bounds = module_bounds(model)
     started = time.perf_counter()
-    pool_g, target_g = whole_gradients(model, adam, pad, pool, targets, n_lora, args.batch_size)
+    if args.gradients is not None and args.gradients.exists():
+        pool_g, target_g = torch.load(args.gradients)
+    else:
+        pool_g, target_g = whole_gradients(model, adam, pad, pool, targets, n_lora, args.batch_size)
+        if args.gradients is not None:
+            torch.save((pool_g, target_g), args.gradients)
     gradient_s = time.perf_counter() - started
     exact = (pool_g @ target_g.T).numpy()
     both = torch.cat([pool_g, target_g])
@@ -196,6 +212,8 @@ def main() -> None:
             seconds.append(time.perf_counter() - started)
             f_pool, f_target = features[: len(pool)], features[len(pool) :]
             values.append(fidelity(exact, (f_pool @ f_target.T).numpy()))
+            if args.save_features and seed == 0 and (kind, nonzeros) == DEFAULT:
+                np.savez(args.save_features, pool=f_pool, targets=f_target, exact=exact)
         table[label] = {
             "mean": round(statistics.mean(values), 4),
             "stdev": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,

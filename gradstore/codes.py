@@ -20,10 +20,11 @@ floats and no selection method knows the store is coded.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
+import torch
 
 CODE_BITS = {"int8": 8, "int4": 4, "int2": 2, "int1": 1}
 STORE_DTYPES = ("float16", "float32", *CODE_BITS)
@@ -52,6 +53,8 @@ class FeatureCode:
             raise ValueError(f"code bits must be 1, 2, 4 or 8, got {self.bits}")
         if self.block < 1 or self.dim % self.block:
             raise ValueError(f"scale block {self.block} must divide the dimension {self.dim}")
+        if self.dim % 8:
+            raise ValueError(f"a coded dimension must be a multiple of 8, got {self.dim}")
 
     @classmethod
     def of(cls, dtype: str, dim: int, block: int | None) -> FeatureCode:
@@ -72,14 +75,6 @@ class FeatureCode:
     @property
     def row_bytes(self) -> int:
         return 4 * self.blocks + self.code_bytes
-
-    @cached_property
-    def _table(self) -> np.ndarray:
-        """(256, per_byte) float32: the k + ½ of each code packed in a byte value."""
-        values = np.arange(256, dtype=np.int64)[:, None]
-        shifts = self.bits * np.arange(self.per_byte)[None, :]
-        codes = (values >> shifts) & ((1 << self.bits) - 1)
-        return (codes - (1 << (self.bits - 1)) + 0.5).astype(np.float32)
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         """(n, dim) floats → (n, row_bytes) uint8."""
@@ -109,18 +104,36 @@ class FeatureCode:
     def decode(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """(k, row_bytes) uint8 → (k, dim) float32 (into ``out`` when given)."""
         rows = np.asarray(rows)
-        k = rows.shape[0]
-        steps = np.ascontiguousarray(rows[:, : 4 * self.blocks]).view("<f4")
-        levels = self._table[rows[:, 4 * self.blocks :]].reshape(k, -1)
         if out is None:
-            out = np.empty((k, self.dim), dtype=np.float32)
-        grouped = out.reshape(k, self.blocks, self.block)
-        np.multiply(
-            levels[:, : self.dim].reshape(k, self.blocks, self.block),
-            steps[:, :, None],
-            out=grouped,
-        )
+            out = np.empty((rows.shape[0], self.dim), dtype=np.float32)
+        self.decode_tensor(_tensor(rows), torch.from_numpy(out))
         return out
+
+    def decode_tensor(self, rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """(k, row_bytes) uint8 → ``out`` (k, dim) float32: one plane of codes per bit field
+        of the bytes, each written to its strided columns, then (u − 2^(b−1) + ½)·Δ."""
+        k = rows.shape[0]
+        steps = self.steps(rows)
+        codes = rows[:, 4 * self.blocks :]
+        mask = (1 << self.bits) - 1
+        planes = out.view(k, self.code_bytes, self.per_byte)
+        for j in range(self.per_byte):
+            planes[:, :, j].copy_(codes if self.bits == 8 else (codes >> (j * self.bits)) & mask)
+        out.sub_((1 << (self.bits - 1)) - 0.5)
+        out.view(k, self.blocks, self.block).mul_(steps[:, :, None])
+        return out
+
+    def steps(self, rows: torch.Tensor) -> torch.Tensor:
+        """(k, blocks) float32: each row's scale steps Δ, read from its first bytes."""
+        head = torch.empty((rows.shape[0], 4 * self.blocks), dtype=torch.uint8)
+        return head.copy_(rows[:, : 4 * self.blocks]).view(torch.float32)
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor view of a (read-only) memory map: only read."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "array is not writable": never written
+        return torch.from_numpy(array)
 
 
 class CodedRows:

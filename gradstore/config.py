@@ -166,6 +166,10 @@ class BuildConfig(_Config):
 
     @model_validator(mode="after")
     def _scale_block_divides_dim(self) -> BuildConfig:
+        if self.dtype.startswith("int") and self.projection.dim % 8:
+            raise ValueError(
+                f"a coded store needs projection dim a multiple of 8, not {self.projection.dim}"
+            )
         if self.scale_block is not None and self.projection.dim % self.scale_block:
             raise ValueError(
                 f"scale_block {self.scale_block} must divide projection dim {self.projection.dim}"

@@ -66,13 +66,14 @@ def test_codes_round_trip_within_their_bounds(dtype, block):
 
 
 def test_the_packed_layout_is_scales_then_low_bits_first():
-    code = FeatureCode.of("int4", 4, None)
-    x = np.array([[1.0, -1.0, 0.5, -0.25]], dtype=np.float32)
+    code = FeatureCode.of("int4", 8, None)
+    x = np.array([[1.0, -1.0, 0.5, -0.25, 0, 0, 0, 0]], dtype=np.float32)
     stored = code.encode(x)
     step = np.float32(2 * 1.0 / 16)
     assert stored[0, :4].view("<f4")[0] == step
-    k = [min(int(np.floor(v / step)), 7) + 8 for v in x[0]]  # 15, 0, 12, 6
-    assert stored[0, 4:].tolist() == [k[0] | k[1] << 4, k[2] | k[3] << 4]
+    k = [min(int(np.floor(v / step)), 7) + 8 for v in x[0]]  # 15, 0, 12, 6, 8, 8, 8, 8
+    assert stored[0, 4:].tolist() == [k[i] | k[i + 1] << 4 for i in range(0, 8, 2)]
+    assert k[:4] == [15, 0, 12, 6]
 
 
 def test_a_scale_block_must_divide_the_dimension():
