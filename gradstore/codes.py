@@ -112,16 +112,27 @@ class FeatureCode:
     def decode_tensor(self, rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """(k, row_bytes) uint8 → ``out`` (k, dim) float32: one plane of codes per bit field
         of the bytes, each written to its strided columns, then (u − 2^(b−1) + ½)·Δ."""
-        k = rows.shape[0]
-        steps = self.steps(rows)
-        codes = rows[:, 4 * self.blocks :]
-        mask = (1 << self.bits) - 1
-        planes = out.view(k, self.code_bytes, self.per_byte)
-        for j in range(self.per_byte):
-            planes[:, :, j].copy_(codes if self.bits == 8 else (codes >> (j * self.bits)) & mask)
-        out.sub_((1 << (self.bits - 1)) - 0.5)
-        out.view(k, self.blocks, self.block).mul_(steps[:, :, None])
+        self.unpack(rows, out)
+        out.sub_(self.offset)
+        out.view(rows.shape[0], self.blocks, self.block).mul_(self.steps(rows)[:, :, None])
         return out
+
+    @property
+    def offset(self) -> float:
+        """u − offset = k + ½: what the stored unsigned code u is off by, in steps."""
+        return (1 << (self.bits - 1)) - 0.5
+
+    def unpack(self, rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The unsigned codes u of (k, row_bytes) rows as float32 into ``out`` (k, dim)."""
+        codes = rows[:, 4 * self.blocks :]
+        if self.bits == 8:
+            return out.copy_(codes)
+        if self.bits == 1:  # numpy's bit unpacking is one pass
+            bits = np.unpackbits(codes.numpy(), axis=1, bitorder="little")
+            return out.copy_(torch.from_numpy(bits))
+        mask = (1 << self.bits) - 1
+        planes = [(codes >> (j * self.bits)) & mask for j in range(self.per_byte)]
+        return out.copy_(torch.stack(planes, dim=2).view(rows.shape[0], self.dim))
 
     def steps(self, rows: torch.Tensor) -> torch.Tensor:
         """(k, blocks) float32: each row's scale steps Δ, read from its first bytes."""

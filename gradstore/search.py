@@ -74,17 +74,19 @@ class FeatureScanner:
         # reused for every block: a fresh large allocation would page-fault each time
         buffer = torch.empty(BLOCK_ROWS, dim)
         partial = torch.empty(BLOCK_ROWS, m)
+        sums = [q.sum(dim=1) for q in queries]  # for coded rows scored before scaling
         for block in blocks:
             if self.device.type == "cuda":
                 self._score_on_device(key, block, queries, out)
             else:
-                self._score_on_cpu(block, queries, out, buffer, partial)
+                self._score_on_cpu(block, queries, sums, out, buffer, partial)
         return out.cpu().numpy()
 
     def _score_on_cpu(
         self,
         block: FeatureBlock,
         queries: list[torch.Tensor],
+        sums: list[torch.Tensor],
         out: torch.Tensor,
         buffer: torch.Tensor,
         partial: torch.Tensor,
@@ -94,15 +96,22 @@ class FeatureScanner:
             target = out[block.start + start : block.start + end]
             for i, array in enumerate(block.arrays):
                 rows = buffer[: end - start]
-                if isinstance(array, CodedRows):
+                scores = target if i == 0 else partial[: end - start]
+                if isinstance(array, CodedRows) and array.code.blocks == 1:
+                    # one scale per row: score the unsigned codes u, then fix the (rows, m)
+                    # result: ⟨(u − offset)·Δ, q⟩ = Δ·(⟨u, q⟩ − offset·Σq)
+                    raw = _as_tensor(array.raw[start:end])
+                    torch.mm(array.code.unpack(raw, rows), queries[i].t(), out=scores)
+                    scores.sub_(sums[i][None, :] * array.code.offset)
+                    scores.mul_(array.code.steps(raw))
+                elif isinstance(array, CodedRows):
                     array.decode_into(start, end, rows.numpy())
+                    torch.mm(rows, queries[i].t(), out=scores)
                 else:
                     rows.copy_(_as_tensor(array[start:end]))
-                if i == 0:
-                    torch.mm(rows, queries[i].t(), out=target)
-                else:
-                    torch.mm(rows, queries[i].t(), out=partial[: end - start])
-                    target.add_(partial[: end - start])
+                    torch.mm(rows, queries[i].t(), out=scores)
+                if i > 0:
+                    target.add_(scores)
 
     def _score_on_device(
         self, kind: str, block: FeatureBlock, queries: list[torch.Tensor], out: torch.Tensor
