@@ -68,7 +68,8 @@ def write_synthetic_store(
     sha256."""
     if (root / MANIFEST).exists():
         manifest = json.loads((root / MANIFEST).read_text())
-        if manifest["num_examples"] == n and manifest["dtype"] == dtype:
+        same_code = manifest["config"].get("scale_block") == scale_block
+        if manifest["num_examples"] == n and manifest["dtype"] == dtype and same_code:
             return
     config = BuildConfig(projection=ProjectionConfig(dim=DIM), dtype=dtype, scale_block=scale_block)  # type: ignore[arg-type]
     rng = np.random.default_rng(seed)
@@ -176,6 +177,7 @@ def main() -> None:
     n = args.n or (12_000 if args.quick else 100_000)
     repeats = args.repeats or (5 if args.quick else 10)
     name = f"gradstore-bench-query-{n}" + ("" if args.dtype == "float16" else f"-{args.dtype}")
+    name += f"-{args.scale_block}" if args.scale_block else ""
     root = args.store_dir or Path(tempfile.gettempdir()) / name
 
     started = time.perf_counter()
