@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from gradstore.build import stored_features
-from gradstore.codes import STORE_DTYPES
+from gradstore.codes import STORE_DTYPES, FeatureCode, is_code
 from gradstore.config import BuildConfig, ProjectionConfig
 from gradstore.files import atomic_write_json
 from gradstore.search import FeatureScanner, top_k
@@ -62,10 +62,17 @@ CHECKPOINTS, DIM, SUBTASKS, SHARD_ROWS, BASELINE_ROWS = 4, 8192, 8, 1024, 10_000
 
 
 def write_synthetic_store(
-    root: Path, n: int, seed: int = 0, dtype: str = "float16", scale_block: int | None = None
+    root: Path,
+    n: int,
+    seed: int = 0,
+    dtype: str = "float16",
+    scale_block: int | None = None,
+    random_codes: bool = False,
 ) -> None:
     """N unit vectors per checkpoint in fp16 (or coded) shards, a manifest with sizes and
-    sha256."""
+    sha256. ``random_codes``: uniformly drawn code bytes and the steps of a unit Gaussian
+    row instead of encoding random vectors (the same bytes to read and decode; encoding a
+    million rows would take longer than the searches)."""
     if (root / MANIFEST).exists():
         manifest = json.loads((root / MANIFEST).read_text())
         same_code = manifest["config"].get("scale_block") == scale_block
@@ -80,11 +87,9 @@ def write_synthetic_store(
         shards[key] = []
         for start in range(0, n, SHARD_ROWS):
             end = min(start + SHARD_ROWS, n)
-            rows = rng.standard_normal((end - start, DIM), dtype=np.float32)
-            rows /= np.linalg.norm(rows, axis=1, keepdims=True)
             relative = f"features/{key}/{start:09d}-{end:09d}.npy"
             buffer = io.BytesIO()
-            np.save(buffer, stored_features(config, rows))
+            np.save(buffer, _synthetic_rows(rng, end - start, config, random_codes))
             data = buffer.getvalue()
             (root / relative).parent.mkdir(parents=True, exist_ok=True)
             (root / relative).write_bytes(data)
@@ -117,6 +122,22 @@ def write_synthetic_store(
         files=files,
     )
     atomic_write_json(root / MANIFEST, manifest.model_dump(mode="json"))
+
+
+def _synthetic_rows(
+    rng: np.random.Generator, count: int, config: BuildConfig, random_codes: bool
+) -> np.ndarray:
+    """One shard's stored rows: random unit vectors as the build stores them."""
+    if random_codes and is_code(config.dtype):
+        code = FeatureCode.of(config.dtype, DIM, config.scale_block)
+        out = rng.integers(0, 256, size=(count, code.row_bytes), dtype=np.uint8)
+        # the absmax step of a unit Gaussian row: max |x| ≈ 4.3 / sqrt(d)
+        step = np.float32(2 * 4.3 / np.sqrt(DIM) / 2**code.bits)
+        out[:, : 4 * code.blocks] = np.full((count, code.blocks), step, "<f4").view(np.uint8)
+        return out
+    rows = rng.standard_normal((count, DIM), dtype=np.float32)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    return stored_features(config, rows)
 
 
 def less_search(scanner: FeatureScanner, queries: np.ndarray, k: int) -> np.ndarray:
@@ -170,6 +191,9 @@ def main() -> None:
     parser.add_argument("--dtype", default="float16", choices=STORE_DTYPES)
     parser.add_argument("--scale-block", type=int, default=None, help="Dims per code scale.")
     parser.add_argument("--no-yardsticks", action="store_true", help="Skip product and FAISS.")
+    parser.add_argument(
+        "--random-codes", action="store_true", help="Draw code bytes instead of encoding."
+    )
     parser.add_argument("--json", action="store_true", help="Print one JSON line.")
     args = parser.parse_args()
     if args.threads:
@@ -181,7 +205,7 @@ def main() -> None:
     root = args.store_dir or Path(tempfile.gettempdir()) / name
 
     started = time.perf_counter()
-    write_synthetic_store(root, n, dtype=args.dtype, scale_block=args.scale_block)
+    write_synthetic_store(root, n, 0, args.dtype, args.scale_block, args.random_codes)
     write_s = time.perf_counter() - started
     started = time.perf_counter()
     store = Datastore.open(root)
