@@ -18,12 +18,13 @@ query, while LESS needs every subtask's score of every row (max over subtasks, t
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from gradstore.codes import CodedRows
+from gradstore.codes import STORE_DTYPES, CodedRows
 from gradstore.store import Datastore, FeatureBlock
 
 BLOCK_ROWS = 128  # rows widened to fp32 at a time on CPU: 4 MiB at d = 8192, stays in cache
@@ -133,6 +134,41 @@ class FeatureScanner:
         if free - rows.numel() * rows.element_size() > (1 - self.gpu_cache_fraction) * total:
             self._on_device[key] = rows
         return rows
+
+
+class Searcher(Protocol):
+    """Exact scores of queries against a store's gradient features: what LESS and the other
+    gradient methods need of a search path (a GPU kernel plugs in here)."""
+
+    def scores(self, kind: str, queries: np.ndarray) -> np.ndarray: ...
+
+
+class BruteForceSearcher:
+    """The slow reference: every row decoded whole, one float64 product (tests only)."""
+
+    def __init__(self, datastore: Datastore, device: str | torch.device = "cpu"):
+        self.datastore = datastore
+
+    def scores(self, kind: str, queries: np.ndarray) -> np.ndarray:
+        checkpoints = [c.index for c in self.datastore.manifest.checkpoints]
+        rows = np.concatenate([self.datastore.features(kind, c) for c in checkpoints], axis=1)
+        flat = queries.reshape(len(queries), -1).astype(np.float64)
+        return (rows.astype(np.float64) @ flat.T).astype(np.float32)
+
+
+# The registry, keyed by the feature ``dtype`` a manifest records: every float and coded
+# store is scanned block by block today; a device kernel for one code registers here.
+SEARCHERS: dict[str, Callable[[Datastore, str | torch.device], Searcher]] = {
+    dtype: FeatureScanner for dtype in STORE_DTYPES
+}
+
+
+def make_searcher(datastore: Datastore, device: str | torch.device = "cpu") -> Searcher:
+    """The searcher for the store's feature dtype."""
+    dtype = datastore.manifest.dtype
+    if dtype not in SEARCHERS:
+        raise ValueError(f"no searcher for stored features of dtype {dtype!r}")
+    return SEARCHERS[dtype](datastore, device)
 
 
 def _as_tensor(array: np.ndarray) -> torch.Tensor:

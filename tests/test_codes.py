@@ -17,7 +17,7 @@ from gradstore.cli import app
 from gradstore.codes import CODE_BITS, CodedRows, FeatureCode
 from gradstore.examples import load_examples
 from gradstore.query import QueryEngine
-from gradstore.search import FeatureScanner
+from gradstore.search import BruteForceSearcher, FeatureScanner, make_searcher
 from gradstore.selection import run_selection
 from gradstore.store import Datastore
 
@@ -148,18 +148,22 @@ def test_a_coded_store_records_its_code_and_stores_bytes(stores):
     assert (error <= bound + 2e-3).all()  # + the fp16 rounding of the reference
 
 
-@pytest.mark.parametrize("name", ["int4", "int2"])
-def test_search_over_a_coded_store_equals_brute_force_over_the_decoded_rows(stores, name):
-    """Scale blocks are decoded then scored; one scale per row is scored from the codes."""
+@pytest.mark.parametrize("name", ["float16", "int4", "int2"])
+def test_search_over_a_store_equals_brute_force_over_the_decoded_rows(stores, name):
+    """Through the ``Searcher`` protocol: the store's registered searcher against the slow
+    reference. Scale blocks are decoded then scored; one scale per row is scored from the
+    codes."""
     store = Datastore.open(stores[name])
+    searcher = make_searcher(store)
+    assert isinstance(searcher, FeatureScanner)
     checkpoints = [c.index for c in store.manifest.checkpoints]
     decoded = np.concatenate([store.features("adam", c) for c in checkpoints], axis=1)
     rng = np.random.default_rng(1)
     queries = rng.standard_normal((3, len(checkpoints), 64)).astype(np.float32)
-    expected = decoded.astype(np.float64) @ queries.reshape(3, -1).T.astype(np.float64)
+    expected = BruteForceSearcher(store).scores("adam", queries)
     for block_rows in (1, 5, 128):
         with patch("gradstore.search.BLOCK_ROWS", block_rows):
-            got = FeatureScanner(store).scores("adam", queries)
+            got = make_searcher(store).scores("adam", queries)
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(store.rows("adam", np.array([9, 0, 19])), decoded[[9, 0, 19]])
 
