@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import torch
 
-from gradstore.codes import STORE_DTYPES, CodedRows
+from gradstore.codes import STORE_DTYPES, CodedRows, FeatureCode
 from gradstore.store import Datastore, FeatureBlock
 
 BLOCK_ROWS = 128  # rows widened to fp32 at a time on CPU: 4 MiB at d = 8192, stays in cache
@@ -54,7 +55,8 @@ class FeatureScanner:
             torch.from_numpy(np.ascontiguousarray(queries[:, i], dtype=np.float32)).to(self.device)
             for i in range(queries.shape[1])
         ]
-        return self._scan(kind, self.datastore.feature_blocks(kind), per_checkpoint)
+        blocks = self.datastore.feature_blocks(kind)
+        return self._scan(kind, blocks, per_checkpoint, self.datastore.feature_code)
 
     def artifact_scores(self, name: str, queries: np.ndarray) -> np.ndarray:
         """``queries`` (m, dim) → (n, m): inner products with a row-sharded array artifact."""
@@ -66,7 +68,11 @@ class FeatureScanner:
         return self._scan(name, iter(blocks), [query])
 
     def _scan(
-        self, key: str, blocks: Iterator[FeatureBlock], queries: list[torch.Tensor]
+        self,
+        key: str,
+        blocks: Iterator[FeatureBlock],
+        queries: list[torch.Tensor],
+        code: FeatureCode | None = None,
     ) -> np.ndarray:
         """(n, m) scores: Σ over each block's arrays of array · queries[i]ᵀ, block by block."""
         self.datastore.check_unchanged()
@@ -75,19 +81,26 @@ class FeatureScanner:
         # reused for every block: a fresh large allocation would page-fault each time
         buffer = torch.empty(BLOCK_ROWS, dim)
         partial = torch.empty(BLOCK_ROWS, m)
-        sums = [q.sum(dim=1) for q in queries]  # for coded rows scored before scaling
+        coded = None
+        if code is not None and code.blocks == 1:  # scored from the codes, planes in order
+            coded = _PlanarQueries(
+                code,
+                [q[:, code.planar_order].contiguous() for q in queries],
+                [q.sum(dim=1) for q in queries],
+                torch.empty(BLOCK_ROWS, code.code_bytes, dtype=torch.uint8),
+            )
         for block in blocks:
             if self.device.type == "cuda":
                 self._score_on_device(key, block, queries, out)
             else:
-                self._score_on_cpu(block, queries, sums, out, buffer, partial)
+                self._score_on_cpu(block, queries, coded, out, buffer, partial)
         return out.cpu().numpy()
 
     def _score_on_cpu(
         self,
         block: FeatureBlock,
         queries: list[torch.Tensor],
-        sums: list[torch.Tensor],
+        coded: _PlanarQueries | None,
         out: torch.Tensor,
         buffer: torch.Tensor,
         partial: torch.Tensor,
@@ -98,13 +111,14 @@ class FeatureScanner:
             for i, array in enumerate(block.arrays):
                 rows = buffer[: end - start]
                 scores = target if i == 0 else partial[: end - start]
-                if isinstance(array, CodedRows) and array.code.blocks == 1:
+                if isinstance(array, CodedRows) and coded is not None:
                     # one scale per row: score the unsigned codes u, then fix the (rows, m)
                     # result: ⟨(u − offset)·Δ, q⟩ = Δ·(⟨u, q⟩ − offset·Σq)
                     raw = _as_tensor(array.raw[start:end])
-                    torch.mm(array.code.unpack(raw, rows), queries[i].t(), out=scores)
-                    scores.sub_(sums[i][None, :] * array.code.offset)
-                    scores.mul_(array.code.steps(raw))
+                    planes = coded.code.unpack_planar(raw, rows, coded.scratch[: end - start])
+                    torch.mm(planes, coded.queries[i].t(), out=scores)
+                    scores.sub_(coded.sums[i][None, :] * coded.code.offset)
+                    scores.mul_(coded.code.steps(raw))
                 elif isinstance(array, CodedRows):
                     array.decode_into(start, end, rows.numpy())
                     torch.mm(rows, queries[i].t(), out=scores)
@@ -134,6 +148,16 @@ class FeatureScanner:
         if free - rows.numel() * rows.element_size() > (1 - self.gpu_cache_fraction) * total:
             self._on_device[key] = rows
         return rows
+
+
+@dataclass(frozen=True)
+class _PlanarQueries:
+    """Queries prepared once per scan for rows scored from their codes (one scale a row)."""
+
+    code: FeatureCode
+    queries: list[torch.Tensor]  # columns in the code's planar order
+    sums: list[torch.Tensor]  # Σq of each query
+    scratch: torch.Tensor  # (BLOCK_ROWS, code_bytes) uint8
 
 
 class Searcher(Protocol):
