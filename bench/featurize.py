@@ -12,10 +12,12 @@ Adam state as after a warmup), in one run:
   virtual environment) on the same model, adapter and tokens, interleaved with gradstore
   round by round so both see the same machine load;
 - the JL quality of each projection kind: Spearman between LESS scores with and without
-  projection, on the toy gradients and on synthetic gradients of realistic size;
+  projection, on the toy gradients and on synthetic gradients of realistic size
+  (``bench/projection_fidelity.py`` measures fidelity over seeds, on SmolLM2 too);
 - at a synthetic realistic parameter count (P = 17M: a 0.5B model at r = 128), the cost of
-  the projection per example against what that model's forward + backward would cost here,
-  estimated as 4 · 0.5e9 · 512 FLOPs at the fp32 matrix-product rate measured in this run.
+  the sparse projection (``--projection``, ``--nonzeros``) per example against what that
+  model's forward + backward would cost here, estimated as 4 · 0.5e9 · 512 FLOPs at the
+  fp32 matrix-product rate measured in this run.
 
     OMP_NUM_THREADS=1 python bench/featurize.py --quick --json
 
@@ -44,7 +46,7 @@ from gradstore.featurizer import CheckpointFeaturizer
 from gradstore.gradients import reference_per_example_gradients
 from gradstore.modeling import attach_new_lora, load_base_model, load_tokenizer
 from gradstore.preconditioner import AdamPreconditioner
-from gradstore.projection import PROJECTION_KINDS, SparseJLProjector, make_projector
+from gradstore.projection import PROJECTION_KINDS, make_projector
 from gradstore.tokenization import ExampleEncoder, pad_token_id
 from gradstore.toy.corpus import generate_corpus
 from gradstore.toy.model import train_toy_model
@@ -132,12 +134,12 @@ def synthetic_gradient(generator: torch.Generator, shared: list[torch.Tensor]) -
     return x + noise.mul_(shared[0].abs().sqrt_())
 
 
-def synthetic_spearman(pool_size: int, dim: int) -> float:
-    """Spearman between exact and SJLT-projected cosines to a target at P = 17M."""
+def synthetic_spearman(pool_size: int, dim: int, kind: str, nonzeros: int | None) -> float:
+    """Spearman between exact and projected cosines to a target at P = 17M."""
     generator = torch.Generator().manual_seed(0)
     scale = torch.exp(torch.randn(SYNTHETIC_PARAMS, generator=generator))
     shared = [scale * torch.randn(SYNTHETIC_PARAMS, generator=generator) for _ in range(4)]
-    projector = SparseJLProjector(SYNTHETIC_PARAMS, dim, 0)
+    projector = make_projector(kind, SYNTHETIC_PARAMS, dim, 0, nonzeros=nonzeros)
     target = synthetic_gradient(generator, shared)
     target_p = projector.project(target[None])[0]
     exact, projected = [], []
@@ -149,11 +151,13 @@ def synthetic_spearman(pool_size: int, dim: int) -> float:
     return round(float(spearmanr(exact, projected).statistic), 4)
 
 
-def synthetic_projection_ms(dim: int, rows: int = 4, repeats: int = 3) -> float:
-    """SJLT projection of (rows, 17M) gradients module slice by module slice, per example."""
+def synthetic_projection_ms(
+    dim: int, kind: str, nonzeros: int | None, rows: int = 4, repeats: int = 3
+) -> float:
+    """Sparse projection of (rows, 17M) gradients module slice by module slice, per example."""
     generator = torch.Generator().manual_seed(1)
     grads = torch.randn(rows, SYNTHETIC_PARAMS, generator=generator)
-    projector = SparseJLProjector(SYNTHETIC_PARAMS, dim, 0)
+    projector = make_projector(kind, SYNTHETIC_PARAMS, dim, 0, nonzeros=nonzeros)
     bounds = np.linspace(0, SYNTHETIC_PARAMS, SYNTHETIC_MODULES + 1).astype(int)
     out = torch.zeros(rows, dim)
     for start, end in itertools.pairwise(bounds):  # warm the entry cache
@@ -188,7 +192,8 @@ def main() -> None:
     parser.add_argument("--lora-r", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--size", default="small", choices=["tiny", "small"])
-    parser.add_argument("--projection", default="sjlt", choices=PROJECTION_KINDS)
+    parser.add_argument("--projection", default="sparse", choices=PROJECTION_KINDS)
+    parser.add_argument("--nonzeros", type=int, default=None, help="s of 'sparse' (default 4).")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all).")
     parser.add_argument(
         "--bergson-python", default=None, help="Python of a venv with bergson 2.5.1 installed."
@@ -201,7 +206,7 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="gradstore-bench-"))
     model, examples, adam, pad, n_lora = setup(args, workdir)
-    projector = make_projector(args.projection, n_lora, args.dim, 0)
+    projector = make_projector(args.projection, n_lora, args.dim, 0, nonzeros=args.nonzeros)
     featurizer = CheckpointFeaturizer(model, projector, adam, pad, args.batch_size)
     featurizer.featurize(examples[:2])  # warm: the projector's caches, allocator
 
@@ -223,7 +228,8 @@ def main() -> None:
 
     flops = matmul_flops_per_s()
     model_ms = 1000 * MODEL_FLOPS_PER_EXAMPLE / flops
-    projection_ms = synthetic_projection_ms(args.dim)
+    sparse = args.projection if args.projection != "rademacher" else "sjlt"
+    projection_ms = synthetic_projection_ms(args.dim, sparse, args.nonzeros)
     adam_rate = statistics.median(rates["adam"])
     result = {
         "benchmark": "featurize",
@@ -234,6 +240,7 @@ def main() -> None:
         "lora_parameters": n_lora,
         "dim": args.dim,
         "projection": args.projection,
+        "nonzeros": getattr(projector, "nonzeros", None),
         "batch_size": args.batch_size,
         "torch_threads": torch.get_num_threads(),
         "rounds": rounds,
@@ -247,7 +254,10 @@ def main() -> None:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "spearman_toy": toy_spearman(model, examples, adam, pad, n_lora, args.dim),
         "synthetic_params": SYNTHETIC_PARAMS,
-        "synthetic_spearman_sjlt": synthetic_spearman(24 if args.quick else 64, args.dim),
+        "synthetic_projection": sparse,
+        "synthetic_spearman": synthetic_spearman(
+            24 if args.quick else 64, args.dim, sparse, args.nonzeros
+        ),
         "synthetic_projection_ms_per_example": round(projection_ms, 2),
         "matmul_gflops": round(flops / 1e9, 1),
         "synthetic_model_ms_per_example": round(model_ms, 1),

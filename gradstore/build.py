@@ -27,6 +27,7 @@ from gradstore.checkpoints import (
     import_reference_checkpoints,
     load_checkpoints,
 )
+from gradstore.codes import FeatureCode, float_dtype, is_code
 from gradstore.config import BuildConfig
 from gradstore.errors import (
     ConflictError,
@@ -352,16 +353,24 @@ def featurize_shard(
             update=update_unit is not None,
         )
         features = featurizer.featurize(examples, kinds=kinds, on_batch=on_batch)
-    dtype = np.float16 if config.dtype == "float16" else np.float32
     for kind in config.pool_features:
         relative = shard.feature_file(kind)
-        files[relative] = atomic_save_npy(root / relative, features[kind].astype(dtype))
+        files[relative] = atomic_save_npy(root / relative, stored_features(config, features[kind]))
     if update_unit is not None:
         from gradstore.artifacts import get_artifact
 
         (relative,) = get_artifact(update_unit.artifact).unit_files(update_unit)
-        files[relative] = atomic_save_npy(root / relative, features["update"].astype(dtype))
+        update = features["update"].astype(float_dtype(config.dtype))
+        files[relative] = atomic_save_npy(root / relative, update)
     return ShardResult(shard, files, len(examples), time.perf_counter() - started)
+
+
+def stored_features(config: BuildConfig, features: np.ndarray) -> np.ndarray:
+    """A shard's (rows, dim) float32 features as stored: cast, or coded (``gradstore.codes``)."""
+    if is_code(config.dtype):
+        code = FeatureCode.of(config.dtype, config.projection.dim, config.scale_block)
+        return code.encode(features)
+    return features.astype(float_dtype(config.dtype))
 
 
 def _update_directions_unit(root: Path, spec: BuildSpec, shard: Shard, last: int):
@@ -446,6 +455,7 @@ def _feature_manifest(root: Path, spec: BuildSpec) -> Manifest:
         for kind in config.pool_features
     }
     probe = np.load(root / shards[0].feature_file(config.pool_features[0]), mmap_mode="r")
+    dim = config.projection.dim if is_code(config.dtype) else int(probe.shape[1])
     manifest = Manifest(
         schema_version=SCHEMA_VERSION,
         created_at=utc_now(),
@@ -457,7 +467,7 @@ def _feature_manifest(root: Path, spec: BuildSpec) -> Manifest:
         num_examples=len(read_json(root / "ids.json")),
         num_skipped=len(read_json(root / "skipped.json")),
         lora_parameters=_lora_parameter_count(checkpoints[0]),
-        dim=int(probe.shape[1]),
+        dim=dim,
         dtype=config.dtype,
         projection=config.projection.model_dump(),
         kinds=list(config.pool_features),

@@ -65,7 +65,12 @@ class CheckpointModel:
         )
         self.parameter_names = lora_parameter_names(self.model)
         self.projector = make_projector(
-            projection.kind, self.num_lora_parameters, projection.dim, projection.seed, self.device
+            projection.kind,
+            self.num_lora_parameters,
+            projection.dim,
+            projection.seed,
+            self.device,
+            nonzeros=projection.nonzeros,
         )
         self.lock = lock or threading.Lock()
         self._active: int | None = None

@@ -18,6 +18,8 @@ class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# s of the default 'sparse' projection (docs/decisions.md: chosen by bench/projection_fidelity)
+DEFAULT_NONZEROS = 4
 # LESS's alpha/r: r = 128 with alpha = 512. A rank given without an alpha keeps the ratio.
 ALPHA_PER_RANK = 4.0
 
@@ -66,11 +68,34 @@ class WarmupConfig(_Config):
 class ProjectionConfig(_Config):
     dim: int = Field(8192, ge=1, le=65536, description="Projected feature dimension d.")
     seed: int = Field(0, description="Seed of the projection; the matrix is a pure function of it.")
-    kind: Literal["sjlt", "rademacher"] = Field(
-        "sjlt",
-        description="Projector: 'sjlt', a sparse JL transform costing O(P) per example (the "
-        "default), or 'rademacher', the dense ±1 matrix costing O(P·d) (toy models, old stores).",
+    kind: Literal["sparse", "sjlt", "rademacher"] = Field(
+        "sparse",
+        description="Projector: 'sparse', a sparse JL transform with `nonzeros` ±1 per input "
+        "coordinate costing O(s·P) per example (the default); 'sjlt', the same with one "
+        "(a CountSketch: the default of earlier stores); or 'rademacher', the dense ±1 "
+        "matrix costing O(P·d) (toy models, old stores).",
     )
+    nonzeros: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="s, the nonzeros per input coordinate of the 'sparse' projection "
+        "(default 4); 1 for 'sjlt', none for 'rademacher'.",
+        json_schema_extra=_no_default_in_schema,
+    )
+
+    @model_validator(mode="after")
+    def _nonzeros_of_kind(self) -> ProjectionConfig:
+        fixed = {"sjlt": 1, "rademacher": None}
+        if self.kind in fixed:
+            if self.nonzeros not in (None, fixed[self.kind]):
+                raise ValueError(f"projection kind {self.kind!r} takes no nonzeros")
+            object.__setattr__(self, "nonzeros", fixed[self.kind])
+        elif self.nonzeros is None:
+            object.__setattr__(self, "nonzeros", DEFAULT_NONZEROS)
+        if self.nonzeros is not None and self.nonzeros > self.dim:
+            raise ValueError(f"nonzeros {self.nonzeros} exceeds dim {self.dim}")
+        return self
 
 
 class DeliftConfig(_Config):
@@ -109,7 +134,18 @@ class BuildConfig(_Config):
         "token; raise it on a GPU). Warmup micro-batches are split by it too, their gradient "
         "unchanged.",
     )
-    dtype: Literal["float16", "float32"] = Field("float16", description="Stored feature dtype.")
+    dtype: Literal["float16", "float32", "int8", "int4", "int2", "int1"] = Field(
+        "float16",
+        description="Stored gradient feature type: 'float16' (default), 'float32', or a code "
+        "of 8, 4, 2 or 1 bits per dimension with one float32 scale per `scale_block` "
+        "dimensions (absmax; 1 bit: sign times mean |x|), decoded block by block when read.",
+    )
+    scale_block: int | None = Field(
+        None,
+        ge=1,
+        description="Dimensions sharing one scale in a coded store (int8…int1); must divide "
+        "the projection dim. Default: one scale per row.",
+    )
     shard_size: int = Field(1024, ge=1, description="Examples per featurize shard.")
     index_factory: str = Field(
         "Flat",
@@ -127,3 +163,15 @@ class BuildConfig(_Config):
         ["adam"], description="Pool feature kinds kept in the store ('adam' is LESS's)."
     )
     delift: DeliftConfig = DeliftConfig()
+
+    @model_validator(mode="after")
+    def _scale_block_divides_dim(self) -> BuildConfig:
+        if self.dtype.startswith("int") and self.projection.dim % 8:
+            raise ValueError(
+                f"a coded store needs projection dim a multiple of 8, not {self.projection.dim}"
+            )
+        if self.scale_block is not None and self.projection.dim % self.scale_block:
+            raise ValueError(
+                f"scale_block {self.scale_block} must divide projection dim {self.projection.dim}"
+            )
+        return self

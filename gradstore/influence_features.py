@@ -64,7 +64,10 @@ def layer_featurizer(
     projection = model.projector
 
     def projector(in_dim: int, out_dim: int):
-        return make_projector(projection.kind, in_dim, out_dim, projection.seed, model.device)
+        nonzeros = min(getattr(projection, "nonzeros", 1), out_dim)
+        return make_projector(
+            projection.kind, in_dim, out_dim, projection.seed, model.device, nonzeros=nonzeros
+        )
 
     return LayerFeaturizer(
         model.model, layers, dim, projector, model.pad_token_id, batch_size, batch_tokens

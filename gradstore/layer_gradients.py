@@ -71,7 +71,7 @@ def only_trainable(model: nn.Module, names: Sequence[str]) -> Iterator[None]:
 
 
 if TYPE_CHECKING:
-    from gradstore.projection import RademacherProjector, SparseJLProjector
+    from gradstore.projection import Projector
 
 
 class LayerFeaturizer:
@@ -87,7 +87,7 @@ class LayerFeaturizer:
         model: nn.Module,
         layers: Sequence[int],
         dim: int,
-        make_projector: Callable[[int, int], SparseJLProjector | RademacherProjector],
+        make_projector: Callable[[int, int], Projector],
         pad_token_id: int,
         batch_size: int,
         batch_tokens: int | None = None,

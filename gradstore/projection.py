@@ -32,6 +32,8 @@ regenerates it block by block per call. Π is never held whole beyond the budget
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
 
@@ -201,15 +203,20 @@ def project_whole(projector, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def sjlt_entries(seed: int, rows: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Column (int64) and sign (float32 ±1) of input coordinates ``rows`` in the SJLT.
+def sjlt_entries(
+    seed: int, rows: torch.Tensor, dim: int, block: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Column (int64, in [0, dim)) and sign (float32 ±1) of input coordinates ``rows`` in
+    block ``block`` of an SJLT whose blocks are ``dim`` columns wide.
 
-    One splitmix64 word per coordinate: bit 0 is the sign (1 → −1), the remaining 63 bits
-    modulo ``dim`` the column. Integer arithmetic only, so identical on every device.
+    One splitmix64 word per (coordinate, block): bit 0 is the sign (1 → −1), the remaining 63
+    bits modulo ``dim`` the column. Block 0's words are those of the one-nonzero ``sjlt``, so
+    ``sparse`` with s = 1 is ``sjlt`` entry for entry. Integer arithmetic only, so identical
+    on every device.
     """
-    seed_key = splitmix64(
-        torch.tensor([seed ^ _SJLT_DOMAIN], dtype=torch.int64, device=rows.device)
-    )
+    key = (seed ^ _SJLT_DOMAIN) + block * _GOLDEN
+    key = (key + 2**63) % 2**64 - 2**63  # wrap into int64 as the device arithmetic does
+    seed_key = splitmix64(torch.tensor([key], dtype=torch.int64, device=rows.device))
     words = splitmix64(rows.to(torch.int64) * _GOLDEN + seed_key)
     columns = _logical_shift_right(words, 1) % dim
     signs = 1.0 - 2.0 * (words & 1).to(torch.float32)
@@ -217,13 +224,17 @@ def sjlt_entries(seed: int, rows: torch.Tensor, dim: int) -> tuple[torch.Tensor,
 
 
 class SparseJLProjector:
-    """x ↦ x S for the SJLT S ∈ {0, ±1}^{in_dim × dim} with one nonzero per row.
+    """x ↦ x S for a sparse JL transform S ∈ {0, ±1}^{in_dim × dim}, s nonzeros per row.
 
-    The (column, sign) of each input coordinate is cached per module slice while the cache
-    stays under ``cache_bytes`` (12 bytes per coordinate), else recomputed per call.
+    Block construction (Kane and Nelson): the d columns are cut into s blocks of about d/s
+    (block b is [⌊b·d/s⌋, ⌊(b+1)·d/s⌋)), and each
+    input coordinate has one ±1 in every block, at a column and sign hashed from
+    (seed, coordinate, block). s = 1 is the CountSketch of ``sjlt``; s > 1 averages s
+    independent sketches, which tames the heavy tail a CountSketch has when a few coordinates
+    dominate (two heavy coordinates collide in every block only with probability (s/d)^s).
+    The s (column, sign) pairs of each input coordinate are cached per module slice while the
+    cache stays under ``cache_bytes`` (12·s bytes per coordinate), else recomputed per call.
     """
-
-    kind = "sjlt"
 
     def __init__(
         self,
@@ -232,22 +243,29 @@ class SparseJLProjector:
         seed: int,
         device: torch.device | str = "cpu",
         cache_bytes: int = 2 << 30,
+        nonzeros: int = 1,
     ):
-        self.in_dim, self.dim, self.seed = in_dim, dim, seed
+        if not 1 <= nonzeros <= dim:
+            raise ValueError(f"nonzeros must be in [1, dim = {dim}], got {nonzeros}")
+        self.in_dim, self.dim, self.seed, self.nonzeros = in_dim, dim, seed, nonzeros
+        self.kind = "sjlt" if nonzeros == 1 else "sparse"
         self.device = torch.device(device)
         self.cache_bytes = cache_bytes
         self._entries: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._cached_bytes = 0
 
     def entries(self, offset: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(columns, signs) of coordinates [offset, offset + width), block after block: each
+        of length s·width, block b's entries at [b·width, (b + 1)·width)."""
         key = (offset, width)
         if key in self._entries:
             return self._entries[key]
         rows = torch.arange(offset, offset + width, device=self.device)
-        entries = sjlt_entries(self.seed, rows, self.dim)
-        if self._cached_bytes + 12 * width <= self.cache_bytes:
+        entries = sparse_entries(self.seed, rows, self.dim, self.nonzeros)
+        size = 12 * width * self.nonzeros
+        if self._cached_bytes + size <= self.cache_bytes:
             self._entries[key] = entries
-            self._cached_bytes += 12 * width
+            self._cached_bytes += size
         return entries
 
     def accumulate(
@@ -256,7 +274,10 @@ class SparseJLProjector:
         """out += x · S[offset : offset + width]; ``reuse_input`` lets it overwrite ``x``."""
         width = _check_slice(self, out, x, offset)
         columns, signs = self.entries(offset, width)
-        signed = x.mul_(signs) if reuse_input else x * signs
+        if self.nonzeros == 1:
+            signed = x.mul_(signs) if reuse_input else x * signs
+        else:  # (B, s, w) → (B, s·w): one scatter-add over every block
+            signed = (x[:, None, :] * signs.view(self.nonzeros, width)).view(x.shape[0], -1)
         out.index_add_(1, columns, signed)
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
@@ -265,21 +286,86 @@ class SparseJLProjector:
 
     def matrix(self) -> torch.Tensor:
         """S as a dense (in_dim, dim) matrix: for tests and small inputs only."""
-        columns, signs = sjlt_entries(self.seed, torch.arange(self.in_dim), self.dim)
-        dense = torch.zeros(self.in_dim, self.dim)
-        dense[torch.arange(self.in_dim), columns] = signs
-        return dense
+        return sparse_matrix(self.seed, self.in_dim, self.dim, self.nonzeros)
 
 
-PROJECTION_KINDS = ("sjlt", "rademacher")
+def sparse_entries(
+    seed: int, rows: torch.Tensor, dim: int, nonzeros: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every block's (columns in [0, dim), signs) of ``rows``, concatenated block by block."""
+    bounds = [b * dim // nonzeros for b in range(nonzeros + 1)]
+    parts = [sjlt_entries(seed, rows, bounds[b + 1] - bounds[b], b) for b in range(nonzeros)]
+    columns = torch.cat([c + bounds[b] for b, (c, _) in enumerate(parts)])
+    return columns, torch.cat([s for _, s in parts])
+
+
+def sparse_matrix(seed: int, in_dim: int, dim: int, nonzeros: int) -> torch.Tensor:
+    """The sparse JL matrix written out entry by entry from its definition, with Python
+    integers instead of tensor arithmetic (the slow reference of tests)."""
+    mask = 2**64 - 1
+    golden = _GOLDEN & mask
+    dense = torch.zeros(in_dim, dim)
+    for block in range(nonzeros):
+        start, end = block * dim // nonzeros, (block + 1) * dim // nonzeros
+        seed_key = _splitmix64_int(((seed ^ _SJLT_DOMAIN) + block * golden) & mask)
+        for row in range(in_dim):
+            word = _splitmix64_int((row * golden + seed_key) & mask)
+            dense[row, start + (word >> 1) % (end - start)] += -1.0 if word & 1 else 1.0
+    return dense
+
+
+def _splitmix64_int(x: int) -> int:
+    """splitmix64's finaliser on a Python integer in [0, 2^64)."""
+    mask = 2**64 - 1
+    x ^= x >> 30
+    x = (x * (_MIX1 & mask)) & mask
+    x ^= x >> 27
+    x = (x * (_MIX2 & mask)) & mask
+    return x ^ (x >> 31)
+
+
+class Projector(Protocol):
+    """What the featurizer needs of a projection: d, a device, and module-slice accumulation
+    (``kind`` and ``seed``: what the manifest records of it)."""
+
+    kind: str
+    seed: int
+    dim: int
+    device: torch.device
+
+    def accumulate(
+        self, out: torch.Tensor, x: torch.Tensor, offset: int, reuse_input: bool = False
+    ) -> None: ...
+
+    def project(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+# The registry, keyed by the ``kind`` a manifest records; each value builds the projector
+# from (in_dim, dim, seed, device, nonzeros). Old kinds keep their meaning forever.
+PROJECTORS: dict[str, Callable[..., Projector]] = {
+    "sjlt": lambda in_dim, dim, seed, device, nonzeros: SparseJLProjector(
+        in_dim, dim, seed, device
+    ),
+    "sparse": lambda in_dim, dim, seed, device, nonzeros: SparseJLProjector(
+        in_dim, dim, seed, device, nonzeros=nonzeros
+    ),
+    "rademacher": lambda in_dim, dim, seed, device, nonzeros: RademacherProjector(
+        in_dim, dim, seed, device
+    ),
+}
+PROJECTION_KINDS = tuple(PROJECTORS)
+DEFAULT_NONZEROS = 4  # the ``sparse`` kind's s when none is given (docs/decisions.md)
 
 
 def make_projector(
-    kind: str, in_dim: int, dim: int, seed: int, device: torch.device | str = "cpu"
-) -> SparseJLProjector | RademacherProjector:
-    """The projector a store's manifest names."""
-    if kind == "sjlt":
-        return SparseJLProjector(in_dim, dim, seed, device)
-    if kind == "rademacher":
-        return RademacherProjector(in_dim, dim, seed, device)
-    raise ValueError(f"unknown projection kind {kind!r}; known: {PROJECTION_KINDS}")
+    kind: str,
+    in_dim: int,
+    dim: int,
+    seed: int,
+    device: torch.device | str = "cpu",
+    nonzeros: int | None = None,
+) -> Projector:
+    """The projector a store's manifest names (``nonzeros``: the ``sparse`` kind's s)."""
+    if kind not in PROJECTORS:
+        raise ValueError(f"unknown projection kind {kind!r}; known: {PROJECTION_KINDS}")
+    return PROJECTORS[kind](in_dim, dim, seed, device, nonzeros or DEFAULT_NONZEROS)

@@ -6,8 +6,11 @@ Layout of a store directory::
     ids.json, skipped.json     kept example IDs in row order; skipped IDs with reasons
     tokens/{input_ids,labels,offsets}.npy   the tokenised pool as flat arrays (int32, int64)
     checkpoints/ckpt-{i}/      warmup adapter + Adam moments + learning rate
-    features/ckpt-{i}/{kind}/{start}-{end}.npy   L2-normalised projected features (fp16),
-                               one shard each, memory-mapped read-only when queried
+    features/ckpt-{i}/{kind}/{start}-{end}.npy   L2-normalised projected features (fp16,
+                               fp32, or uint8 rows of scales + 8/4/2/1-bit codes when the
+                               manifest's dtype is a code: ``gradstore.codes``), one shard
+                               each, memory-mapped read-only when queried and decoded a
+                               block of rows at a time
     index/{kind}.faiss         only for approximate index factories (IVF, PQ, HNSW, ...): the
                                exact default searches the feature shards themselves
     artifacts/{name}/...       what other selection methods need (hidden-state embeddings,
@@ -45,6 +48,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from gradstore.codes import CodedRows, FeatureCode, is_code
 from gradstore.config import BuildConfig
 from gradstore.errors import ManifestMismatchError, MissingArtifactError, NotReadyError
 from gradstore.files import atomic_save_npy, atomic_write_json, read_json, sha256_file
@@ -322,7 +326,7 @@ class FeatureBlock:
 
     start: int
     end: int
-    arrays: list[np.ndarray]
+    arrays: Sequence[np.ndarray | CodedRows]
 
 
 class Datastore:
@@ -420,12 +424,27 @@ class Datastore:
             raise NotReadyError(f"this datastore keeps no {kind!r} features")
         return self.manifest.shards[key]
 
+    @cached_property
+    def feature_code(self) -> FeatureCode | None:
+        """The code of the gradient feature shards, None when they are plain floats."""
+        manifest = self.manifest
+        if not is_code(manifest.dtype):
+            return None
+        return FeatureCode.of(manifest.dtype, manifest.dim, manifest.config.scale_block)
+
+    def _feature_array(self, relative: str) -> np.ndarray | CodedRows:
+        """One feature shard as (rows, dim): the memory map itself, or a decoding view of it."""
+        raw = self._map(relative)
+        code = self.feature_code
+        return raw if code is None else CodedRows(raw, code)
+
     def feature_blocks(self, kind: str) -> Iterator[FeatureBlock]:
-        """Memory-mapped (rows, dim) shards of every checkpoint, block by block in row order."""
+        """(rows, dim) shards of every checkpoint, block by block in row order: memory maps of
+        float stores; of coded stores, views that decode the rows they are asked for."""
         per_checkpoint = [self._shard_files(kind, c.index) for c in self.manifest.checkpoints]
         start = 0
         for files in zip(*per_checkpoint, strict=True):
-            arrays = [self._map(f) for f in files]
+            arrays = [self._feature_array(f) for f in files]
             end = start + arrays[0].shape[0]
             yield FeatureBlock(start, end, arrays)
             start = end
@@ -433,7 +452,9 @@ class Datastore:
     def features(self, kind: str, checkpoint: int) -> np.ndarray:
         """All rows of one checkpoint's features as float32 (n, dim): tests and small stores."""
         files = self._shard_files(kind, checkpoint)
-        return np.concatenate([self._map(f) for f in files]).astype(np.float32)
+        return np.concatenate([np.asarray(self._feature_array(f)) for f in files]).astype(
+            np.float32
+        )
 
     def rows(self, kind: str, rows: np.ndarray) -> np.ndarray:
         """Concatenated features [f_1 | … | f_N] of the given rows, float32 (len(rows), N·dim)."""

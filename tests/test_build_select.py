@@ -28,7 +28,7 @@ from gradstore.examples import load_examples, read_jsonl
 from gradstore.files import sha256_file
 from gradstore.gradients import reference_per_example_gradients
 from gradstore.modeling import load_base_model, load_lora_adapter
-from gradstore.projection import DenseReferenceProjector, SparseJLProjector
+from gradstore.projection import DenseReferenceProjector, SparseJLProjector, sparse_matrix
 from gradstore.query import QueryEngine
 from gradstore.search import FeatureScanner, top_k
 from gradstore.selection import METHODS, run_selection
@@ -62,7 +62,7 @@ def pool_records(n: int = 24) -> list[dict]:
     return records
 
 
-@pytest.fixture(scope="module", params=["sjlt", "rademacher"])
+@pytest.fixture(scope="module", params=["sparse", "sjlt", "rademacher"])
 def built(request, tmp_path_factory):
     root = tmp_path_factory.mktemp("build")
     model_dir = save_tiny_llama(root / "model")
@@ -121,6 +121,8 @@ def reference_features(model_dir, checkpoint, examples, adam: bool, kind: str) -
         grads = (0.9 * m + 0.1 * grads) / torch.sqrt(0.999 * v + 0.001 * grads**2 + 1e-8)
     if kind == "rademacher":
         matrix = DenseReferenceProjector(grads.shape[1], CONFIG.projection.dim, 3).matrix
+    elif kind == "sparse":  # the default: s = 4 nonzeros per input coordinate
+        matrix = sparse_matrix(3, grads.shape[1], CONFIG.projection.dim, 4).double()
     else:
         matrix = SparseJLProjector(grads.shape[1], CONFIG.projection.dim, 3).matrix().double()
     projected = grads @ matrix

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -14,6 +16,7 @@ from gradstore.projection import (
     rademacher_block,
     rademacher_signs,
     sjlt_entries,
+    sparse_matrix,
 )
 
 
@@ -137,3 +140,54 @@ def test_slices_outside_the_input_are_refused(kind):
     projector = make_projector(kind, 50, 8, 0)
     with pytest.raises(ValueError, match="outside"):
         projector.accumulate(torch.zeros(1, 8), torch.ones(1, 10), 45)
+
+
+@pytest.mark.parametrize("nonzeros", [1, 2, 3, 4, 8])
+def test_sparse_projection_equals_its_dense_reference_matrix(nonzeros):
+    """Module slices accumulated in any order equal x @ S, S written out entry by entry with
+    Python integers; each input coordinate has one ±1 in each of the s column blocks."""
+    x = torch.randn(5, 700, generator=torch.Generator().manual_seed(2))
+    dense = sparse_matrix(9, 700, 100, nonzeros)
+    bounds = [b * 100 // nonzeros for b in range(nonzeros + 1)]
+    for lo, hi in itertools.pairwise(bounds):
+        assert torch.equal((dense[:, lo:hi] != 0).sum(dim=1), torch.ones(700, dtype=torch.int64))
+    expected = x.double() @ dense.double()
+    for cache_bytes in (0, 1 << 20):
+        projector = make_projector("sparse", 700, 100, 9, nonzeros=nonzeros)
+        projector.cache_bytes = cache_bytes  # type: ignore[attr-defined]
+        out = torch.zeros(5, 100)
+        for start, end in [(400, 700), (0, 123), (123, 400)]:
+            projector.accumulate(out, x[:, start:end].clone(), start, reuse_input=True)
+        torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(projector.project(x).double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_sparse_with_one_nonzero_is_the_sjlt_entry_for_entry():
+    """Old ``sjlt`` stores keep their meaning: s = 1 is the CountSketch they were built with."""
+    old = make_projector("sjlt", 500, 64, 5)
+    assert torch.equal(make_projector("sparse", 500, 64, 5, nonzeros=1).matrix(), old.matrix())
+    assert torch.equal(old.matrix(), sparse_matrix(5, 500, 64, 1))
+    assert torch.equal(make_projector("sjlt", 500, 64, 5, nonzeros=8).matrix(), old.matrix())
+
+
+def test_sparse_blocks_are_independent_and_balanced():
+    columns, signs = make_projector("sparse", 50_000, 256, 0, nonzeros=4).entries(0, 50_000)
+    per_block = columns.view(4, 50_000)
+    for b in range(4):
+        assert per_block[b].min() >= 64 * b and per_block[b].max() < 64 * (b + 1)
+        counts = torch.bincount(per_block[b] - 64 * b, minlength=64).double()
+        assert ((counts - 50_000 / 64).abs() < 5 * (50_000 / 64) ** 0.5).all()
+    # two blocks' columns agree (mod 64) no more often than chance
+    assert (per_block[0] == per_block[1] - 64).double().mean() < 2 / 64
+    assert abs(signs.mean().item()) < 0.01
+
+
+def test_an_old_sjlt_manifest_projection_reads_as_one_nonzero():
+    from gradstore.config import ProjectionConfig
+
+    old = ProjectionConfig.model_validate({"dim": 8192, "seed": 0, "kind": "sjlt"})
+    assert old.nonzeros == 1
+    assert ProjectionConfig.model_validate({"dim": 64, "seed": 0}).nonzeros == 4  # new default
+    assert ProjectionConfig(kind="rademacher").nonzeros is None
+    with pytest.raises(ValueError, match="takes no nonzeros"):
+        ProjectionConfig(kind="rademacher", nonzeros=4)

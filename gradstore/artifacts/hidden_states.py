@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from gradstore.artifacts.base import ArtifactBuilder, ArtifactUnit, ProgressCallback
+from gradstore.codes import float_dtype
 from gradstore.embeddings import HiddenStateEncoder
 from gradstore.model_pool import store_base_model
 from gradstore.store import BuildSpec, TokenStore
@@ -28,7 +29,7 @@ class HiddenStates(ArtifactBuilder):
             "layer": "final (after the final norm)",
             "pooling": "position-weighted mean, w_t ∝ t",
             "normalised": True,
-            "dtype": spec.config.dtype,
+            "dtype": np.dtype(float_dtype(spec.config.dtype)).name,
             "encoding": "pool (training encoding, EOS included)",
         }
 
@@ -48,5 +49,5 @@ class HiddenStates(ArtifactBuilder):
         )  # fmt: skip
         with model.lock:
             vectors = encoder.embed(examples, on_batch)
-        dtype = np.float16 if spec.config.dtype == "float16" else np.float32
+        dtype = float_dtype(spec.config.dtype)
         return {self.unit_files(unit)[0]: vectors.astype(dtype)}

@@ -18,6 +18,7 @@ import numpy as np
 
 from gradstore.artifacts.base import ArtifactBuilder, ArtifactUnit, ProgressCallback
 from gradstore.checkpoints import load_checkpoints
+from gradstore.codes import float_dtype
 from gradstore.influence_features import (
     LAYER_GRADIENTS,
     UPDATE_DIRECTIONS,
@@ -31,7 +32,7 @@ from gradstore.store import BuildSpec, TokenStore, needed_model
 
 
 def _dtype(spec: BuildSpec) -> type:
-    return np.float16 if spec.config.dtype == "float16" else np.float32
+    return float_dtype(spec.config.dtype)
 
 
 class LayerGradients(ArtifactBuilder):
@@ -58,7 +59,7 @@ class LayerGradients(ArtifactBuilder):
             "projection": spec.config.projection.model_dump(),
             "directions": "unit rows per layer",
             "norms": "unprojected, float32",
-            "dtype": spec.config.dtype,
+            "dtype": np.dtype(float_dtype(spec.config.dtype)).name,
         }
 
     def compute(
@@ -99,7 +100,7 @@ class UpdateDirections(ArtifactBuilder):
             "direction": "a ⊙ g, a = ((1−β1)/(1−β1^(t+1))) / (sqrt(v/(1−β2^(t+1))) + 1e-8)",
             "projection": spec.config.projection.model_dump(),
             "normalised": True,
-            "dtype": spec.config.dtype,
+            "dtype": np.dtype(float_dtype(spec.config.dtype)).name,
         }
 
     def compute(
