@@ -3,7 +3,7 @@
 Input: real-model features written by ``bench/projection_fidelity.py --save-features`` (the
 pool's Adam features and the targets' SGD features of SmolLM2-135M-Instruct under the default
 projection, and the exact unprojected scores). The pool is stored as each code would store
-it (``gradstore.codes``: the build's own encoder) and decoded as a query decodes it; for each
+it (``gradstore.store.codes``: the build's own encoder) and decoded as a query decodes it; for each
 code and scale block:
 
 - bytes per example per checkpoint (what a shard row holds, scales included);
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from gradstore.codes import CODE_BITS, FeatureCode
+from gradstore.store.codes import CODE_BITS, FeatureCode
 
 
 def ranking_figures(scores: np.ndarray, reference: np.ndarray, top: int) -> tuple[float, float]:

@@ -29,12 +29,12 @@ from pathlib import Path
 import torch
 
 from gradstore.build import build_all
-from gradstore.demo import METHODS, TARGETS_PER_FAMILY
+from gradstore.demo.toy import METHODS, TARGETS_PER_FAMILY
 from gradstore.examples import Example, read_jsonl, write_jsonl
 from gradstore.query import QueryEngine
 from gradstore.selection import METHODS as REGISTERED
 from gradstore.selection import run_selection
-from gradstore.store import MANIFEST, Datastore
+from gradstore.store.datastore import MANIFEST, Datastore
 from gradstore.threads import threads_per_process, use_threads
 from gradstore.toy.corpus import FAMILIES, family_of, generate_targets
 from gradstore.toy.model import ensure_toy_assets

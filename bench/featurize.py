@@ -42,12 +42,12 @@ import torch
 from scipy.stats import spearmanr
 
 from gradstore.config import LoraConfig
-from gradstore.featurizer import CheckpointFeaturizer
-from gradstore.gradients import reference_per_example_gradients
-from gradstore.modeling import attach_new_lora, load_base_model, load_tokenizer
-from gradstore.preconditioner import AdamPreconditioner
-from gradstore.projection import PROJECTION_KINDS, make_projector
-from gradstore.tokenization import ExampleEncoder, pad_token_id
+from gradstore.features.featurizer import CheckpointFeaturizer
+from gradstore.features.gradients import reference_per_example_gradients
+from gradstore.features.modeling import attach_new_lora, load_base_model, load_tokenizer
+from gradstore.features.preconditioner import AdamPreconditioner
+from gradstore.features.projection import PROJECTION_KINDS, make_projector
+from gradstore.features.tokenization import ExampleEncoder, pad_token_id
 from gradstore.toy.corpus import generate_corpus
 from gradstore.toy.model import train_toy_model
 

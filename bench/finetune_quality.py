@@ -17,13 +17,13 @@ from pathlib import Path
 
 import torch
 
-from gradstore.demo import run_demo
+from gradstore.demo.toy import run_demo
 from gradstore.examples import load_examples, read_jsonl
-from gradstore.modeling import load_tokenizer
+from gradstore.features.modeling import load_tokenizer
+from gradstore.features.tokenization import ExampleEncoder, pad_token_id
 from gradstore.query import QueryEngine
 from gradstore.selection import run_selection
-from gradstore.store import Datastore
-from gradstore.tokenization import ExampleEncoder, pad_token_id
+from gradstore.store.datastore import Datastore
 from gradstore.toy.finetune import fine_tune_and_evaluate
 
 METHODS = ("less", "bm25", "random")

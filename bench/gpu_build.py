@@ -25,10 +25,10 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from gradstore.featurizer import CheckpointFeaturizer
-from gradstore.preconditioner import AdamPreconditioner
-from gradstore.projection import make_projector
-from gradstore.tokenization import TokenizedExample
+from gradstore.features.featurizer import CheckpointFeaturizer
+from gradstore.features.preconditioner import AdamPreconditioner
+from gradstore.features.projection import make_projector
+from gradstore.features.tokenization import TokenizedExample
 
 MODELS = {  # hidden, layers, heads, kv heads, intermediate, vocab
     "0.5b": (1024, 24, 16, 16, 4096, 32000),
@@ -104,7 +104,7 @@ def main() -> None:
     # the projection's share, measured as on a GPU it must be (kernels run asynchronously):
     # the same batches with per-example gradients formed but neither preconditioned nor
     # projected, against the whole featurizer
-    from gradstore.tokenization import collate
+    from gradstore.features.tokenization import collate
 
     synchronize()
     started = time.perf_counter()

@@ -1,6 +1,6 @@
 """What in2core and influence_distillation cost beside LESS, on the same toy store, one run.
 
-On the quality benchmark's standard toy store (built or reused by ``gradstore.demo``):
+On the quality benchmark's standard toy store (built or reused by ``gradstore.demo.toy``):
 - per query (8 targets, 5%): the median warm latency of each method and its ratio to LESS's;
 - per pool example, building: seconds of each artifact's unit (re-computed on a copy of the
   first unit) against the LESS gradient features of the same rows at every checkpoint;
@@ -32,12 +32,12 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 
 from gradstore.artifacts import ARTIFACTS, plan_artifact_units
-from gradstore.demo import toy_store
+from gradstore.demo.toy import toy_store
 from gradstore.examples import read_jsonl
 from gradstore.query import QueryEngine
 from gradstore.selection import run_selection, validate_request
 from gradstore.selection.base import ScoreRequest
-from gradstore.store import Datastore, TokenStore, load_build_spec
+from gradstore.store.datastore import Datastore, TokenStore, load_build_spec
 from gradstore.toy.corpus import generate_targets
 
 QUERIES = [
@@ -69,8 +69,8 @@ def artifact_bytes(store: Path, datastore: Datastore) -> dict[str, float]:
 
 def build_seconds_per_example(store: Path, rows: int) -> dict[str, float]:
     """Each model-based artifact's unit computation, and LESS's features, on the same rows."""
-    from gradstore.checkpoint_model import CheckpointModel
-    from gradstore.checkpoints import load_checkpoints
+    from gradstore.features.checkpoint_model import CheckpointModel
+    from gradstore.features.checkpoints import load_checkpoints
 
     spec = load_build_spec(store)
     out = {}
@@ -122,8 +122,8 @@ def backward_census(work_dir: Path, per_family: int) -> dict:
     """Rows through each gradient pass while a toy store serving every method is built."""
     from collections import Counter
 
-    from gradstore.gradients import LoraGradientComputer
-    from gradstore.layer_gradients import LayerFeaturizer
+    from gradstore.features.gradients import LoraGradientComputer
+    from gradstore.features.layer_gradients import LayerFeaturizer
     from gradstore.selection import METHODS
 
     rows: Counter[str] = Counter()

@@ -27,11 +27,16 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from gradstore.featurizer import CheckpointFeaturizer
-from gradstore.gradients import LoraGradientComputer
-from gradstore.layer_gradients import LayerFeaturizer, default_layers, lora_blocks, only_trainable
-from gradstore.projection import make_projector
-from gradstore.tokenization import TokenizedExample, collate
+from gradstore.features.featurizer import CheckpointFeaturizer
+from gradstore.features.gradients import LoraGradientComputer
+from gradstore.features.layer_gradients import (
+    LayerFeaturizer,
+    default_layers,
+    lora_blocks,
+    only_trainable,
+)
+from gradstore.features.projection import make_projector
+from gradstore.features.tokenization import TokenizedExample, collate
 
 
 def model_and_batch(layers: int, hidden: int, batch: int, length: int):

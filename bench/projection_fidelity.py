@@ -36,11 +36,11 @@ import torch
 from scipy.stats import spearmanr
 
 from gradstore.config import LoraConfig
-from gradstore.featurizer import CheckpointFeaturizer
-from gradstore.modeling import attach_new_lora, load_base_model, load_tokenizer
-from gradstore.preconditioner import AdamPreconditioner
-from gradstore.projection import Projector, make_projector
-from gradstore.tokenization import ExampleEncoder, TokenizedExample, collate, pad_token_id
+from gradstore.features.featurizer import CheckpointFeaturizer
+from gradstore.features.modeling import attach_new_lora, load_base_model, load_tokenizer
+from gradstore.features.preconditioner import AdamPreconditioner
+from gradstore.features.projection import Projector, make_projector
+from gradstore.features.tokenization import ExampleEncoder, TokenizedExample, collate, pad_token_id
 
 # (label, kind, nonzeros)
 CANDIDATES = [
@@ -114,7 +114,7 @@ def smollm2_setting(args, workdir: Path):
     sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
     from real_assets import smollm2_dir
 
-    from gradstore.real_demo import real_setting
+    from gradstore.demo.real import real_setting
 
     model_dir = smollm2_dir()
     tokenizer = load_tokenizer(model_dir)

@@ -31,12 +31,18 @@ from pathlib import Path
 import torch
 
 from gradstore.config import BuildConfig, ProjectionConfig, WarmupConfig
-from gradstore.demo import DEMO_CONFIG, METHODS, TARGETS_PER_FAMILY, precision_by_family, toy_store
+from gradstore.demo.toy import (
+    DEMO_CONFIG,
+    METHODS,
+    TARGETS_PER_FAMILY,
+    precision_by_family,
+    toy_store,
+)
 from gradstore.examples import Example, read_jsonl
+from gradstore.features.tokenization import ExampleEncoder, pad_token_id
 from gradstore.query import QueryEngine
-from gradstore.store import Datastore
+from gradstore.store.datastore import Datastore
 from gradstore.threads import threads_per_process, use_threads
-from gradstore.tokenization import ExampleEncoder, pad_token_id
 from gradstore.toy.corpus import FAMILIES, VARIANTS, family_of, generate_targets
 from gradstore.toy.finetune import fine_tune, target_loss
 

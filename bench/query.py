@@ -42,11 +42,10 @@ import numpy as np
 import torch
 
 from gradstore.build import stored_features
-from gradstore.codes import STORE_DTYPES, FeatureCode, is_code
 from gradstore.config import BuildConfig, ProjectionConfig
 from gradstore.files import atomic_write_json
-from gradstore.search import FeatureScanner, top_k
-from gradstore.store import (
+from gradstore.store.codes import STORE_DTYPES, FeatureCode, is_code
+from gradstore.store.datastore import (
     MANIFEST,
     SCHEMA_VERSION,
     CheckpointEntry,
@@ -57,6 +56,7 @@ from gradstore.store import (
     ModelInfo,
     utc_now,
 )
+from gradstore.store.search import FeatureScanner, top_k
 
 CHECKPOINTS, DIM, SUBTASKS, SHARD_ROWS, BASELINE_ROWS = 4, 8192, 8, 1024, 10_000
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from gradstore.demo import TARGETS_PER_FAMILY, run_demo
+from gradstore.demo.toy import TARGETS_PER_FAMILY, run_demo
 from gradstore.query import QueryEngine
 from gradstore.selection import METHODS, run_selection
-from gradstore.store import Datastore
+from gradstore.store.datastore import Datastore
 
 
 def percentile(values: list[float], q: float) -> float:

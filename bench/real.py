@@ -1,6 +1,6 @@
 """Every selection method on a real pretrained model and real data: quality, cost, speed.
 
-The setting is the real demo's (``gradstore/real_demo.py``): a pool of Arena-Hard's answered
+The setting is the real demo's (``gradstore/demo/real.py``): a pool of Arena-Hard's answered
 prompts (coding, math, creative_writing) plus AlpacaEval ("general"); targets GSM8K CoT
 exemplars (math), HumanEval problems with canonical solutions (coding) and Arena-Hard writing
 prompts held out of the pool (creative_writing). For each target category and method, with a
@@ -38,12 +38,12 @@ from pathlib import Path
 
 import torch
 
+from gradstore.demo.real import CATEGORIES, METHODS, chance, measure_methods, real_setting
 from gradstore.examples import write_jsonl
-from gradstore.modeling import load_tokenizer
-from gradstore.real_demo import CATEGORIES, METHODS, chance, measure_methods, real_setting
-from gradstore.store import Datastore, TokenStore
+from gradstore.features.modeling import load_tokenizer
+from gradstore.features.tokenization import ExampleEncoder, pad_token_id
+from gradstore.store.datastore import Datastore, TokenStore
 from gradstore.threads import use_threads
-from gradstore.tokenization import ExampleEncoder, pad_token_id
 from gradstore.toy.finetune import fine_tune, target_loss
 
 
@@ -156,9 +156,9 @@ def measure_speed(
     """Tokens/s of the store's featurizer (LESS's Adam features), of a plain batched LoRA
     forward+backward over the same batches (the model-bound limit) and, given its venv's
     python, of bergson on the same model, adapter and tokens; interleaved rounds."""
-    from gradstore.losses import completion_losses
-    from gradstore.model_pool import store_model
-    from gradstore.tokenization import collate
+    from gradstore.features.losses import completion_losses
+    from gradstore.features.tokenization import collate
+    from gradstore.store.model_pool import store_model
 
     datastore = Datastore.open(store)
     model = store_model(store)

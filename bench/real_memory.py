@@ -24,8 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from gradstore.demo.real import real_setting
 from gradstore.examples import write_jsonl
-from gradstore.real_demo import real_setting
 from gradstore.selection import METHODS
 
 

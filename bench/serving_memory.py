@@ -39,23 +39,23 @@ def serve_every_method(store: Path) -> dict:
     base models still alive at the end."""
     from transformers import PreTrainedModel
 
-    import gradstore.checkpoint_model
-    import gradstore.modeling
+    import gradstore.features.checkpoint_model
+    import gradstore.features.modeling
     from gradstore.artifacts import compute_artifact_unit, plan_artifact_units
     from gradstore.examples import read_jsonl
     from gradstore.query import QueryEngine
     from gradstore.selection import METHODS, run_selection
-    from gradstore.store import Datastore
+    from gradstore.store.datastore import Datastore
 
     loads = []
-    real = gradstore.modeling.load_base_model
+    real = gradstore.features.modeling.load_base_model
 
     def counting(*args, **kwargs):
         loads.append(str(args[0]))
         return real(*args, **kwargs)
 
-    gradstore.modeling.load_base_model = counting  # type: ignore[assignment]
-    gradstore.checkpoint_model.load_base_model = counting  # type: ignore[attr-defined]
+    gradstore.features.modeling.load_base_model = counting  # type: ignore[assignment]
+    gradstore.features.checkpoint_model.load_base_model = counting  # type: ignore[attr-defined]
     started = time.perf_counter()
     unit = plan_artifact_units(store, "hidden_states")[0]
     compute_artifact_unit(store, unit, "cpu", None)
@@ -75,15 +75,15 @@ def serve_every_method(store: Path) -> dict:
         "base_models_alive_at_end": len(models),
         "rss_at_end_mb": round(_rss_kb() / 1024),
         "seconds": round(time.perf_counter() - started, 1),
-        "gradstore": str(Path(gradstore.modeling.__file__).parent),
+        "gradstore": str(Path(gradstore.features.modeling.__file__).parent),
     }
 
 
 def build(model: Path, work: Path, size: int, max_seq_len: int) -> Path:
     from gradstore.build import build_all
     from gradstore.config import BuildConfig
+    from gradstore.demo.real import real_setting
     from gradstore.examples import write_jsonl
-    from gradstore.real_demo import real_setting
     from gradstore.selection import METHODS
 
     setting = real_setting(per_source=size, targets_per_category=1)

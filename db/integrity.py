@@ -19,8 +19,8 @@ import os
 from pathlib import Path
 
 from gradstore.errors import ManifestMismatchError
-from gradstore.modeling import model_content_hash
-from gradstore.store import MANIFEST, Datastore, read_manifest
+from gradstore.features.modeling import model_content_hash
+from gradstore.store.datastore import MANIFEST, Datastore, read_manifest
 
 
 def _model_files(model_dir: Path) -> list[Path]:

@@ -58,8 +58,8 @@ def enqueue_build(
     The first unit is the warmup when a method of the store reads gradient features, else
     ``prepare`` (the pool and the manifest, with or without a model).
     """
-    from gradstore.build import needs_warmup, store_methods
     from gradstore.config import BuildConfig
+    from gradstore.selection.needs import needs_warmup, store_methods
 
     methods = store_methods(BuildConfig.model_validate(config))
     first = UnitKind.WARMUP if needs_warmup(methods) else UnitKind.PREPARE

@@ -21,13 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-from gradstore.checkpoints import (
-    WarmupCheckpoint,
-    checkpoint_weights,
-    import_reference_checkpoints,
-    load_checkpoints,
-)
-from gradstore.codes import FeatureCode, float_dtype, is_code
 from gradstore.config import BuildConfig
 from gradstore.errors import (
     ConflictError,
@@ -36,6 +29,14 @@ from gradstore.errors import (
     NotReadyError,
 )
 from gradstore.examples import iter_jsonl
+from gradstore.features.checkpoints import (
+    WarmupCheckpoint,
+    checkpoint_weights,
+    import_reference_checkpoints,
+    load_checkpoints,
+)
+from gradstore.features.modeling import load_tokenizer, model_content_hash
+from gradstore.features.tokenization import ExampleEncoder, SkippedExample, tokenizer_hash
 from gradstore.files import (
     atomic_save_npy,
     atomic_write_file,
@@ -44,15 +45,13 @@ from gradstore.files import (
     remove_stale_temporaries,
     sha256_file,
 )
-from gradstore.index import (
-    build_faiss_index_streaming,
-    is_exact,
-    train_sample_rows,
-    write_index,
+from gradstore.selection.needs import (
+    methods_needing_a_model,
+    needs_warmup,
+    store_methods,
 )
-from gradstore.model_pool import store_model
-from gradstore.modeling import load_tokenizer, model_content_hash
-from gradstore.store import (
+from gradstore.store.codes import FeatureCode, float_dtype, is_code
+from gradstore.store.datastore import (
     BUILD_SPEC,
     SCHEMA_VERSION,
     ArtifactEntry,
@@ -74,7 +73,13 @@ from gradstore.store import (
     utc_now,
     write_manifest,
 )
-from gradstore.tokenization import ExampleEncoder, SkippedExample, tokenizer_hash
+from gradstore.store.index import (
+    build_faiss_index_streaming,
+    is_exact,
+    train_sample_rows,
+    write_index,
+)
+from gradstore.store.model_pool import store_model
 from gradstore.validation import check_build_request, warmup_warning
 
 CHECKPOINTS_DONE = "checkpoints/complete.json"
@@ -96,51 +101,6 @@ class ShardResult:
     files: dict[str, str]
     rows: int
     seconds: float
-
-
-def store_methods(config: BuildConfig) -> list[str]:
-    """The methods a store is built to serve: its config's, else the default set."""
-    from gradstore.selection import DEFAULT_METHODS
-
-    return list(config.methods) if config.methods is not None else list(DEFAULT_METHODS)
-
-
-def methods_needing_the_warmup(methods: Sequence[str]) -> list[str]:
-    """Those of ``methods`` that run the warmup checkpoints (at query time, or to make an
-    artifact) or read gradient features: they pull in warmup, featurize and index."""
-    from gradstore.artifacts import ARTIFACTS
-    from gradstore.selection import method_requirements
-
-    def needs(method: str) -> bool:
-        required = method_requirements(method)
-        return required.model == "checkpoints" or any(
-            not ARTIFACTS[name].extendable
-            or ARTIFACTS[name].needs_checkpoints
-            or ARTIFACTS[name].needs_features
-            for name in required.artifacts
-        )
-
-    return [m for m in methods if needs(m)]
-
-
-def needs_warmup(methods: Sequence[str]) -> bool:
-    """Does a store for ``methods`` need the warmup, gradient features and their index?"""
-    return bool(methods_needing_the_warmup(methods))
-
-
-def methods_needing_a_model(methods: Sequence[str]) -> list[str]:
-    """Those of ``methods`` whose store or queries run the model (or its tokenizer)."""
-    from gradstore.artifacts import ARTIFACTS
-    from gradstore.selection import method_requirements
-
-    def needs(method: str) -> bool:
-        required = method_requirements(method)
-        return required.model != "none" or any(
-            ARTIFACTS[name].needs_model or not ARTIFACTS[name].extendable
-            for name in required.artifacts
-        )
-
-    return [m for m in methods if needs(m)]
 
 
 def prepare(
@@ -240,7 +200,7 @@ def _leaves(value: object, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...]
 
 def spec_differences(old: BuildSpec, new: BuildSpec) -> list[str]:
     """What a requested build changes of a directory's recorded one, as the user says it."""
-    from gradstore.cli_config import config_flag
+    from gradstore.config import config_flag
 
     changes = []
     if old.dataset_sha256 != new.dataset_sha256:
@@ -288,7 +248,7 @@ def run_warmup_stage(
             [Path(d) for d in spec.warmup_from], Path(needed_model(spec).path), target
         )
     else:
-        from gradstore.warmup import run_warmup
+        from gradstore.features.warmup import run_warmup
 
         checkpoints = run_warmup(
             Path(needed_model(spec).path),
@@ -366,7 +326,8 @@ def featurize_shard(
 
 
 def stored_features(config: BuildConfig, features: np.ndarray) -> np.ndarray:
-    """A shard's (rows, dim) float32 features as stored: cast, or coded (``gradstore.codes``)."""
+    """A shard's (rows, dim) float32 features as stored: cast, or coded
+    (``gradstore.store.codes``)."""
     if is_code(config.dtype):
         code = FeatureCode.of(config.dtype, config.projection.dim, config.scale_block)
         return code.encode(features)
@@ -379,7 +340,7 @@ def _update_directions_unit(root: Path, spec: BuildSpec, shard: Shard, last: int
     if shard.checkpoint != last:
         return None
     from gradstore.artifacts import ArtifactUnit, artifact_unit_done
-    from gradstore.influence_features import UPDATE_DIRECTIONS
+    from gradstore.features.influence_features import UPDATE_DIRECTIONS
     from gradstore.selection import DEFAULT_METHODS, extra_artifacts
 
     methods = spec.config.methods if spec.config.methods is not None else DEFAULT_METHODS

@@ -3,7 +3,7 @@
 One pydantic model per concern; the whole ``BuildConfig`` is saved beside every datastore
 so that a query can check it is meaningful for the store it reads. It is the one source of
 every build setting: the API request embeds it (``gradstore.api_models``), the CLI flags of
-``gradstore build`` are generated from it (``gradstore.cli_config``), and every default is
+``gradstore build`` are generated from it (``gradstore.cli.flags``), and every default is
 resolved here, so the same request gives the same stored config from any entry point.
 """
 
@@ -175,3 +175,11 @@ class BuildConfig(_Config):
                 f"scale_block {self.scale_block} must divide projection dim {self.projection.dim}"
             )
         return self
+
+
+def config_flag(path: tuple[str, ...]) -> str:
+    """The command-line flag that sets the field at ``path`` (``('lora', 'r')`` → ``--lora-r``)."""
+    *sections, name = path
+    if sections and name.startswith(sections[-1] + "_"):
+        sections = sections[:-1]  # warmup.warmup_ratio is --warmup-ratio
+    return "--" + "-".join(w.replace("_", "-") for w in (*sections, name))

@@ -22,15 +22,15 @@ import torch
 
 from gradstore.errors import ConflictError, InvalidInputError, ManifestMismatchError
 from gradstore.examples import Example
-from gradstore.modeling import resolve_device
-from gradstore.search import FeatureScanner
-from gradstore.store import Datastore
-from gradstore.tokenization import ExampleEncoder, SkippedExample, TokenizedExample
+from gradstore.features.modeling import resolve_device
+from gradstore.features.tokenization import ExampleEncoder, SkippedExample, TokenizedExample
+from gradstore.store.datastore import Datastore
+from gradstore.store.search import FeatureScanner
 
 if TYPE_CHECKING:
-    from gradstore.checkpoint_model import CheckpointModel
-    from gradstore.checkpoints import WarmupCheckpoint
-    from gradstore.model_pool import BaseHandle
+    from gradstore.features.checkpoint_model import CheckpointModel
+    from gradstore.features.checkpoints import WarmupCheckpoint
+    from gradstore.store.model_pool import BaseHandle
 
 
 class QueryEngine:
@@ -78,8 +78,8 @@ class QueryEngine:
     @cached_property
     def tokenizer(self):
         """The model directory's tokenizer, refused unless it is the store's."""
-        from gradstore.modeling import load_tokenizer
-        from gradstore.tokenization import tokenizer_hash
+        from gradstore.features.modeling import load_tokenizer
+        from gradstore.features.tokenization import tokenizer_hash
 
         if self.manifest.model is None:
             raise ConflictError("this datastore was built without a model")
@@ -103,8 +103,8 @@ class QueryEngine:
 
     def checkpoint_model(self) -> CheckpointModel:
         """The base model with the warmup checkpoints, from the process's model pool."""
-        from gradstore.checkpoints import load_checkpoints
-        from gradstore.model_pool import POOL
+        from gradstore.features.checkpoints import load_checkpoints
+        from gradstore.store.model_pool import POOL
 
         _ = self.tokenizer  # checked first: a cheap refusal before the weights load
         with self._load_lock:
@@ -127,7 +127,7 @@ class QueryEngine:
     def base_model(self) -> BaseHandle:
         """The base model for forward passes (``with handle.lock, handle.as_base():``): the
         pooled weights, with the adapters disabled when a checkpoint model holds them."""
-        from gradstore.model_pool import POOL
+        from gradstore.store.model_pool import POOL
 
         _ = self.tokenizer
         with self._load_lock:
@@ -147,15 +147,6 @@ class QueryEngine:
         artifact added since the store was opened is picked up here."""
         from gradstore.artifacts import missing_artifact_error
 
-        if self.manifest.model is None and method is not None:
-            from gradstore.build import methods_needing_a_model
-
-            if methods_needing_a_model([method]):
-                raise ConflictError(
-                    f"this datastore was built without a model (for methods that read the "
-                    f"text alone); method {method!r} needs one, and a model cannot be added "
-                    "to a built store: build a new datastore with a model"
-                )
         missing = [n for n in names if n not in self.manifest.artifact_names()]
         if missing and self.datastore.refresh():
             missing = [n for n in names if n not in self.manifest.artifact_names()]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from gradstore.config import BuildConfig
 from gradstore.errors import ConflictError, InvalidInputError
-from gradstore.index import check_factory
+from gradstore.store.index import check_factory
 
 MIN_WARMUP_STEPS = 8  # below this the adapter barely leaves its initialisation
 
@@ -33,7 +33,7 @@ class BuildPlan:
 
 def warmup_steps(num_examples: int, config: BuildConfig) -> tuple[int, int, int]:
     """(warmup sample size, optimizer steps per epoch, steps at a zero learning rate)."""
-    from gradstore.warmup import warmup_plan
+    from gradstore.features.warmup import warmup_plan
 
     warmup = config.warmup
     sample = max(1, min(num_examples, round(warmup.fraction * num_examples)))
@@ -74,7 +74,7 @@ def check_build_request(
     _check_template(model_dir, config)
     for directory in warmup_from:
         _check_warmup_directory(Path(directory))
-    from gradstore.build import needs_warmup, store_methods
+    from gradstore.selection.needs import needs_warmup, store_methods
 
     warnings: list[str] = []
     sample = steps = None
@@ -88,7 +88,7 @@ def check_build_request(
 
 def check_without_model(config: BuildConfig, warmup_from: Sequence[object] = ()) -> BuildPlan:
     """A request without a model: only for methods that read the pool's text alone."""
-    from gradstore.build import methods_needing_a_model, store_methods
+    from gradstore.selection.needs import methods_needing_a_model, store_methods
 
     check_factory(config.index_factory)
     needing = methods_needing_a_model(store_methods(config))
@@ -109,8 +109,8 @@ def check_extension(
     the model, the warmup checkpoints and the gradient features of ``kinds`` (a store built
     without them cannot be given them later)."""
     from gradstore.artifacts import ARTIFACTS
-    from gradstore.build import methods_needing_a_model, methods_needing_the_warmup
     from gradstore.selection import method_requirements
+    from gradstore.selection.needs import methods_needing_a_model, methods_needing_the_warmup
 
     needing = [] if has_model else methods_needing_a_model(methods)
     if needing:
@@ -166,7 +166,7 @@ def _check_model_and_targets(model_dir: Path, config: BuildConfig) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from gradstore.modeling import default_target_modules, matches_target
+    from gradstore.features.modeling import default_target_modules, matches_target
 
     try:
         model_config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
@@ -195,7 +195,7 @@ def _examples(names: list[str]) -> str:
 def _check_template(model_dir: Path, config: BuildConfig) -> None:
     if config.template != "chat_template":
         return
-    from gradstore.modeling import load_tokenizer
+    from gradstore.features.modeling import load_tokenizer
 
     if not getattr(load_tokenizer(model_dir), "chat_template", None):
         raise InvalidInputError(
@@ -205,7 +205,7 @@ def _check_template(model_dir: Path, config: BuildConfig) -> None:
 
 
 def _check_warmup_directory(directory: Path) -> None:
-    from gradstore.checkpoints import ADAPTER_CONFIG
+    from gradstore.features.checkpoints import ADAPTER_CONFIG
 
     if not directory.is_dir():
         raise InvalidInputError(f"warmup checkpoint {directory.name!r} is not a directory")

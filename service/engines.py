@@ -17,7 +17,7 @@ from collections import OrderedDict
 from gradstore.db.integrity import fingerprint as stat_fingerprint
 from gradstore.errors import ManifestMismatchError
 from gradstore.query import QueryEngine
-from gradstore.store import Datastore
+from gradstore.store.datastore import Datastore
 
 
 class EngineCache:

@@ -27,11 +27,11 @@ from gradstore.errors import (
     NotReadyError,
 )
 from gradstore.examples import load_examples, read_jsonl
-from gradstore.modeling import load_base_model
+from gradstore.features.modeling import load_base_model
+from gradstore.features.tokenization import ExampleEncoder
 from gradstore.query import QueryEngine
 from gradstore.selection import run_selection
-from gradstore.store import Datastore
-from gradstore.tokenization import ExampleEncoder
+from gradstore.store.datastore import Datastore
 
 TARGETS = load_examples(
     [
@@ -79,7 +79,7 @@ def test_a_ready_store_gains_rds_without_recomputing_anything(less_only_store, t
     Datastore.open(store, verify=True)
     result = run_selection(engine, TARGETS, "rds", top_k=5)  # the open engine picks it up
     assert len(result.selected) == 5
-    from gradstore.model_pool import POOL
+    from gradstore.store.model_pool import POOL
 
     assert engine.models_used == {"checkpoints", "base"}
     assert len(POOL.loaded()) == 1  # LESS loaded the checkpoint model: RDS+ reuses its weights
@@ -124,7 +124,7 @@ def test_hidden_states_equal_one_example_forward_passes(contract_store):
 
 
 def _token_ids(root, row):
-    from gradstore.store import TokenStore
+    from gradstore.store.datastore import TokenStore
 
     return TokenStore(root)[row].input_ids
 

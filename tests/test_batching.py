@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from gradstore.batching import length_sorted_batches, pack
+from gradstore.features.batching import length_sorted_batches, pack
 
 
 def test_pack_bounds_rows_and_padded_tokens_and_keeps_order():

@@ -16,7 +16,6 @@ from gradstore.build import (
     featurize_shard,
     plan_shards,
 )
-from gradstore.checkpoints import load_adam_moments, load_checkpoints
 from gradstore.config import BuildConfig, LoraConfig, ProjectionConfig, WarmupConfig
 from gradstore.errors import (
     InvalidInputError,
@@ -25,15 +24,16 @@ from gradstore.errors import (
     UnknownMethodError,
 )
 from gradstore.examples import load_examples, read_jsonl
+from gradstore.features.checkpoints import load_adam_moments, load_checkpoints
+from gradstore.features.gradients import reference_per_example_gradients
+from gradstore.features.modeling import load_base_model, load_lora_adapter
+from gradstore.features.projection import DenseReferenceProjector, SparseJLProjector, sparse_matrix
+from gradstore.features.tokenization import ExampleEncoder
 from gradstore.files import sha256_file
-from gradstore.gradients import reference_per_example_gradients
-from gradstore.modeling import load_base_model, load_lora_adapter
-from gradstore.projection import DenseReferenceProjector, SparseJLProjector, sparse_matrix
 from gradstore.query import QueryEngine
-from gradstore.search import FeatureScanner, top_k
 from gradstore.selection import METHODS, run_selection
-from gradstore.store import Datastore
-from gradstore.tokenization import ExampleEncoder
+from gradstore.store.datastore import Datastore
+from gradstore.store.search import FeatureScanner, top_k
 
 CONFIG = BuildConfig(
     lora=LoraConfig(r=4, alpha=16, dropout=0.0),
@@ -190,7 +190,7 @@ def test_scan_equals_brute_force_over_the_stored_features(built):
     dense = np.concatenate([store.features("adam", c) for c in (1, 2)], axis=1)
     expected = dense.astype(np.float64) @ queries.reshape(3, -1).T.astype(np.float64)
     for block_rows in (1, 5, 256):
-        with patch("gradstore.search.BLOCK_ROWS", block_rows):
+        with patch("gradstore.store.search.BLOCK_ROWS", block_rows):
             got = FeatureScanner(store).scores("adam", queries)
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(store.rows("adam", np.array([5, 0, 23])), dense[[5, 0, 23]])

@@ -14,7 +14,9 @@ from peft import get_peft_model
 from safetensors.torch import load_file
 from transformers import Trainer
 
-from gradstore.checkpoints import (
+from gradstore.config import LoraConfig
+from gradstore.errors import InvalidInputError
+from gradstore.features.checkpoints import (
     WarmupCheckpoint,
     checkpoint_weights,
     epoch_learning_rates,
@@ -23,15 +25,13 @@ from gradstore.checkpoints import (
     load_checkpoints,
     save_checkpoint,
 )
-from gradstore.config import LoraConfig
-from gradstore.errors import InvalidInputError
-from gradstore.modeling import (
+from gradstore.features.modeling import (
     attach_new_lora,
     load_base_model,
     load_lora_adapter,
     lora_parameter_names,
 )
-from gradstore.tokenization import TokenizedExample, collate
+from gradstore.features.tokenization import TokenizedExample, collate
 
 LORA = LoraConfig(r=4, alpha=16, dropout=0.0)
 STEPS_PER_EPOCH = 4

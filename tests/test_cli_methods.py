@@ -7,7 +7,7 @@ import shutil
 from typer.testing import CliRunner
 
 from gradstore.cli import app, spread_multi_value_flags
-from gradstore.store import Datastore
+from gradstore.store.datastore import Datastore
 
 
 def test_several_values_after_one_flag_are_spread_and_the_repeated_form_kept():

@@ -14,12 +14,12 @@ from typer.testing import CliRunner
 
 from gradstore.build import build_all
 from gradstore.cli import app
-from gradstore.codes import CODE_BITS, CodedRows, FeatureCode
 from gradstore.examples import load_examples
 from gradstore.query import QueryEngine
-from gradstore.search import BruteForceSearcher, FeatureScanner, make_searcher
 from gradstore.selection import run_selection
-from gradstore.store import Datastore
+from gradstore.store.codes import CODE_BITS, CodedRows, FeatureCode
+from gradstore.store.datastore import Datastore
+from gradstore.store.search import BruteForceSearcher, FeatureScanner, make_searcher
 
 
 def reference_decode(x: np.ndarray, bits: int, block: int) -> np.ndarray:
@@ -162,7 +162,7 @@ def test_search_over_a_store_equals_brute_force_over_the_decoded_rows(stores, na
     queries = rng.standard_normal((3, len(checkpoints), 64)).astype(np.float32)
     expected = BruteForceSearcher(store).scores("adam", queries)
     for block_rows in (1, 5, 128):
-        with patch("gradstore.search.BLOCK_ROWS", block_rows):
+        with patch("gradstore.store.search.BLOCK_ROWS", block_rows):
             got = make_searcher(store).scores("adam", queries)
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(store.rows("adam", np.array([9, 0, 19])), decoded[[9, 0, 19]])

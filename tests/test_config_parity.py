@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 import gradstore.build
 from gradstore.api_models import DatastoreCreate
 from gradstore.cli import app
-from gradstore.cli_config import ALIASES, config_options
+from gradstore.cli.flags import ALIASES, config_options
 from gradstore.client import GradstoreClient
 from gradstore.config import BuildConfig
 from gradstore.db.engine import make_engine, make_sessionmaker

@@ -8,10 +8,10 @@ import torch
 from tiny_assets import byte_tokenizer, save_tiny_llama
 
 from gradstore.config import LoraConfig
-from gradstore.embeddings import HiddenStateEncoder, position_weighted_mean
 from gradstore.examples import load_examples
-from gradstore.modeling import attach_new_lora, load_base_model
-from gradstore.tokenization import ExampleEncoder
+from gradstore.features.embeddings import HiddenStateEncoder, position_weighted_mean
+from gradstore.features.modeling import attach_new_lora, load_base_model
+from gradstore.features.tokenization import ExampleEncoder
 
 
 def reference_pool(hidden: np.ndarray) -> np.ndarray:

@@ -16,17 +16,17 @@ import numpy as np
 import pytest
 import torch
 
-from gradstore.gradients import iter_reference_gradients
-from gradstore.heads import HEADS
+from gradstore.features.gradients import iter_reference_gradients
+from gradstore.features.heads import HEADS
 from gradstore.query import QueryEngine
 from gradstore.selection import METHODS, run_selection
-from gradstore.store import Datastore, TokenStore
+from gradstore.store.datastore import Datastore, TokenStore
 from gradstore.toy.corpus import generate_targets
 
 TOY_HEAD = '''
 """A toy gradient head: sign(g), the plain gradient's signs."""
 
-from gradstore.heads import GradientHead, register_head
+from gradstore.features.heads import GradientHead, register_head
 
 
 class Sign:
@@ -46,7 +46,7 @@ TOY_METHOD = '''
 from gradstore.selection.base import (
     MethodDetails, MethodOptions, ScoreRequest, SelectionMethod, per_target_matrix,
 )
-from gradstore.store import TokenStore
+from gradstore.store.datastore import TokenStore
 
 
 class ToyOptions(MethodOptions):

@@ -10,10 +10,10 @@ from test_gradients import examples, lora_model
 from tiny_assets import save_tiny_llama
 from transformers import AutoModelForCausalLM
 
-from gradstore.featurizer import CheckpointFeaturizer
-from gradstore.gradients import reference_per_example_gradients
-from gradstore.preconditioner import AdamPreconditioner, AdamUpdateDirection
-from gradstore.projection import (
+from gradstore.features.featurizer import CheckpointFeaturizer
+from gradstore.features.gradients import reference_per_example_gradients
+from gradstore.features.preconditioner import AdamPreconditioner, AdamUpdateDirection
+from gradstore.features.projection import (
     PROJECTION_KINDS,
     DenseReferenceProjector,
     RademacherProjector,

@@ -8,9 +8,9 @@ from peft import LoraConfig, get_peft_model
 from tiny_assets import save_tiny_llama
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
-from gradstore.gradients import LoraGradientComputer, reference_per_example_gradients
-from gradstore.preconditioner import AdamPreconditioner
-from gradstore.tokenization import TokenizedExample, collate
+from gradstore.features.gradients import LoraGradientComputer, reference_per_example_gradients
+from gradstore.features.preconditioner import AdamPreconditioner
+from gradstore.features.tokenization import TokenizedExample, collate
 
 
 def lora_model(base, targets, dropout=0.0):

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from gradstore.index import build_faiss_index, search
 from gradstore.selection.less import subtask_queries
 from gradstore.selection.policies import ranked
+from gradstore.store.index import build_faiss_index, search
 
 
 def normalised(rng, n, d):

@@ -10,20 +10,20 @@ from stores import CONTRACT_BUILD, build_store, contract_pool, copy_store, one_t
 from test_artifacts import TARGETS, file_states
 
 from gradstore.artifacts import add_artifacts
-from gradstore.checkpoints import load_checkpoints
 from gradstore.errors import MissingArtifactError
-from gradstore.influence_features import (
+from gradstore.features.checkpoints import load_checkpoints
+from gradstore.features.influence_features import (
     LAYER_GRADIENTS,
     UPDATE_DIRECTIONS,
     last_checkpoint,
     layer_featurizer,
     update_featurizer,
 )
-from gradstore.model_pool import store_model
-from gradstore.preconditioner import AdamUpdateDirection
+from gradstore.features.preconditioner import AdamUpdateDirection
 from gradstore.query import QueryEngine
 from gradstore.selection import extra_artifacts, run_selection
-from gradstore.store import Datastore, TokenStore
+from gradstore.store.datastore import Datastore, TokenStore
+from gradstore.store.model_pool import store_model
 
 
 def test_adam_update_direction_is_the_papers_a_times_g():

@@ -10,16 +10,16 @@ from test_gradients import examples, lora_model
 from tiny_assets import save_tiny_llama
 from transformers import AutoModelForCausalLM
 
-from gradstore.gradients import reference_per_example_gradients
-from gradstore.layer_gradients import (
+from gradstore.features.gradients import reference_per_example_gradients
+from gradstore.features.layer_gradients import (
     LayerFeaturizer,
     block_of,
     default_layers,
     lora_blocks,
     only_trainable,
 )
-from gradstore.modeling import lora_parameter_names
-from gradstore.projection import make_projector
+from gradstore.features.modeling import lora_parameter_names
+from gradstore.features.projection import make_projector
 from gradstore.selection.datainf import datainf_scores, reference_scores
 
 LAYERS = [2, 3]

@@ -8,8 +8,8 @@ from test_gradients import examples, lora_model
 from tiny_assets import save_tiny_llama
 from transformers import AutoModelForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig
 
-from gradstore.losses import completion_losses, labelled_token_losses, per_example_losses
-from gradstore.tokenization import collate
+from gradstore.features.losses import completion_losses, labelled_token_losses, per_example_losses
+from gradstore.features.tokenization import collate
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,14 @@ import pytest
 import torch
 from tiny_assets import save_tiny_llama
 
-import gradstore.model_pool as model_pool
-from gradstore.checkpoint_model import CheckpointModel
-from gradstore.checkpoints import load_checkpoints
-from gradstore.model_pool import ModelPool, model_key, store_model
-from gradstore.modeling import load_base_model
+import gradstore.store.model_pool as model_pool
+from gradstore.features.checkpoint_model import CheckpointModel
+from gradstore.features.checkpoints import load_checkpoints
+from gradstore.features.modeling import load_base_model
 from gradstore.query import QueryEngine
 from gradstore.selection import METHODS, run_selection
-from gradstore.store import Datastore, TokenStore
+from gradstore.store.datastore import Datastore, TokenStore
+from gradstore.store.model_pool import ModelPool, model_key, store_model
 from gradstore.toy.corpus import generate_targets
 
 TARGETS = [t for t in generate_targets(seed=3, per_family=2) if t.subtask in ("add", "reverse")]
@@ -105,7 +105,7 @@ def test_a_process_serving_every_method_loads_the_weights_once(contract_store, p
         loads.append(args[0])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr("gradstore.modeling.load_base_model", counting)
+    monkeypatch.setattr("gradstore.features.modeling.load_base_model", counting)
     # RDS+ first: the base alone, which LESS's adapters then go onto in place
     order = ["rds", *sorted(set(METHODS) - {"rds"})]
     engine = QueryEngine(Datastore.open(contract_store), "cpu")

@@ -12,7 +12,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from gradstore.config import LoraConfig
 from gradstore.errors import InvalidInputError
-from gradstore.modeling import (
+from gradstore.features.modeling import (
     attach_new_lora,
     default_target_modules,
     load_base_model,

@@ -7,7 +7,7 @@ import itertools
 
 import numpy as np
 
-from gradstore.ngrams import NgramHasher, SparseCounts, log_probabilities, words
+from gradstore.features.ngrams import NgramHasher, SparseCounts, log_probabilities, words
 
 TEXTS = [
     "Q: 3+4\nA: 7",

@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from gradstore.projection import (
+from gradstore.features.projection import (
     PROJECTION_KINDS,
     DenseReferenceProjector,
     RademacherProjector,

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from gradstore.query import QueryEngine
-from gradstore.report import build_report, jaccard_matrix, result_from_dict, write_report
+from gradstore.report.html import build_report, jaccard_matrix, result_from_dict, write_report
 from gradstore.selection import run_selection
-from gradstore.store import Datastore
+from gradstore.store.datastore import Datastore
 from gradstore.toy.corpus import generate_targets
 
 TARGETS = [t for t in generate_targets(seed=3, per_family=2) if t.subtask in ("add", "reverse")]

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from gradstore.submodular import (
+from gradstore.selection.submodular import (
     Objective,
     SparseKernel,
     lazy_greedy,

@@ -10,7 +10,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from gradstore.examples import load_examples
-from gradstore.tokenization import (
+from gradstore.features.tokenization import (
     IGNORE_INDEX,
     ExampleEncoder,
     SkippedExample,

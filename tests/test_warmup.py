@@ -8,16 +8,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gradstore.checkpoints import checkpoint_weights, load_adam_moments, load_checkpoints
 from gradstore.config import BuildConfig, LoraConfig, WarmupConfig
-from gradstore.modeling import (
+from gradstore.features.checkpoints import checkpoint_weights, load_adam_moments, load_checkpoints
+from gradstore.features.modeling import (
     attach_new_lora,
     load_base_model,
     load_lora_adapter,
     lora_parameter_names,
 )
-from gradstore.tokenization import TokenizedExample, collate
-from gradstore.warmup import micro_batch_step, run_warmup, warmup_plan, warmup_sample
+from gradstore.features.tokenization import TokenizedExample, collate
+from gradstore.features.warmup import micro_batch_step, run_warmup, warmup_plan, warmup_sample
 
 PAD = 0  # the tiny byte tokenizer's <pad>
 

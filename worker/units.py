@@ -39,7 +39,6 @@ from gradstore.artifacts import (
     compute_artifact_unit,
     finish_artifact,
 )
-from gradstore.build import store_methods
 from gradstore.config import BuildConfig
 from gradstore.db import integrity
 from gradstore.db.jobs import next_plan
@@ -58,8 +57,9 @@ from gradstore.db.units import (
 from gradstore.db.units import still_wanted as store_wanted
 from gradstore.errors import ManifestMismatchError
 from gradstore.files import read_json
-from gradstore.store import Datastore as GradstoreDatastore
-from gradstore.store import Shard, load_build_spec, read_manifest
+from gradstore.selection.needs import store_methods
+from gradstore.store.datastore import Datastore as GradstoreDatastore
+from gradstore.store.datastore import Shard, load_build_spec, read_manifest
 
 P = TypeVar("P", bound=BaseModel)
 

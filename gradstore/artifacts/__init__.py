@@ -23,7 +23,7 @@ from gradstore.artifacts.influence import LayerGradients, UpdateDirections
 from gradstore.artifacts.ngram_counts import NgramCounts
 from gradstore.errors import InvalidInputError, MissingArtifactError, NotReadyError
 from gradstore.files import atomic_save_npy, read_json, sha256_file
-from gradstore.store import (
+from gradstore.store.datastore import (
     ArtifactEntry,
     FileEntry,
     Manifest,

@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from gradstore.store import BuildSpec
+from gradstore.store.datastore import BuildSpec
 
 ProgressCallback = Callable[[int], None]
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from gradstore.artifacts.base import ArtifactBuilder, ArtifactUnit, ProgressCallback
-from gradstore.icl_utility import InContextUtility
-from gradstore.model_pool import store_base_model
-from gradstore.reader import PoolReader
-from gradstore.store import BuildSpec, Datastore, TokenStore
+from gradstore.features.icl_utility import InContextUtility
+from gradstore.store.datastore import BuildSpec, Datastore, TokenStore
+from gradstore.store.model_pool import store_base_model
+from gradstore.store.reader import PoolReader
 
 PARTS = ("neighbours", "utility", "base")
 QUERY_BLOCK = 128  # rows whose neighbours one pass over the features finds
@@ -37,7 +37,7 @@ def nearest_neighbours(store: Datastore, rows: np.ndarray, k: int) -> np.ndarray
     Exact: one blockwise pass over the features per ``QUERY_BLOCK`` rows, so memory stays
     n × ``QUERY_BLOCK`` scores; ties go to the smaller row.
     """
-    from gradstore.search import FeatureScanner, top_k
+    from gradstore.store.search import FeatureScanner, top_k
 
     kind = feature_kind(store)
     weights = store.checkpoint_weights()

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from gradstore.artifacts.base import ArtifactBuilder, ArtifactUnit, ProgressCallback
-from gradstore.store import BuildSpec, gradient_artifact
+from gradstore.store.datastore import BuildSpec, gradient_artifact
 
 
 class GradientFeatures(ArtifactBuilder):

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from gradstore.artifacts.base import ArtifactBuilder, ArtifactUnit, ProgressCallback
-from gradstore.codes import float_dtype
-from gradstore.embeddings import HiddenStateEncoder
-from gradstore.model_pool import store_base_model
-from gradstore.store import BuildSpec, TokenStore
+from gradstore.features.embeddings import HiddenStateEncoder
+from gradstore.store.codes import float_dtype
+from gradstore.store.datastore import BuildSpec, TokenStore
+from gradstore.store.model_pool import store_base_model
 
 
 class HiddenStates(ArtifactBuilder):

@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from gradstore.artifacts.base import ArtifactBuilder, ArtifactUnit, ProgressCallback
-from gradstore.checkpoints import load_checkpoints
-from gradstore.codes import float_dtype
-from gradstore.influence_features import (
+from gradstore.features.checkpoints import load_checkpoints
+from gradstore.features.influence_features import (
     LAYER_GRADIENTS,
     UPDATE_DIRECTIONS,
     last_checkpoint,
@@ -27,8 +26,9 @@ from gradstore.influence_features import (
     layer_plan,
     update_featurizer,
 )
-from gradstore.model_pool import store_model
-from gradstore.store import BuildSpec, TokenStore, needed_model
+from gradstore.store.codes import float_dtype
+from gradstore.store.datastore import BuildSpec, TokenStore, needed_model
+from gradstore.store.model_pool import store_model
 
 
 def _dtype(spec: BuildSpec) -> type:

@@ -13,10 +13,10 @@ import numpy as np
 
 from gradstore.artifacts.base import ArtifactBuilder, ArtifactUnit, ProgressCallback
 from gradstore.examples import iter_jsonl
+from gradstore.features.ngrams import MAX_ORDER, NUM_BUCKETS, NgramHasher, SparseCounts
 from gradstore.files import atomic_save_npy, read_json
-from gradstore.ngrams import MAX_ORDER, NUM_BUCKETS, NgramHasher, SparseCounts
-from gradstore.reader import PoolReader
-from gradstore.store import BuildSpec
+from gradstore.store.datastore import BuildSpec
+from gradstore.store.reader import PoolReader
 
 UNIT_ROWS = 16_384  # text hashing is cheap per row; fewer, larger units
 

@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import BaseModel, Field, create_model
 
 from gradstore.api_models import SelectResponse
-from gradstore.errors import InvalidInputError, UnknownMethodError
+from gradstore.errors import ConflictError, InvalidInputError, UnknownMethodError
 from gradstore.examples import Example
 from gradstore.selection.base import (
     MethodDetails,
@@ -30,6 +30,7 @@ from gradstore.selection.base import (
     SelectionMethod,
     SelectionResult,
     budget_to_k,
+    runs_a_model,
 )
 from gradstore.selection.baselines import Bm25Selection, RandomSelection
 from gradstore.selection.delift import Delift
@@ -194,6 +195,12 @@ def run_selection(
     if not targets:
         raise InvalidInputError("at least one target example is needed")
     k = budget_to_k(engine.manifest.num_examples, top_k, fraction)
+    if engine.manifest.model is None and runs_a_model(selector.model, selector.artifacts(parsed)):
+        raise ConflictError(
+            f"this datastore was built without a model (for methods that read the text "
+            f"alone); method {method!r} needs one, and a model cannot be added to a built "
+            "store: build a new datastore with a model"
+        )
     engine.require_artifacts(selector.artifacts(parsed), method)
     request = ScoreRequest(targets, parsed, k, parsed.aggregate in PER_TARGET_POLICIES)
     matrix = score(selector, engine, request)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
@@ -166,6 +167,29 @@ class SelectionMethod(Generic[OptionsT, DetailsT]):
         """The shapes of this method's details, for the API schema (its ``Details`` and the
         subclasses it answers with)."""
         return (*cls.Details.__subclasses__(), cls.Details)
+
+
+def runs_a_model(model: ModelNeed, artifacts: Iterable[str]) -> bool:
+    """Does a method with these needs run the model (or its tokenizer), at query time or
+    to make one of its artifacts?"""
+    from gradstore.artifacts import ARTIFACTS
+
+    return model != "none" or any(
+        ARTIFACTS[name].needs_model or not ARTIFACTS[name].extendable for name in artifacts
+    )
+
+
+def runs_the_warmup(model: ModelNeed, artifacts: Iterable[str]) -> bool:
+    """Does a method with these needs run the warmup checkpoints (at query time, or to make
+    an artifact) or read gradient features?"""
+    from gradstore.artifacts import ARTIFACTS
+
+    return model == "checkpoints" or any(
+        not ARTIFACTS[name].extendable
+        or ARTIFACTS[name].needs_checkpoints
+        or ARTIFACTS[name].needs_features
+        for name in artifacts
+    )
 
 
 def budget_to_k(num_examples: int, top_k: int | None, fraction: float | None) -> int:

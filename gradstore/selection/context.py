@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 
-from gradstore.reader import PoolReader
+from gradstore.store.reader import PoolReader
 
 if TYPE_CHECKING:
-    from gradstore.checkpoint_model import CheckpointModel
     from gradstore.examples import Example
-    from gradstore.model_pool import BaseHandle
-    from gradstore.tokenization import ExampleEncoder, SkippedExample, TokenizedExample
+    from gradstore.features.checkpoint_model import CheckpointModel
+    from gradstore.features.tokenization import ExampleEncoder, SkippedExample, TokenizedExample
+    from gradstore.store.model_pool import BaseHandle
 
 __all__ = ["ModelHandle", "PoolReader", "QueryContext", "Scorer", "TargetEncoder"]
 
@@ -45,7 +45,7 @@ class TargetEncoder(Protocol):
 
 
 class Scorer(Protocol):
-    """Exact scans of stored features (``gradstore.search.FeatureScanner`` is one)."""
+    """Exact scans of stored features (``gradstore.store.search.FeatureScanner`` is one)."""
 
     @property
     def device(self) -> torch.device: ...

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from gradstore.search import _as_tensor
+from gradstore.store.search import _as_tensor
 
 DAMPING = 0.1  # DataInf's λ_l = 0.1 · mean ‖g_l‖² / p_l
 CHUNK_ROWS = 128  # pool rows widened to fp32 at a time (in cache, like FeatureScanner)

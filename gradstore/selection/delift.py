@@ -29,14 +29,14 @@ from pydantic import Field
 from gradstore.artifacts.delift_kernel import DeliftKernel, feature_kind, load_kernel_parts
 from gradstore.errors import InvalidInputError
 from gradstore.examples import Example
-from gradstore.icl_utility import InContextUtility
-from gradstore.search import top_k
+from gradstore.features.icl_utility import InContextUtility
+from gradstore.features.tokenization import pad_token_id
 from gradstore.selection.base import MethodDetails, MethodOptions, ScoreRequest, SelectionMethod
 from gradstore.selection.context import QueryContext
 from gradstore.selection.set_function import SetFunction
-from gradstore.store import TokenStore
-from gradstore.submodular import Objective, SparseKernel
-from gradstore.tokenization import pad_token_id
+from gradstore.selection.submodular import Objective, SparseKernel
+from gradstore.store.datastore import TokenStore
+from gradstore.store.search import top_k
 
 Mode = Literal["mutual_information", "facility_location", "conditional_gain"]
 

@@ -26,10 +26,10 @@ import math
 
 import numpy as np
 
-from gradstore.reader import PoolReader
 from gradstore.selection.policies import POLICIES, Pick
 from gradstore.selection.scores import ScoreMatrix
-from gradstore.submodular import Objective, SparseKernel, lazy_greedy
+from gradstore.selection.submodular import Objective, SparseKernel, lazy_greedy
+from gradstore.store.reader import PoolReader
 
 NEIGHBOURS = 16  # most similar candidates each candidate keeps in the kernel
 BLOCK = 1024  # candidate rows multiplied at a time

@@ -18,7 +18,7 @@ from pydantic import Field
 
 from gradstore.artifacts import ARTIFACTS
 from gradstore.artifacts.ngram_counts import NgramCounts
-from gradstore.ngrams import NgramHasher, log_probabilities
+from gradstore.features.ngrams import NgramHasher, log_probabilities
 from gradstore.selection.base import (
     MethodOptions,
     ScoreRequest,

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from gradstore.influence_features import LAYER_GRADIENTS, last_checkpoint, layer_featurizer
+from gradstore.features.influence_features import LAYER_GRADIENTS, last_checkpoint, layer_featurizer
 from gradstore.selection.base import (
     MethodOptions,
     ScoreRequest,

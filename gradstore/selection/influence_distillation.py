@@ -24,7 +24,11 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from gradstore.influence_features import UPDATE_DIRECTIONS, last_checkpoint, update_featurizer
+from gradstore.features.influence_features import (
+    UPDATE_DIRECTIONS,
+    last_checkpoint,
+    update_featurizer,
+)
 from gradstore.selection.base import (
     MethodOptions,
     ScoreRequest,
@@ -38,7 +42,7 @@ from gradstore.selection.landmarks import DAMPING, propagate
 from gradstore.selection.policies import PolicyName
 from gradstore.selection.qp import solve_weights
 from gradstore.selection.scores import ScoreMatrix
-from gradstore.store import TokenStore
+from gradstore.store.datastore import TokenStore
 
 EmbeddingName = Literal["hidden_states", "gradients.adam", "gradients.sgd"]
 

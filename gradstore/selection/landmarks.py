@@ -16,7 +16,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-from gradstore.search import _as_tensor
+from gradstore.store.search import _as_tensor
 
 DAMPING = 1e-2
 MEDIAN_SAMPLE = 1000  # landmarks used for the median heuristic (the reference's cap)

@@ -18,7 +18,6 @@ import numpy as np
 from pydantic import Field
 
 from gradstore.errors import InvalidInputError
-from gradstore.index import search
 from gradstore.selection.base import (
     MethodOptions,
     ScoreRequest,
@@ -29,7 +28,8 @@ from gradstore.selection.base import (
 )
 from gradstore.selection.context import QueryContext
 from gradstore.selection.scores import ScoreMatrix
-from gradstore.store import gradient_artifact
+from gradstore.store.datastore import gradient_artifact
+from gradstore.store.index import search
 
 
 class LessOptions(MethodOptions):

@@ -16,8 +16,8 @@ from typing import Literal
 
 import numpy as np
 
-from gradstore.search import top_k
 from gradstore.selection.scores import ScoreMatrix
+from gradstore.store.search import top_k
 
 PolicyName = Literal["max", "mean", "round_robin"]
 

@@ -13,7 +13,8 @@ import time
 
 from pydantic import Field
 
-from gradstore.embeddings import HiddenStateEncoder
+from gradstore.features.embeddings import HiddenStateEncoder
+from gradstore.features.tokenization import pad_token_id
 from gradstore.selection.base import (
     MethodOptions,
     ScoreRequest,
@@ -25,7 +26,6 @@ from gradstore.selection.base import (
 from gradstore.selection.context import QueryContext
 from gradstore.selection.policies import PolicyName
 from gradstore.selection.scores import ScoreMatrix
-from gradstore.tokenization import pad_token_id
 
 ARTIFACT = "hidden_states"
 

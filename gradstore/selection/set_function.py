@@ -21,7 +21,7 @@ import numpy as np
 
 from gradstore.examples import Example
 from gradstore.selection.scores import ScoreMatrix
-from gradstore.submodular import Objective, SparseKernel, lazy_greedy
+from gradstore.selection.submodular import Objective, SparseKernel, lazy_greedy
 
 D = TypeVar("D")
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 
-from gradstore.batching import length_sorted_batches, pack
 from gradstore.config import LoraConfig
-from gradstore.losses import completion_losses
-from gradstore.modeling import attach_new_lora, load_base_model
-from gradstore.tokenization import TokenizedExample, collate
+from gradstore.features.batching import length_sorted_batches, pack
+from gradstore.features.losses import completion_losses
+from gradstore.features.modeling import attach_new_lora, load_base_model
+from gradstore.features.tokenization import TokenizedExample, collate
 
 BATCH_SIZE = 8
 BATCH_TOKENS = 2048

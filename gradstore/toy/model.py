@@ -21,8 +21,8 @@ from tqdm import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from gradstore.examples import Example, write_jsonl
+from gradstore.features.tokenization import ExampleEncoder, tulu_text
 from gradstore.files import atomic_write_json, read_json, sha256_bytes, sha256_file
-from gradstore.tokenization import ExampleEncoder, tulu_text
 from gradstore.toy.tokenizer import build_tokenizer
 
 MARKER = "toy_model.json"

@@ -45,7 +45,7 @@ def selection_report(
     """An HTML report of one selection: score distribution, each subtask's share of the
     budget, coverage per target (with ``explain``), the top examples with their text, and
     the overlap with the other methods run on the same targets."""
-    from gradstore.report import build_report, pool_examples, result_from_dict
+    from gradstore.report.html import build_report, pool_examples, result_from_dict
 
     store = get_store_or_404(session, datastore_id)
     record = session.get(SelectionRecord, selection_id)

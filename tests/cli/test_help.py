@@ -7,7 +7,7 @@ import typer
 from cli_run import gradstore
 
 from gradstore.cli import app
-from gradstore.cli_common import METHOD_NAMES
+from gradstore.cli.common import METHOD_NAMES
 
 
 def command_paths(command=None, prefix=()) -> list[tuple[str, ...]]:
@@ -48,7 +48,7 @@ def test_select_help_lists_every_method_and_its_flags(path, tmp_path):
 
 
 def test_build_help_shows_every_flag_whole_with_plain_defaults(tmp_path):
-    from gradstore.cli_config import config_options
+    from gradstore.cli.flags import config_options
 
     text = gradstore("build", "--help", cwd=tmp_path).stdout
     for option in config_options():

@@ -13,9 +13,9 @@ from test_gradients import examples, lora_model
 from tiny_assets import save_tiny_llama
 from transformers import AutoModelForCausalLM
 
-from gradstore.featurizer import CheckpointFeaturizer
-from gradstore.preconditioner import AdamPreconditioner
-from gradstore.projection import (
+from gradstore.features.featurizer import CheckpointFeaturizer
+from gradstore.features.preconditioner import AdamPreconditioner
+from gradstore.features.projection import (
     PROJECTION_KINDS,
     make_projector,
     rademacher_block,
@@ -78,8 +78,8 @@ def test_scan_on_cuda_equals_the_cpu_scan(tmp_path):
     sys.path.insert(0, str(Path(__file__).parents[2] / "bench"))
     from query import write_synthetic_store
 
-    from gradstore.search import FeatureScanner, top_k
-    from gradstore.store import Datastore
+    from gradstore.store.datastore import Datastore
+    from gradstore.store.search import FeatureScanner, top_k
 
     write_synthetic_store(tmp_path, 3000)
     store = Datastore.open(tmp_path)

@@ -222,7 +222,7 @@ def test_without_the_report_extra_the_report_says_what_to_install(tmp_path):
 
         sys.meta_path.insert(0, Blocker())
         from gradstore.errors import MissingExtraError
-        from gradstore.report_plots import bar_chart
+        from gradstore.report.plots import bar_chart
         try:
             bar_chart(["a"], [1], "subtask", "examples")
         except MissingExtraError as exc:

@@ -45,7 +45,7 @@ def wheel(tmp_path_factory) -> Path:
 def test_wheel_has_namespaced_packages_data_and_entry_points(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for member in (
-        "gradstore/cli.py",
+        "gradstore/cli/commands.py",
         "gradstore/db/queue.py",
         "gradstore/service/app.py",
         "gradstore/service/routes/datastores.py",

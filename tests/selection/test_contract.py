@@ -19,7 +19,7 @@ from gradstore.selection import METHODS, method_requirements, run_selection
 from gradstore.selection.base import ScoreRequest
 from gradstore.selection.policies import POLICIES
 from gradstore.selection.set_function import SetFunction
-from gradstore.store import Datastore
+from gradstore.store.datastore import Datastore
 from gradstore.toy.corpus import generate_targets
 
 METHOD_NAMES = sorted(METHODS)

@@ -9,13 +9,13 @@ from test_contract import TARGETS
 from gradstore.artifacts import compute_artifact_unit, plan_artifact_units
 from gradstore.artifacts.delift_kernel import load_kernel_parts
 from gradstore.errors import InvalidInputError
-from gradstore.icl_utility import InContextUtility, reference_distance
-from gradstore.modeling import load_base_model, load_tokenizer
+from gradstore.features.icl_utility import InContextUtility, reference_distance
+from gradstore.features.modeling import load_base_model, load_tokenizer
 from gradstore.query import QueryEngine
 from gradstore.selection import run_selection
 from gradstore.selection.delift import min_max
-from gradstore.store import Datastore, TokenStore
-from gradstore.submodular import Objective, objective_value, reference_greedy
+from gradstore.selection.submodular import Objective, objective_value, reference_greedy
+from gradstore.store.datastore import Datastore, TokenStore
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_kernel_width_is_the_build_option(store):
     """``delift.neighbours`` sets K: the K nearest of the default kernel, the same utilities."""
     from gradstore.artifacts.delift_kernel import DeliftKernel
     from gradstore.config import DeliftConfig
-    from gradstore.store import load_build_spec
+    from gradstore.store.datastore import load_build_spec
 
     spec = load_build_spec(store.root)
     assert spec.config.delift.neighbours == 32
@@ -174,7 +174,7 @@ def previous_delift(engine, targets, k, options):
     from gradstore.selection.delift import Delift
     from gradstore.selection.policies import PER_TARGET_POLICIES, POLICIES
     from gradstore.selection.scores import ScoreMatrix
-    from gradstore.submodular import lazy_greedy
+    from gradstore.selection.submodular import lazy_greedy
 
     method = Delift()
     parsed = method.parse_options(options)

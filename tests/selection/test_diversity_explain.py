@@ -11,8 +11,8 @@ from gradstore.query import QueryEngine
 from gradstore.selection import run_selection
 from gradstore.selection.diversity import candidate_kernel, scaled_scores, weighted_features
 from gradstore.selection.policies import Pick
-from gradstore.store import Datastore
-from gradstore.submodular import Objective, lazy_greedy, reference_greedy
+from gradstore.selection.submodular import Objective, lazy_greedy, reference_greedy
+from gradstore.store.datastore import Datastore
 
 
 @pytest.fixture(scope="module")

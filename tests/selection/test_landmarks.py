@@ -14,7 +14,7 @@ from gradstore.selection import run_selection, validate_request
 from gradstore.selection.base import ScoreRequest
 from gradstore.selection.influence_distillation import landmark_rows
 from gradstore.selection.landmarks import median_width, propagate, reference_propagate
-from gradstore.store import Datastore
+from gradstore.store.datastore import Datastore
 from gradstore.toy.corpus import generate_targets
 
 

@@ -10,7 +10,7 @@ from stores import TINY_BUILD, build_store
 from gradstore.config import BuildConfig
 from gradstore.query import QueryEngine
 from gradstore.selection import METHODS, run_selection
-from gradstore.store import Datastore
+from gradstore.store.datastore import Datastore
 from gradstore.toy.corpus import generate_corpus, generate_targets
 
 
@@ -34,9 +34,9 @@ def test_model_free_methods_never_load_the_model(toy_store, method):
     assert engine.manifest.num_examples == 1200
     targets = generate_targets(seed=1, per_family=4)
     with (
-        patch("gradstore.modeling.load_base_model", refuse),
-        patch("gradstore.modeling.load_tokenizer", refuse),
-        patch("gradstore.checkpoint_model.CheckpointModel.__init__", refuse),
+        patch("gradstore.features.modeling.load_base_model", refuse),
+        patch("gradstore.features.modeling.load_tokenizer", refuse),
+        patch("gradstore.features.checkpoint_model.CheckpointModel.__init__", refuse),
     ):
         result = run_selection(engine, targets, method, fraction=0.05)
     assert len(result.selected) == 60

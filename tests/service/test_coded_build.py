@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from gradstore.db.settings import Settings
 from gradstore.migrations import upgrade
 from gradstore.service.app import create_app
-from gradstore.store import Datastore
+from gradstore.store.datastore import Datastore
 from gradstore.worker.runner import Worker
 
 

@@ -25,9 +25,9 @@ from gradstore.db.models import Datastore
 from gradstore.db.queue import queue_verification
 from gradstore.db.settings import Settings
 from gradstore.migrations import upgrade
-from gradstore.search import FeatureScanner
 from gradstore.service.app import create_app
-from gradstore.store import Datastore as Store
+from gradstore.store.datastore import Datastore as Store
+from gradstore.store.search import FeatureScanner
 from gradstore.worker.runner import Worker
 
 TARGETS = [{"subtask": "add", "prompt": "Q: 3+4\nA:", "completion": "7"}]

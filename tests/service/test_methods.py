@@ -14,7 +14,7 @@ from gradstore.db.models import WorkUnit
 from gradstore.db.settings import Settings
 from gradstore.migrations import upgrade
 from gradstore.service.app import create_app
-from gradstore.store import Datastore
+from gradstore.store.datastore import Datastore
 from gradstore.worker import units as unit_types
 from gradstore.worker.runner import Worker
 

@@ -9,12 +9,16 @@ import pytest
 from fastapi.testclient import TestClient
 from test_api import assert_problem, upload
 
-from gradstore.build import methods_needing_a_model, methods_needing_the_warmup, needs_warmup
 from gradstore.cli import app, spread_multi_value_flags
 from gradstore.db.settings import Settings
 from gradstore.migrations import upgrade
+from gradstore.selection.needs import (
+    methods_needing_a_model,
+    methods_needing_the_warmup,
+    needs_warmup,
+)
 from gradstore.service.app import create_app
-from gradstore.store import Datastore
+from gradstore.store.datastore import Datastore
 from gradstore.worker.runner import Worker
 
 TEXT_METHODS = ["bm25", "dsir", "random"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gradstore.demo import format_table
+from gradstore.demo.toy import format_table
 
 
 def test_long_labels_get_their_own_width_and_columns_align():

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gradstore.modeling import load_tokenizer
-from gradstore.tokenization import ExampleEncoder, pad_token_id
+from gradstore.features.modeling import load_tokenizer
+from gradstore.features.tokenization import ExampleEncoder, pad_token_id
 from gradstore.toy.corpus import generate_corpus
 from gradstore.toy.finetune import fine_tune_and_evaluate
 

@@ -8,8 +8,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from gradstore.examples import write_jsonl
+from gradstore.features.tokenization import ExampleEncoder
 from gradstore.files import sha256_file
-from gradstore.tokenization import ExampleEncoder
 from gradstore.toy.corpus import generate_corpus
 from gradstore.toy.model import (
     corpus_sha256,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from transformers import AutoTokenizer
 
 from gradstore.examples import Message
-from gradstore.tokenization import ExampleEncoder, tulu_text
+from gradstore.features.tokenization import ExampleEncoder, tulu_text
 from gradstore.toy.corpus import generate_corpus
 from gradstore.toy.model import render
 from gradstore.toy.tokenizer import build_tokenizer

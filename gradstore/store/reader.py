@@ -1,6 +1,6 @@
 """The read side of a store that queries and artifact readers need, as a protocol.
 
-``gradstore.store.Datastore`` is the implementation; code that only reads rows and
+``gradstore.store.datastore.Datastore`` is the implementation; code that only reads rows and
 artifacts takes a ``PoolReader`` so it does not depend on how the store is opened.
 """
 
@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 if TYPE_CHECKING:
-    from gradstore.store import ArtifactEntry, FeatureBlock, Manifest
+    from gradstore.store.datastore import ArtifactEntry, FeatureBlock, Manifest
 
 
 class PoolReader(Protocol):
-    """The pool's rows and artifacts (``gradstore.store.Datastore`` is one)."""
+    """The pool's rows and artifacts (``gradstore.store.datastore.Datastore`` is one)."""
 
     @property
     def manifest(self) -> Manifest: ...

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import torch
 
 if TYPE_CHECKING:
-    from gradstore.checkpoint_model import CheckpointModel
+    from gradstore.features.checkpoint_model import CheckpointModel
 
 
 class Transform(Protocol):

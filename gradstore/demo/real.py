@@ -117,7 +117,7 @@ def measure_methods(
     latency (a fresh engine's first query; the median of the same queries again)."""
     from gradstore.query import QueryEngine
     from gradstore.selection import run_selection
-    from gradstore.store import Datastore
+    from gradstore.store.datastore import Datastore
 
     out = {}
     for label, method, options in methods:
@@ -158,7 +158,7 @@ def run_real_demo(
     from gradstore.assets.models import KNOWN_MODELS, get_model
     from gradstore.build import build_all
     from gradstore.examples import write_jsonl
-    from gradstore.store import MANIFEST
+    from gradstore.store.datastore import MANIFEST
 
     work_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -192,7 +192,7 @@ def run_real_demo(
 
 
 def format_real_table(report: dict[str, Any]) -> str:
-    from gradstore.demo import method_columns
+    from gradstore.demo.toy import method_columns
 
     rows = [(c, values, ".3f") for c, values in report["share"].items()]
     rows += [("mean", report["mean_share"], ".3f"), ("warm query ms", report["query_ms"], ".0f")]

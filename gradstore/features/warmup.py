@@ -18,13 +18,18 @@ import torch
 from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from gradstore.batching import pack
-from gradstore.checkpoints import WarmupCheckpoint, save_checkpoint
 from gradstore.config import BuildConfig
+from gradstore.features.batching import pack
+from gradstore.features.checkpoints import WarmupCheckpoint, save_checkpoint
+from gradstore.features.losses import completion_loss_sums
+from gradstore.features.modeling import (
+    attach_new_lora,
+    load_base_model,
+    load_tokenizer,
+    resolve_device,
+)
+from gradstore.features.tokenization import TokenizedExample, collate, pad_token_id
 from gradstore.files import atomic_write_json
-from gradstore.losses import completion_loss_sums
-from gradstore.modeling import attach_new_lora, load_base_model, load_tokenizer, resolve_device
-from gradstore.tokenization import TokenizedExample, collate, pad_token_id
 
 
 def warmup_sample(n: int, fraction: float, seed: int) -> list[int]:

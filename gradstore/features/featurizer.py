@@ -18,15 +18,15 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from gradstore.batching import length_sorted_batches
-from gradstore.gradients import LoraGradientComputer, iter_reference_gradients
-from gradstore.heads import HEADS, Transform
-from gradstore.preconditioner import AdamPreconditioner, AdamUpdateDirection
-from gradstore.tokenization import TokenizedExample, collate
+from gradstore.features.batching import length_sorted_batches
+from gradstore.features.gradients import LoraGradientComputer, iter_reference_gradients
+from gradstore.features.heads import HEADS, Transform
+from gradstore.features.preconditioner import AdamPreconditioner, AdamUpdateDirection
+from gradstore.features.tokenization import TokenizedExample, collate
 
 # the built-in heads: "sgd": the plain gradient g; "adam": LESS's Γ (the checkpoint's Adam
 # moments); "update": Influence Distillation's a ⊙ g (``update_directions``). More register
-# in ``gradstore.heads``.
+# in ``gradstore.features.heads``.
 FEATURE_KINDS = ("adam", "sgd", "update")
 
 

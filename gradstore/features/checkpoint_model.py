@@ -15,19 +15,19 @@ import torch
 from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file
 
-from gradstore.checkpoints import WarmupCheckpoint, load_adam_moments
 from gradstore.config import ProjectionConfig
-from gradstore.featurizer import CheckpointFeaturizer
-from gradstore.heads import get_head
-from gradstore.modeling import (
+from gradstore.features.checkpoints import WarmupCheckpoint, load_adam_moments
+from gradstore.features.featurizer import CheckpointFeaturizer
+from gradstore.features.heads import get_head
+from gradstore.features.modeling import (
     load_base_model,
     load_tokenizer,
     lora_parameter_names,
     resolve_device,
 )
-from gradstore.preconditioner import AdamPreconditioner, AdamUpdateDirection
-from gradstore.projection import make_projector
-from gradstore.tokenization import pad_token_id
+from gradstore.features.preconditioner import AdamPreconditioner, AdamUpdateDirection
+from gradstore.features.projection import make_projector
+from gradstore.features.tokenization import pad_token_id
 
 
 class CheckpointModel:
@@ -109,8 +109,8 @@ class CheckpointModel:
         heads: Sequence[str] = (),
     ) -> CheckpointFeaturizer:
         """A featurizer with checkpoint ``index`` active for the gradient ``heads`` (names in
-        ``gradstore.heads.HEADS``; ``adam`` and ``update`` ask for those two); a head's state
-        (Adam moments, ...) is loaded only when it is asked for."""
+        ``gradstore.features.heads.HEADS``; ``adam`` and ``update`` ask for those two); a
+        head's state (Adam moments, ...) is loaded only when it is asked for."""
         self.activate(index)
         names = [*heads, *(["adam"] if adam else []), *(["update"] if update else [])]
         transforms = {name: get_head(name).preconditioner(self, index) for name in names}

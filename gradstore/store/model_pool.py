@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from gradstore.modeling import resolve_device
+from gradstore.features.modeling import resolve_device
 
 if TYPE_CHECKING:
-    from gradstore.checkpoint_model import CheckpointModel
-    from gradstore.checkpoints import WarmupCheckpoint
     from gradstore.config import ProjectionConfig
+    from gradstore.features.checkpoint_model import CheckpointModel
+    from gradstore.features.checkpoints import WarmupCheckpoint
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ class ModelPool:
         self.loads = 0  # base weights loaded so far (what a process pays for)
 
     def _entry(self, key: ModelKey) -> _Entry:
-        from gradstore.modeling import load_base_model
+        from gradstore.features.modeling import load_base_model
 
         entry = self._entries.get(key.weights)
         if entry is not None:
@@ -127,7 +127,7 @@ class ModelPool:
     ) -> CheckpointModel:
         """The base model with these warmup adapters swapped in on demand, built on the
         pooled base weights; other adapters on the same weights are replaced (reloaded)."""
-        from gradstore.checkpoint_model import CheckpointModel
+        from gradstore.features.checkpoint_model import CheckpointModel
 
         key = model_key(model_path, device, checkpoints, projection)
         with self._lock:
@@ -165,8 +165,8 @@ POOL = ModelPool(int(os.environ.get("GRADSTORE_MODEL_POOL_SIZE", "1")))
 
 def store_checkpoints(store_dir: str | Path):
     """(model path, warmup checkpoints, projection) of the store at ``store_dir``."""
-    from gradstore.checkpoints import load_checkpoints
-    from gradstore.store import load_build_spec, needed_model
+    from gradstore.features.checkpoints import load_checkpoints
+    from gradstore.store.datastore import load_build_spec, needed_model
 
     root = Path(store_dir).resolve()
     spec = load_build_spec(root)
@@ -196,9 +196,9 @@ def store_base_model(
 ) -> tuple[CheckpointModel | BaseOnly, Callable[[], AbstractContextManager]]:
     """(the store's model, the context that runs it as the plain base model)."""
     if not (Path(store_dir) / "checkpoints").is_dir():  # built without the warmup
-        from gradstore.modeling import load_tokenizer
-        from gradstore.store import load_build_spec, needed_model
-        from gradstore.tokenization import pad_token_id
+        from gradstore.features.modeling import load_tokenizer
+        from gradstore.features.tokenization import pad_token_id
+        from gradstore.store.datastore import load_build_spec, needed_model
 
         path = needed_model(load_build_spec(Path(store_dir).resolve())).path
         handle = POOL.base(path, device)

@@ -16,12 +16,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from gradstore.checkpoint_model import CheckpointModel
-from gradstore.checkpoints import WarmupCheckpoint
 from gradstore.config import ProjectionConfig
-from gradstore.featurizer import CheckpointFeaturizer
-from gradstore.layer_gradients import LayerFeaturizer, default_layers
-from gradstore.projection import make_projector
+from gradstore.features.checkpoint_model import CheckpointModel
+from gradstore.features.checkpoints import WarmupCheckpoint
+from gradstore.features.featurizer import CheckpointFeaturizer
+from gradstore.features.layer_gradients import LayerFeaturizer, default_layers
+from gradstore.features.projection import make_projector
 
 LAYER_GRADIENTS = "layer_gradients"
 UPDATE_DIRECTIONS = "update_directions"

@@ -7,7 +7,7 @@ PEFT injects LoRA layers into the base model *in place*, so one base model carri
 one adapter here: ``load_lora_adapter`` refuses a base that already has LoRA layers (a second
 load would silently stack adapters). To visit many checkpoints, load a fresh base per
 adapter, or keep one PEFT model and copy each checkpoint's tensors in
-(``gradstore.checkpoint_model.CheckpointModel``).
+(``gradstore.features.checkpoint_model.CheckpointModel``).
 """
 
 from __future__ import annotations

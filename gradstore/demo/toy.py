@@ -22,7 +22,7 @@ from gradstore.examples import Example, read_jsonl
 from gradstore.query import QueryEngine
 from gradstore.selection import METHODS as REGISTERED
 from gradstore.selection import run_selection
-from gradstore.store import MANIFEST, Datastore
+from gradstore.store.datastore import MANIFEST, Datastore
 
 # Sized for minutes on 2 CPU cores. The LESS defaults (r=128, lr 2e-5, batch 128) assume a
 # multi-billion-parameter model and a large pool; at toy scale they would leave the LoRA

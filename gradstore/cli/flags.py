@@ -24,7 +24,7 @@ import typer
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from gradstore.config import BuildConfig
+from gradstore.config import BuildConfig, config_flag
 
 # Flags of gradstore build before they were generated; kept working as aliases.
 ALIASES: dict[tuple[str, ...], tuple[str, ...]] = {
@@ -50,14 +50,6 @@ class ConfigOption:
     @property
     def param(self) -> str:
         return "cfg__" + "__".join(self.path)
-
-
-def config_flag(path: tuple[str, ...]) -> str:
-    """The flag that sets the field at ``path`` (``('lora', 'r')`` → ``--lora-r``)."""
-    *sections, name = path
-    if sections and name.startswith(sections[-1] + "_"):
-        sections = sections[:-1]  # warmup.warmup_ratio is --warmup-ratio
-    return "--" + "-".join(w.replace("_", "-") for w in (*sections, name))
 
 
 def _unwrap_optional(annotation: Any) -> Any:

@@ -17,7 +17,7 @@ import typer
 
 from gradstore.assets.data_cli import data_app
 from gradstore.assets.models_cli import models_app
-from gradstore.cli_common import (
+from gradstore.cli.common import (
     METHODS_TEXT,
     Explain,
     Fraction,
@@ -31,10 +31,10 @@ from gradstore.cli_common import (
     check_store_dir,
     read_targets,
 )
-from gradstore.cli_config import with_build_config
+from gradstore.cli.flags import with_build_config
+from gradstore.cli.remote import remote_app
 from gradstore.config import BuildConfig
 from gradstore.extras import needs_extra
-from gradstore.remote_cli import remote_app
 
 app = typer.Typer(
     rich_markup_mode=None,
@@ -176,7 +176,7 @@ def verify(
     store for queries only checks that every file exists with its size; run this after
     copying a store or when its disk is suspect.
     """
-    from gradstore.store import Datastore
+    from gradstore.store.datastore import Datastore
 
     datastore = Datastore.open(store, verify=True)
     typer.echo(f"{store}: {len(datastore.manifest.files)} files match the manifest")
@@ -202,7 +202,7 @@ def select(
     examples = read_targets(targets)
     from gradstore.query import QueryEngine
     from gradstore.selection import run_selection
-    from gradstore.store import Datastore
+    from gradstore.store.datastore import Datastore
 
     engine = QueryEngine(Datastore.open(store), device=device)
     result = run_selection(
@@ -267,14 +267,14 @@ def demo(
     On the toy assets by default; with --model, on a real pretrained model and real data.
     """
     if model is not None:
-        from gradstore.real_demo import format_real_table, run_real_demo
+        from gradstore.demo.real import format_real_table, run_real_demo
 
         real = run_real_demo(work_dir, model, per_source=per_source, fraction=fraction, seed=seed)
         typer.echo(format_real_table(real))
         if json_out:
             json_out.write_text(json.dumps(real, indent=2))
         return
-    from gradstore.demo import format_table, run_demo
+    from gradstore.demo.toy import format_table, run_demo
 
     report = run_demo(work_dir, per_family=per_family, seed=seed, fraction=fraction)
     typer.echo(format_table(report))
@@ -307,9 +307,9 @@ def report(
     """
     examples = read_targets(targets)
     from gradstore.query import QueryEngine
-    from gradstore.report import write_report
+    from gradstore.report.html import write_report
     from gradstore.selection import run_selection
-    from gradstore.store import Datastore
+    from gradstore.store.datastore import Datastore
 
     names = methods or ["less"]
     engine = QueryEngine(Datastore.open(store), device=device)

@@ -25,8 +25,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from gradstore.codes import STORE_DTYPES, CodedRows, FeatureCode
-from gradstore.store import Datastore, FeatureBlock
+from gradstore.store.codes import STORE_DTYPES, CodedRows, FeatureCode
+from gradstore.store.datastore import Datastore, FeatureBlock
 
 BLOCK_ROWS = 128  # rows widened to fp32 at a time on CPU: 4 MiB at d = 8192, stays in cache
 

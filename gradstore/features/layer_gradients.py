@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from gradstore.batching import length_sorted_batches
-from gradstore.gradients import LoraGradientComputer
-from gradstore.modeling import lora_parameter_names
-from gradstore.tokenization import TokenizedExample, collate
+from gradstore.features.batching import length_sorted_batches
+from gradstore.features.gradients import LoraGradientComputer
+from gradstore.features.modeling import lora_parameter_names
+from gradstore.features.tokenization import TokenizedExample, collate
 
 _BLOCK = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
 
@@ -71,7 +71,7 @@ def only_trainable(model: nn.Module, names: Sequence[str]) -> Iterator[None]:
 
 
 if TYPE_CHECKING:
-    from gradstore.projection import Projector
+    from gradstore.features.projection import Projector
 
 
 class LayerFeaturizer:

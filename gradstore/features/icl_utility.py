@@ -18,9 +18,9 @@ from contextlib import AbstractContextManager, nullcontext
 import numpy as np
 import torch
 
-from gradstore.batching import length_sorted_batches
-from gradstore.losses import labelled_token_losses
-from gradstore.tokenization import IGNORE_INDEX, TokenizedExample, collate
+from gradstore.features.batching import length_sorted_batches
+from gradstore.features.losses import labelled_token_losses
+from gradstore.features.tokenization import IGNORE_INDEX, TokenizedExample, collate
 
 
 def pair_example(

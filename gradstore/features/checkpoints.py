@@ -29,8 +29,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from gradstore.errors import InvalidInputError
+from gradstore.features.modeling import lora_parameter_names
 from gradstore.files import fsync_dir
-from gradstore.modeling import lora_parameter_names
 
 MOMENTS = "adam_moments.safetensors"
 INFO = "checkpoint.json"

@@ -17,9 +17,9 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from gradstore.losses import completion_losses, per_example_losses
-from gradstore.modeling import lora_parameter_names
-from gradstore.tokenization import TokenizedExample, collate
+from gradstore.features.losses import completion_losses, per_example_losses
+from gradstore.features.modeling import lora_parameter_names
+from gradstore.features.tokenization import TokenizedExample, collate
 
 
 @contextmanager
@@ -64,7 +64,7 @@ class LoraGradientComputer:
     without computing any summed weight gradient.
 
     ``parameter_names`` restricts it to a subset of the LoRA weights (canonical order kept,
-    offsets within the subset); see ``gradstore.layer_gradients`` for stopping the backward
+    offsets within the subset); see ``gradstore.features.layer_gradients`` for stopping the backward
     at the earliest of them.
     """
 

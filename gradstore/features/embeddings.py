@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from peft import PeftModel
 
-from gradstore.batching import length_sorted_batches
-from gradstore.tokenization import TokenizedExample, collate
+from gradstore.features.batching import length_sorted_batches
+from gradstore.features.tokenization import TokenizedExample, collate
 
 
 def position_weighted_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from gradstore import report_plots
 from gradstore.examples import Example, iter_jsonl
+from gradstore.report import plots as report_plots
 from gradstore.selection.base import Selected, SelectionResult
 
 TOP_EXAMPLES = 20

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from gradstore.cli_common import Explain, Fraction, Method, Options, Targets, TopK, read_targets
-from gradstore.cli_config import with_build_config
+from gradstore.cli.common import Explain, Fraction, Method, Options, Targets, TopK, read_targets
+from gradstore.cli.flags import with_build_config
 from gradstore.config import BuildConfig
 
 if TYPE_CHECKING:

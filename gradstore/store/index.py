@@ -3,7 +3,7 @@
 LESS scores Σ_i η_i ⟨q_i, f_i⟩ = ⟨concat(η_i q_i), concat(f_i)⟩, so one inner-product index
 over [f_1 | … | f_N] answers a subtask in one search, with the learning-rate weights on the
 query side. Exact factories (``Flat``, ``SQfp16``) get no FAISS file: the fp16 feature
-shards are the index, scanned by ``gradstore.search`` (a FAISS flat index would be an fp32
+shards are the index, scanned by ``gradstore.store.search`` (a FAISS flat index would be an fp32
 copy of them). Any other factory string (IVF, PQ, HNSW, ...) is built here by streaming the
 shards: trained on a bounded sample, filled block by block, never the whole matrix in RAM.
 """
@@ -18,7 +18,7 @@ import numpy as np
 
 from gradstore.errors import InvalidInputError
 from gradstore.files import atomic_write_file
-from gradstore.store import EXACT_FACTORIES, IndexEntry
+from gradstore.store.datastore import EXACT_FACTORIES, IndexEntry
 
 TRAIN_SAMPLE_BYTES = 512 << 20  # fp32 training sample of an approximate index
 

@@ -8,7 +8,7 @@ Layout of a store directory::
     checkpoints/ckpt-{i}/      warmup adapter + Adam moments + learning rate
     features/ckpt-{i}/{kind}/{start}-{end}.npy   L2-normalised projected features (fp16,
                                fp32, or uint8 rows of scales + 8/4/2/1-bit codes when the
-                               manifest's dtype is a code: ``gradstore.codes``), one shard
+                               manifest's dtype is a code: ``gradstore.store.codes``), one shard
                                each, memory-mapped read-only when queried and decoded a
                                block of rows at a time
     index/{kind}.faiss         only for approximate index factories (IVF, PQ, HNSW, ...): the
@@ -48,11 +48,11 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from gradstore.codes import CodedRows, FeatureCode, is_code
 from gradstore.config import BuildConfig
 from gradstore.errors import ManifestMismatchError, MissingArtifactError, NotReadyError
+from gradstore.features.tokenization import TokenizedExample
 from gradstore.files import atomic_save_npy, atomic_write_json, read_json, sha256_file
-from gradstore.tokenization import TokenizedExample
+from gradstore.store.codes import CodedRows, FeatureCode, is_code
 
 SCHEMA_VERSION = 2
 READABLE_SCHEMA_VERSIONS = (1, 2)
@@ -382,9 +382,11 @@ class Datastore:
                 raise ManifestMismatchError(
                     f"datastore file {relative} does not match its checksum in the manifest"
                 )
-        from gradstore.provenance import check_provenance
+        from gradstore.store.provenance import check_provenance
 
-        check_provenance(self.root, self.manifest.config, self.manifest.num_examples)
+        check_provenance(
+            self.root, self.root / BUILD_SPEC, self.manifest.config, self.manifest.num_examples
+        )
 
     def check_unchanged(self) -> None:
         """Refuse to go on if any file changed since ``open`` (one stat per file)."""

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 
-from gradstore.tokenization import IGNORE_INDEX
+from gradstore.features.tokenization import IGNORE_INDEX
 
 # Positions per output-head chunk: 512 × 49k fp32 logits is 100 MB (262k: 537 MB).
 DEFAULT_CHUNK_TOKENS = 512

@@ -18,7 +18,6 @@ from pathlib import Path
 
 from gradstore.config import BuildConfig
 from gradstore.errors import ManifestMismatchError
-from gradstore.store import BUILD_SPEC
 
 TOLERANCE = 1e-9  # relative; the rates are recomputed with the same float operations
 
@@ -32,7 +31,7 @@ def linear_schedule_factor(step: int, warmup_steps: int, total_steps: int) -> fl
 
 def expected_checkpoints(num_examples: int, config: BuildConfig) -> list[tuple[int, float, int]]:
     """(epoch, mean learning rate, optimizer steps so far) the warmup records per epoch."""
-    from gradstore.warmup import warmup_plan
+    from gradstore.features.warmup import warmup_plan
 
     warmup = config.warmup
     sample = max(1, min(num_examples, round(warmup.fraction * num_examples)))
@@ -47,16 +46,16 @@ def expected_checkpoints(num_examples: int, config: BuildConfig) -> list[tuple[i
     return expected
 
 
-def check_provenance(root: Path, config: BuildConfig, num_examples: int) -> None:
-    """Raise ``ManifestMismatchError`` when the checkpoints contradict ``config``."""
-    spec_path = root / BUILD_SPEC
+def check_provenance(root: Path, spec_path: Path, config: BuildConfig, num_examples: int) -> None:
+    """Raise ``ManifestMismatchError`` when the checkpoints (or the build record at
+    ``spec_path``) contradict ``config``."""
     if spec_path.exists():
         spec = json.loads(spec_path.read_text(encoding="utf-8"))
         if spec.get("warmup_from"):
             return  # the reference run's checkpoints follow its own schedule
         if BuildConfig.model_validate(spec["config"]) != config:
             raise ManifestMismatchError(
-                f"the manifest's configuration differs from {BUILD_SPEC}'s: the store was "
+                f"the manifest's configuration differs from {spec_path.name}'s: the store was "
                 "rebuilt over another; build it again with --force"
             )
     infos = sorted(root.glob("checkpoints/ckpt-*/checkpoint.json"))
@@ -98,7 +97,7 @@ def _check_warmup_sample(root: Path, num_examples: int, config: BuildConfig) -> 
     ids_path = root / "ids.json"
     if not (sample_path.exists() and ids_path.exists()):
         return
-    from gradstore.warmup import warmup_sample
+    from gradstore.features.warmup import warmup_sample
 
     ids = json.loads(ids_path.read_text(encoding="utf-8"))
     rows = warmup_sample(num_examples, config.warmup.fraction, config.warmup.seed)

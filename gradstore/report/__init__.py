@@ -1,0 +1,1 @@
+"""The HTML selection report (``html``) and its figures (``plots``)."""
