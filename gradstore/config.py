@@ -70,7 +70,7 @@ class ProjectionConfig(_Config):
     seed: int = Field(0, description="Seed of the projection; the matrix is a pure function of it.")
     kind: Literal["sparse", "sjlt", "rademacher"] = Field(
         "sparse",
-        description="Projector: 'sparse', a sparse JL transform with `nonzeros` ±1 per input "
+        description="Projector: 'sparse', a sparse JL transform with 'nonzeros' ±1 per input "
         "coordinate costing O(s·P) per example (the default); 'sjlt', the same with one "
         "(a CountSketch: the default of earlier stores); or 'rademacher', the dense ±1 "
         "matrix costing O(P·d) (toy models, old stores).",
@@ -137,13 +137,13 @@ class BuildConfig(_Config):
     dtype: Literal["float16", "float32", "int8", "int4", "int2", "int1"] = Field(
         "float16",
         description="Stored gradient feature type: 'float16' (default), 'float32', or a code "
-        "of 8, 4, 2 or 1 bits per dimension with one float32 scale per `scale_block` "
+        "of 8, 4, 2 or 1 bits per dimension with one float32 scale per 'scale_block' "
         "dimensions (absmax; 1 bit: sign times mean |x|), decoded block by block when read.",
     )
     scale_block: int | None = Field(
         None,
         ge=1,
-        description="Dimensions sharing one scale in a coded store (int8…int1); must divide "
+        description="Dimensions sharing one scale in a coded store (int8 to int1); must divide "
         "the projection dim. Default: one scale per row.",
     )
     shard_size: int = Field(1024, ge=1, description="Examples per featurize shard.")
