@@ -8,7 +8,8 @@ transaction that marks the unit done: the next units, progress, the store's stat
 A build runs warmup → featurize shards → index → (artifact units → finish) when its
 methods need artifacts beyond the gradient features; a build whose methods need neither the
 warmup nor gradient features (BM25, DSIR, random, RDS+) runs prepare → (artifact units →
-finish), with a model or, for the text methods, without (``gradstore.selection.needs.needs_warmup``).
+finish), with a model or, for the text methods, without
+(``gradstore.selection.needs.needs_warmup``).
 A build's last unit ends with a full verification of the store (db/integrity.py): a store
 is ready only once every byte matched its manifest, and its fingerprint is recorded then.
 ``extend`` starts adding methods to a ready store, ``verify`` re-checks one.
