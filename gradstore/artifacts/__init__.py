@@ -182,7 +182,8 @@ def add_artifacts(
             continue
         units = [u for u in plan_artifact_units(root, name) if not artifact_unit_done(root, u)]
         total = sum(u.end - u.start for u in units)
-        with tqdm(total=total, desc=name, unit="ex", disable=not progress) as bar:
+        # units already written (update directions by featurize) get no empty bar
+        with tqdm(total=total, desc=name, unit="ex", disable=not progress or not units) as bar:
             for unit in units:
                 compute_artifact_unit(root, unit, device=device, on_batch=bar.update)
         manifest = finish_artifact(root, name)
