@@ -53,7 +53,7 @@ CANDIDATES = [
 ]
 
 
-DEFAULT = ("sparse", 4)
+DEFAULT = ("sparse", 2)
 
 
 class IdentityProjector:
