@@ -193,7 +193,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--size", default="small", choices=["tiny", "small"])
     parser.add_argument("--projection", default="sparse", choices=PROJECTION_KINDS)
-    parser.add_argument("--nonzeros", type=int, default=None, help="s of 'sparse' (default 2).")
+    parser.add_argument("--nonzeros", type=int, default=None, help="s of 'sparse' (default 4).")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all).")
     parser.add_argument(
         "--bergson-python", default=None, help="Python of a venv with bergson 2.5.1 installed."

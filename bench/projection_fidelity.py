@@ -53,7 +53,7 @@ CANDIDATES = [
 ]
 
 
-DEFAULT = ("sparse", 2)
+DEFAULT = ("sparse", 4)
 
 
 class IdentityProjector:

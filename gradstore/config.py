@@ -19,7 +19,7 @@ class _Config(BaseModel):
 
 
 # s of the default 'sparse' projection (docs/decisions.md: chosen by bench/projection_fidelity)
-DEFAULT_NONZEROS = 2
+DEFAULT_NONZEROS = 4
 # LESS's alpha/r: r = 128 with alpha = 512. A rank given without an alpha keeps the ratio.
 ALPHA_PER_RANK = 4.0
 
@@ -80,7 +80,7 @@ class ProjectionConfig(_Config):
         ge=1,
         le=64,
         description="s, the nonzeros per input coordinate of the 'sparse' projection "
-        "(default 2); 1 for 'sjlt', none for 'rademacher'.",
+        "(default 4); 1 for 'sjlt', none for 'rademacher'.",
         json_schema_extra=_no_default_in_schema,
     )
 

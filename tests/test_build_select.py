@@ -16,13 +16,7 @@ from gradstore.build import (
     featurize_shard,
     plan_shards,
 )
-from gradstore.config import (
-    DEFAULT_NONZEROS,
-    BuildConfig,
-    LoraConfig,
-    ProjectionConfig,
-    WarmupConfig,
-)
+from gradstore.config import BuildConfig, LoraConfig, ProjectionConfig, WarmupConfig
 from gradstore.errors import (
     InvalidInputError,
     ManifestMismatchError,
@@ -127,9 +121,8 @@ def reference_features(model_dir, checkpoint, examples, adam: bool, kind: str) -
         grads = (0.9 * m + 0.1 * grads) / torch.sqrt(0.999 * v + 0.001 * grads**2 + 1e-8)
     if kind == "rademacher":
         matrix = DenseReferenceProjector(grads.shape[1], CONFIG.projection.dim, 3).matrix
-    elif kind == "sparse":  # the default kind, with the default s nonzeros per coordinate
-        nonzeros = DEFAULT_NONZEROS
-        matrix = sparse_matrix(3, grads.shape[1], CONFIG.projection.dim, nonzeros).double()
+    elif kind == "sparse":  # the default: s = 4 nonzeros per input coordinate
+        matrix = sparse_matrix(3, grads.shape[1], CONFIG.projection.dim, 4).double()
     else:
         matrix = SparseJLProjector(grads.shape[1], CONFIG.projection.dim, 3).matrix().double()
     projected = grads @ matrix

@@ -187,7 +187,7 @@ def test_an_old_sjlt_manifest_projection_reads_as_one_nonzero():
 
     old = ProjectionConfig.model_validate({"dim": 8192, "seed": 0, "kind": "sjlt"})
     assert old.nonzeros == 1
-    assert ProjectionConfig.model_validate({"dim": 64, "seed": 0}).nonzeros == 2  # new default
+    assert ProjectionConfig.model_validate({"dim": 64, "seed": 0}).nonzeros == 4  # new default
     assert ProjectionConfig(kind="rademacher").nonzeros is None
     with pytest.raises(ValueError, match="takes no nonzeros"):
         ProjectionConfig(kind="rademacher", nonzeros=4)

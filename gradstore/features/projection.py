@@ -354,7 +354,7 @@ PROJECTORS: dict[str, Callable[..., Projector]] = {
     ),
 }
 PROJECTION_KINDS = tuple(PROJECTORS)
-DEFAULT_NONZEROS = 2  # the ``sparse`` kind's s when none is given (docs/decisions.md)
+DEFAULT_NONZEROS = 4  # the ``sparse`` kind's s when none is given (docs/decisions.md)
 
 
 def make_projector(
